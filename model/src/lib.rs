@@ -1,0 +1,24 @@
+//! Domain types shared by every DTSS crate: orders and their validation (SPEC §3),
+//! currencies and exact money (§2), rates, the settlement rule (§4), the Kafka wire
+//! format and the `cluster.toml` configuration (§6).
+
+pub mod config;
+mod currency;
+mod order;
+mod settle;
+pub mod wire;
+
+pub use config::Config;
+pub use currency::Currency;
+pub use order::{validate_order, FieldError, Item, Order, OrderRequest};
+pub use rust_decimal::Decimal;
+pub use settle::{decide, paid, Commodity, Decision, RateTable, Reason, SettleError};
+pub use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch, as stamped by ingest.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

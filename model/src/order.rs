@@ -1,0 +1,342 @@
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Currency;
+
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_NUMBER: u64 = 1_000_000;
+pub const MAX_USER_ID_CHARS: usize = 64;
+
+/// One line of an order: commodity `id`, `number` of units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: u32,
+    pub number: u32,
+}
+
+/// A validated order as the client sent it, before ingest stamps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRequest {
+    pub user_id: String,
+    pub initiator: Currency,
+    /// Distinct ids, in first-seen order; repeated ids merged.
+    pub items: Vec<Item>,
+    pub time: Option<i64>,
+}
+
+impl OrderRequest {
+    /// Stamp the request with its id and acceptance time (ingest does this).
+    pub fn accept(self, order_id: Uuid, accepted_at: i64) -> Order {
+        Order {
+            order_id,
+            user_id: self.user_id,
+            initiator: self.initiator,
+            items: self.items,
+            time: self.time,
+            accepted_at,
+        }
+    }
+}
+
+/// An accepted order, as it travels through Kafka.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub user_id: String,
+    pub initiator: Currency,
+    pub items: Vec<Item>,
+    pub time: Option<i64>,
+    /// Milliseconds since the Unix epoch when ingest accepted it.
+    pub accepted_at: i64,
+}
+
+/// What is wrong with one field of an order; becomes the 400 body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Parse and validate an order body (SPEC §3). `currencies` are the configured ones.
+/// Unknown fields are ignored; the first problem found is reported.
+pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderRequest, FieldError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| FieldError::new("body", format!("not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+
+    let user_id = match obj.get("user_id") {
+        None | Some(Value::Null) => return Err(FieldError::new("user_id", "is required")),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(_) => return Err(FieldError::new("user_id", "must be a string or an integer")),
+    };
+    let chars = user_id.chars().count();
+    if chars == 0 || chars > MAX_USER_ID_CHARS {
+        return Err(FieldError::new(
+            "user_id",
+            format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}"),
+        ));
+    }
+
+    let initiator = match obj.get("initiator") {
+        None | Some(Value::Null) => return Err(FieldError::new("initiator", "is required")),
+        Some(Value::String(s)) => s
+            .parse::<Currency>()
+            .ok()
+            .filter(|c| currencies.contains(c))
+            .ok_or_else(|| {
+                FieldError::new(
+                    "initiator",
+                    format!(
+                        "unknown currency {s:?}; expected one of {}",
+                        list(currencies)
+                    ),
+                )
+            })?,
+        Some(_) => {
+            return Err(FieldError::new(
+                "initiator",
+                "must be a currency code string",
+            ))
+        }
+    };
+
+    let items = match obj.get("items") {
+        None | Some(Value::Null) => return Err(FieldError::new("items", "is required")),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(FieldError::new("items", "must be an array")),
+    };
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(FieldError::new(
+            "items",
+            format!("must hold 1 to {MAX_ITEMS} entries, got {}", items.len()),
+        ));
+    }
+    let mut merged: Vec<Item> = Vec::with_capacity(items.len());
+    for (i, entry) in items.iter().enumerate() {
+        let entry = entry
+            .as_object()
+            .ok_or_else(|| FieldError::new(format!("items[{i}]"), "must be an object"))?;
+        let id =
+            parse_id(entry.get("id")).map_err(|p| FieldError::new(format!("items[{i}].id"), p))?;
+        let number = match entry.get("number") {
+            None | Some(Value::Null) => {
+                return Err(FieldError::new(format!("items[{i}].number"), "is required"))
+            }
+            Some(Value::Number(n)) => n.as_u64().filter(|n| (1..=MAX_NUMBER).contains(n)),
+            Some(_) => None,
+        }
+        .ok_or_else(|| {
+            FieldError::new(
+                format!("items[{i}].number"),
+                format!("must be an integer from 1 to {MAX_NUMBER}"),
+            )
+        })? as u32;
+        match merged.iter_mut().find(|it| it.id == id) {
+            Some(it) => it.number += number,
+            None => merged.push(Item { id, number }),
+        }
+    }
+
+    let time = match obj.get("time") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64(),
+        Some(_) => return Err(FieldError::new("time", "must be an integer (milliseconds)")),
+    };
+
+    Ok(OrderRequest {
+        user_id,
+        initiator,
+        items: merged,
+        time,
+    })
+}
+
+fn parse_id(v: Option<&Value>) -> Result<u32, &'static str> {
+    const PROBLEM: &str = "must be a positive integer (or a string of one) below 2^32";
+    let n = match v {
+        None | Some(Value::Null) => return Err("is required"),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().ok()
+        }
+        Some(_) => None,
+    };
+    n.filter(|&n| n >= 1 && n <= u32::MAX as u64)
+        .map(|n| n as u32)
+        .ok_or(PROBLEM)
+}
+
+fn list(currencies: &[Currency]) -> String {
+    currencies
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cur() -> Vec<Currency> {
+        ["RMB", "USD", "JPY", "EUR"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect()
+    }
+
+    fn check(body: &str) -> Result<OrderRequest, FieldError> {
+        validate_order(body.as_bytes(), &cur())
+    }
+
+    fn field_of(body: &str) -> String {
+        check(body).expect_err("should be rejected").field
+    }
+
+    #[test]
+    fn accepts_the_spec_example_and_merges_ids() {
+        let o = check(
+            r#"{"user_id":"u-42","initiator":"USD","items":[{"id":1,"number":2},{"id":"3","number":1},{"id":"1","number":5}],"time":1558868400000,"extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(o.user_id, "u-42");
+        assert_eq!(o.initiator.as_str(), "USD");
+        assert_eq!(
+            o.items,
+            vec![Item { id: 1, number: 7 }, Item { id: 3, number: 1 }]
+        );
+        assert_eq!(o.time, Some(1558868400000));
+    }
+
+    #[test]
+    fn integer_user_id_is_kept_as_string() {
+        let o = check(r#"{"user_id":42,"initiator":"RMB","items":[{"id":1,"number":1}]}"#).unwrap();
+        assert_eq!(o.user_id, "42");
+        assert_eq!(o.time, None);
+    }
+
+    #[test]
+    fn each_malformed_field_is_named() {
+        assert_eq!(field_of("{not json"), "body");
+        assert_eq!(field_of("[1,2]"), "body");
+        assert_eq!(
+            field_of(r#"{"initiator":"USD","items":[{"id":1,"number":1}]}"#),
+            "user_id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"","initiator":"USD","items":[{"id":1,"number":1}]}"#),
+            "user_id"
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            field_of(&format!(
+                r#"{{"user_id":"{long}","initiator":"USD","items":[{{"id":1,"number":1}}]}}"#
+            )),
+            "user_id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","items":[{"id":1,"number":1}]}"#),
+            "initiator"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"GBP","items":[{"id":1,"number":1}]}"#),
+            "initiator"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"usd","items":[{"id":1,"number":1}]}"#),
+            "initiator"
+        );
+        assert_eq!(field_of(r#"{"user_id":"u","initiator":"USD"}"#), "items");
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[]}"#),
+            "items"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":{}}"#),
+            "items"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":0,"number":1}]}"#),
+            "items[0].id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":-3,"number":1}]}"#),
+            "items[0].id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":"a1","number":1}]}"#),
+            "items[0].id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":1.5,"number":1}]}"#),
+            "items[0].id"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"user_id":"u","initiator":"USD","items":[{"id":1,"number":1},{"number":1}]}"#
+            ),
+            "items[1].id"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":1,"number":0}]}"#),
+            "items[0].number"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":1,"number":1000001}]}"#),
+            "items[0].number"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":1,"number":"2"}]}"#),
+            "items[0].number"
+        );
+        assert_eq!(
+            field_of(r#"{"user_id":"u","initiator":"USD","items":[{"id":1}]}"#),
+            "items[0].number"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"user_id":"u","initiator":"USD","items":[{"id":1,"number":1}],"time":"now"}"#
+            ),
+            "time"
+        );
+    }
+
+    #[test]
+    fn item_count_bounds() {
+        let items = |n: usize| {
+            (1..=n)
+                .map(|i| format!(r#"{{"id":{i},"number":1}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let body = |n| {
+            format!(
+                r#"{{"user_id":"u","initiator":"USD","items":[{}]}}"#,
+                items(n)
+            )
+        };
+        assert_eq!(check(&body(100)).unwrap().items.len(), 100);
+        assert_eq!(field_of(&body(101)), "items");
+    }
+}

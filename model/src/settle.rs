@@ -1,0 +1,277 @@
+//! The settlement rule of SPEC §4, pure and in memory: the sink applies it inside
+//! the database transaction, the checker recomputes it afterwards.
+
+use std::collections::HashMap;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::{Currency, Order};
+
+/// Exchange rates at one version: `rate(c)` is the value of one unit of `c` in the
+/// common unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateTable {
+    pub version: u64,
+    pub rates: Vec<(Currency, Decimal)>,
+}
+
+impl RateTable {
+    pub fn get(&self, c: Currency) -> Option<Decimal> {
+        self.rates.iter().find(|(k, _)| *k == c).map(|(_, r)| *r)
+    }
+}
+
+/// A catalogue row as the settlement needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commodity {
+    pub price: Decimal,
+    pub currency: Currency,
+    pub inventory: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    UnknownItem,
+    InsufficientInventory,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownItem => "unknown_item",
+            Reason::InsufficientInventory => "insufficient_inventory",
+        }
+    }
+}
+
+/// The outcome of one order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: Option<Reason>,
+    pub paid: Decimal,
+}
+
+impl Decision {
+    pub fn success(&self) -> bool {
+        self.reason.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettleError {
+    #[error("no rate for currency {0}")]
+    MissingRate(Currency),
+    #[error("rate for {0} is not positive")]
+    NonPositiveRate(Currency),
+    #[error("amount overflows exact decimal arithmetic")]
+    Overflow,
+}
+
+/// `round_half_even(Σ price_i × number_i × rate(currency_i) / rate(initiator), 2)`.
+pub fn paid(
+    lines: impl IntoIterator<Item = (Decimal, u32, Currency)>,
+    initiator: Currency,
+    rates: &RateTable,
+) -> Result<Decimal, SettleError> {
+    let rate = |c: Currency| -> Result<Decimal, SettleError> {
+        let r = rates.get(c).ok_or(SettleError::MissingRate(c))?;
+        if r <= Decimal::ZERO {
+            return Err(SettleError::NonPositiveRate(c));
+        }
+        Ok(r)
+    };
+    let mut sum = Decimal::ZERO;
+    for (price, number, currency) in lines {
+        let r = rate(currency)?;
+        let line = price
+            .checked_mul(Decimal::from(number))
+            .and_then(|v| v.checked_mul(r))
+            .ok_or(SettleError::Overflow)?;
+        sum = sum.checked_add(line).ok_or(SettleError::Overflow)?;
+    }
+    let amount = sum
+        .checked_div(rate(initiator)?)
+        .ok_or(SettleError::Overflow)?;
+    Ok(amount.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven))
+}
+
+/// Decide one order against the (locked) stock and apply it: unknown item first, then
+/// insufficient inventory (no stock changes), else take the stock and compute `paid`.
+pub fn decide(
+    order: &Order,
+    stock: &mut HashMap<u32, Commodity>,
+    rates: &RateTable,
+) -> Result<Decision, SettleError> {
+    let rejected = |reason| Decision {
+        reason: Some(reason),
+        paid: Decimal::ZERO,
+    };
+    if order.items.iter().any(|it| !stock.contains_key(&it.id)) {
+        return Ok(rejected(Reason::UnknownItem));
+    }
+    if order
+        .items
+        .iter()
+        .any(|it| stock[&it.id].inventory < it.number)
+    {
+        return Ok(rejected(Reason::InsufficientInventory));
+    }
+    let paid = paid(
+        order.items.iter().map(|it| {
+            let c = &stock[&it.id];
+            (c.price, it.number, c.currency)
+        }),
+        order.initiator,
+        rates,
+    )?;
+    for it in &order.items {
+        let c = stock.get_mut(&it.id).expect("checked above");
+        c.inventory -= it.number;
+    }
+    Ok(Decision { reason: None, paid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Item;
+    use std::str::FromStr;
+
+    fn c(s: &str) -> Currency {
+        s.parse().unwrap()
+    }
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+    fn table() -> RateTable {
+        RateTable {
+            version: 1,
+            rates: vec![
+                (c("RMB"), d("1")),
+                (c("USD"), d("7.12")),
+                (c("JPY"), d("0.048")),
+                (c("EUR"), d("7.80")),
+            ],
+        }
+    }
+
+    #[test]
+    fn paid_in_the_same_currency_is_price_times_number() {
+        let p = paid([(d("19.99"), 3, c("USD"))], c("USD"), &table()).unwrap();
+        assert_eq!(p, d("59.97"));
+    }
+
+    #[test]
+    fn paid_converts_through_the_common_unit() {
+        // 10 EUR × 7.80 + 1000 JPY × 0.048 = 78 + 48 = 126 RMB; in USD: 126 / 7.12 = 17.6966… → 17.70
+        let p = paid(
+            [(d("10"), 1, c("EUR")), (d("500"), 2, c("JPY"))],
+            c("USD"),
+            &table(),
+        )
+        .unwrap();
+        assert_eq!(p, d("17.70"));
+        // same in RMB: exactly 126.00
+        let p = paid(
+            [(d("10"), 1, c("EUR")), (d("500"), 2, c("JPY"))],
+            c("RMB"),
+            &table(),
+        )
+        .unwrap();
+        assert_eq!(p, d("126.00"));
+    }
+
+    #[test]
+    fn rounding_is_half_even_at_the_half_cent() {
+        // 0.005 exactly → 0.00 (even), 0.015 → 0.02, 0.025 → 0.02, 1.125 → 1.12, 1.135 → 1.14
+        for (price, want) in [
+            ("0.005", "0.00"),
+            ("0.015", "0.02"),
+            ("0.025", "0.02"),
+            ("1.125", "1.12"),
+            ("1.135", "1.14"),
+        ] {
+            let p = paid([(d(price), 1, c("RMB"))], c("RMB"), &table()).unwrap();
+            assert_eq!(p, d(want), "price {price}");
+        }
+        // A half cent reached through conversion: 0.0356 RMB / 7.12 = 0.005 USD → 0.00,
+        // and 3 × 0.0356 = 0.1068 RMB / 7.12 = 0.015 USD → 0.02.
+        let p = paid([(d("0.0356"), 1, c("RMB"))], c("USD"), &table()).unwrap();
+        assert_eq!(p, d("0.00"));
+        let p = paid([(d("0.0356"), 3, c("RMB"))], c("USD"), &table()).unwrap();
+        assert_eq!(p, d("0.02"));
+    }
+
+    #[test]
+    fn missing_rate_is_an_error_not_a_zero() {
+        let t = RateTable {
+            version: 1,
+            rates: vec![(c("RMB"), d("1"))],
+        };
+        assert_eq!(
+            paid([(d("1"), 1, c("USD"))], c("RMB"), &t),
+            Err(SettleError::MissingRate(c("USD")))
+        );
+    }
+
+    fn order(items: &[(u32, u32)]) -> Order {
+        Order {
+            order_id: uuid::Uuid::nil(),
+            user_id: "u".into(),
+            initiator: c("RMB"),
+            items: items
+                .iter()
+                .map(|&(id, number)| Item { id, number })
+                .collect(),
+            time: None,
+            accepted_at: 0,
+        }
+    }
+
+    fn stock() -> HashMap<u32, Commodity> {
+        HashMap::from([
+            (
+                1,
+                Commodity {
+                    price: d("2.50"),
+                    currency: c("RMB"),
+                    inventory: 5,
+                },
+            ),
+            (
+                2,
+                Commodity {
+                    price: d("1"),
+                    currency: c("USD"),
+                    inventory: 1,
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn decision_rule_order_and_stock() {
+        let mut s = stock();
+        // unknown item wins over insufficient inventory; nothing changes
+        let r = decide(&order(&[(2, 9), (99, 1)]), &mut s, &table()).unwrap();
+        assert_eq!(r.reason, Some(Reason::UnknownItem));
+        assert_eq!(r.paid, Decimal::ZERO);
+        // insufficient on one line: no stock taken from any line
+        let r = decide(&order(&[(1, 2), (2, 2)]), &mut s, &table()).unwrap();
+        assert_eq!(r.reason, Some(Reason::InsufficientInventory));
+        assert_eq!((s[&1].inventory, s[&2].inventory), (5, 1));
+        // success takes the stock and pays 2 × 2.50 + 1 × 7.12 = 12.12 RMB
+        let r = decide(&order(&[(1, 2), (2, 1)]), &mut s, &table()).unwrap();
+        assert!(r.success());
+        assert_eq!(r.paid, d("12.12"));
+        assert_eq!((s[&1].inventory, s[&2].inventory), (3, 0));
+        // last units: exactly enough succeeds, then nothing is left
+        assert!(decide(&order(&[(1, 3)]), &mut s, &table())
+            .unwrap()
+            .success());
+        let r = decide(&order(&[(1, 1)]), &mut s, &table()).unwrap();
+        assert_eq!(r.reason, Some(Reason::InsufficientInventory));
+        assert_eq!(s[&1].inventory, 0);
+    }
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Local MariaDB and ZooKeeper for DTSS, started by hand under a data directory
+# on loopback ports (no systemd). Idempotent; safe to call concurrently.
+#
+#   scripts/services.sh up      install if missing, start, wait until both answer
+#   scripts/services.sh down    stop what this script started (and nothing else)
+#   scripts/services.sh status  say what runs where
+#
+# Environment: DTSS_HOME (default: <repo>/.dtss), DTSS_MYSQL_PORT (3306),
+# DTSS_ZK_PORT (2181).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DTSS_HOME=${DTSS_HOME:-$ROOT/.dtss}
+SVC=$DTSS_HOME/services
+MYSQL_PORT=${DTSS_MYSQL_PORT:-3306}
+ZK_PORT=${DTSS_ZK_PORT:-2181}
+MY=$SVC/mariadb
+ZK=$SVC/zookeeper
+ZK_CP=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its cmdline contains PATTERN
+# (PIDs are reused on busy machines: never trust a pid file alone).
+pid_alive() {
+  local pidfile=$1 pattern=$2 pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
+}
+
+install_missing() {
+  local need=()
+  command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+  [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+  [ -f /usr/share/java/slf4j-simple.jar ] || need+=(libslf4j-java)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >"$SVC/apt.log" 2>&1 || {
+      cat "$SVC/apt.log" >&2
+      log "apt-get install failed (see above)"
+      exit 1
+    }
+  fi
+}
+
+mysql_ping() { mariadb-admin --no-defaults --socket="$MY/mysqld.sock" -uroot ping >/dev/null 2>&1; }
+
+mysql_up() {
+  if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then
+    log "MariaDB already running on 127.0.0.1:$MYSQL_PORT"
+    return
+  fi
+  mkdir -p "$MY"
+  if [ ! -d "$MY/data/mysql" ]; then
+    log "initialising MariaDB data directory $MY/data"
+    mariadb-install-db --no-defaults --datadir="$MY/data" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db >"$MY/install.log" 2>&1 || {
+      cat "$MY/install.log" >&2
+      exit 1
+    }
+  fi
+  log "starting MariaDB on 127.0.0.1:$MYSQL_PORT (log: $MY/error.log)"
+  setsid nohup mariadbd --no-defaults --datadir="$MY/data" --socket="$MY/mysqld.sock" \
+    --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user=root \
+    --log-error="$MY/error.log" --skip-name-resolve --max-connections=1000 \
+    --innodb-buffer-pool-size=1G --innodb-log-file-size=256M \
+    </dev/null >/dev/null 2>&1 9>&- &
+  for _ in $(seq 1 300); do
+    mysql_ping && break
+    sleep 0.1
+  done
+  mysql_ping || {
+    tail -n 30 "$MY/error.log" >&2
+    log "MariaDB did not answer within 30 s"
+    exit 1
+  }
+  mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot <<'SQL'
+CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY 'dtss';
+CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY 'dtss';
+GRANT ALL PRIVILEGES ON *.* TO 'dtss'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON *.* TO 'dtss'@'localhost';
+SQL
+}
+
+zk_ruok() {
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null) || return 1
+  [ "$reply" = imok ]
+}
+
+zk_up() {
+  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then
+    log "ZooKeeper already running on 127.0.0.1:$ZK_PORT"
+    return
+  fi
+  mkdir -p "$ZK/data"
+  cat >"$ZK/zoo.cfg" <<EOF
+tickTime=500
+initLimit=10
+syncLimit=5
+dataDir=$ZK/data
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=srvr,stat,ruok,mntr
+minSessionTimeout=1000
+maxSessionTimeout=30000
+EOF
+  log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (log: $ZK/zk.log)"
+  setsid nohup java -Xmx512m -cp "$ZK_CP" org.apache.zookeeper.server.quorum.QuorumPeerMain \
+    "$ZK/zoo.cfg" </dev/null >"$ZK/zk.log" 2>&1 9>&- &
+  echo $! >"$ZK/zk.pid"
+  for _ in $(seq 1 300); do
+    zk_ruok && break
+    sleep 0.1
+  done
+  zk_ruok || {
+    tail -n 30 "$ZK/zk.log" >&2
+    log "ZooKeeper did not answer within 30 s"
+    exit 1
+  }
+}
+
+stop_pid() {
+  local pidfile=$1 pattern=$2 name=$3 pid
+  if pid_alive "$pidfile" "$pattern"; then
+    pid=$(cat "$pidfile")
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  else
+    log "$name is not running (from $DTSS_HOME)"
+  fi
+  rm -f "$pidfile"
+}
+
+mkdir -p "$SVC"
+exec 9>"$SVC/.lock"
+flock 9
+
+case "${1:-}" in
+up)
+  install_missing
+  mysql_up
+  zk_up
+  log "ready: mysql://dtss:dtss@127.0.0.1:$MYSQL_PORT  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+  ;;
+down)
+  stop_pid "$ZK/zk.pid" "$ZK/zoo.cfg" ZooKeeper
+  stop_pid "$MY/mysqld.pid" "$MY/data" MariaDB
+  ;;
+status)
+  if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then echo "mariadb: up 127.0.0.1:$MYSQL_PORT"; else echo "mariadb: down"; fi
+  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then echo "zookeeper: up 127.0.0.1:$ZK_PORT"; else echo "zookeeper: down"; fi
+  ;;
+*)
+  echo "usage: $0 up|down|status" >&2
+  exit 2
+  ;;
+esac
