@@ -1,1 +1,169 @@
+//! ZooKeeper: the rate store at `{root}/rates/{C}` (decimal strings), and the
+//! watch-fed rate feed the dataflow listens to (SPEC §5).
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use model::{Config, Currency, Decimal};
+use zookeeper_client as zk;
+
+pub use zk::Client;
+
+/// Rates of every configured currency, in `Config::currencies()` order.
+pub type Rates = Vec<(Currency, Decimal)>;
+
+pub fn rates_path(cfg: &Config) -> String {
+    format!("{}/rates", cfg.zookeeper.root)
+}
+
+fn rate_path(cfg: &Config, c: Currency) -> String {
+    format!("{}/rates/{c}", cfg.zookeeper.root)
+}
+
+/// Connect to the configured ensemble, retrying for up to `patience`.
+pub async fn connect(cfg: &Config, patience: Duration) -> Result<Client> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let attempt = Client::connector()
+            .with_session_timeout(Duration::from_millis(cfg.zookeeper.session_timeout_ms))
+            .with_connection_timeout(Duration::from_secs(2))
+            .connect(&cfg.zookeeper.connect)
+            .await;
+        match attempt {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("ZooKeeper {} not reachable yet: {e}", cfg.zookeeper.connect);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach ZooKeeper at {} (zookeeper.connect): is it running? (scripts/services.sh up)",
+                        cfg.zookeeper.connect
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Create `{root}/rates/{C}` with the configured initial rate for every currency that
+/// has no node yet. Existing rates are left as they are.
+pub async fn seed_rates(client: &Client, cfg: &Config) -> Result<()> {
+    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    client
+        .mkdir(&rates_path(cfg), &opts)
+        .await
+        .with_context(|| format!("creating {}", rates_path(cfg)))?;
+    for (c, rate) in cfg.initial_rates()? {
+        match client.create(&rate_path(cfg, c), rate.to_string().as_bytes(), &opts).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", rate_path(cfg, c))),
+        }
+    }
+    Ok(())
+}
+
+/// Read every configured currency's rate, with each znode's version.
+pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, Decimal, i32)>> {
+    let mut out = vec![];
+    for c in cfg.currencies()? {
+        let path = rate_path(cfg, c);
+        let (data, stat) = client
+            .get_data(&path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let text = String::from_utf8_lossy(&data);
+        let rate = Decimal::from_str(text.trim())
+            .with_context(|| format!("{path} holds {text:?}, not a decimal rate"))?;
+        if rate <= Decimal::ZERO {
+            bail!("{path} holds {rate}, not a positive rate");
+        }
+        out.push((c, rate, stat.version));
+    }
+    Ok(out)
+}
+
+/// Follow the rates with a persistent recursive watch and call `on_change` with the
+/// full table whenever it differs from the last one delivered (and once at start).
+/// After a reconnect every rate is read again, so a change made while the client was
+/// away is not missed; an expired session is replaced by a new one. Runs on its own
+/// thread until `on_change` returns false.
+pub fn spawn_rate_feed(
+    cfg: Config,
+    mut on_change: impl FnMut(Rates) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("rate-feed".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let mut last: Option<Rates> = None;
+                loop {
+                    match follow(&cfg, &mut last, &mut on_change).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!("rate feed lost ZooKeeper, reconnecting: {e:#}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .expect("spawn rate-feed thread")
+}
+
+async fn follow(
+    cfg: &Config,
+    last: &mut Option<Rates>,
+    on_change: &mut impl FnMut(Rates) -> bool,
+) -> Result<()> {
+    let client = connect(cfg, Duration::from_secs(3600)).await?;
+    let mut watcher = client
+        .watch(&rates_path(cfg), zk::AddWatchMode::PersistentRecursive)
+        .await
+        .context("watching rates")?;
+    let mut deliver = |table: Rates| -> bool {
+        if last.as_ref() == Some(&table) {
+            return true;
+        }
+        *last = Some(table.clone());
+        on_change(table)
+    };
+    let read = |client: &Client| {
+        let client = client.clone();
+        async move {
+            read_rates(&client, cfg)
+                .await
+                .map(|v| v.into_iter().map(|(c, r, _)| (c, r)).collect::<Rates>())
+        }
+    };
+    if !deliver(read(&client).await?) {
+        return Ok(());
+    }
+    loop {
+        let ev = watcher.changed().await;
+        match ev.event_type {
+            zk::EventType::Session => match ev.session_state {
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                    tracing::info!("rate feed reconnected to ZooKeeper; re-reading every rate");
+                }
+                zk::SessionState::Disconnected => continue,
+                other => bail!("ZooKeeper session ended: {other:?}"),
+            },
+            zk::EventType::NodeDeleted => {
+                tracing::warn!("rate node {} was deleted; keeping the last rate", ev.path);
+                continue;
+            }
+            _ => {}
+        }
+        // A failed read goes back to reconnecting, which reads every rate afresh.
+        if !deliver(read(&client).await?) {
+            return Ok(());
+        }
+    }
+}

@@ -1,1 +1,14 @@
+//! MySQL, the system of record: schema, catalogue, the settlement transaction that
+//! commits results + stock + totals delta + offset together (SPEC §4–§5), and queries.
 
+mod catalogue;
+mod query;
+mod schema;
+mod settle;
+
+pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
+pub use query::{load_offsets, result_by_id, results_by_user, totals, ResultRow, TotalRow};
+pub use schema::{connect, ensure_schema};
+pub use settle::{settle_batch, Outcome, Settling};
+
+pub use mysql_async::Pool;

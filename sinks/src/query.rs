@@ -1,0 +1,104 @@
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use model::Decimal;
+use mysql_async::prelude::*;
+use mysql_async::{Pool, Row};
+use serde::Serialize;
+
+/// A settled order as the query API returns it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ResultRow {
+    pub order_id: String,
+    pub user_id: String,
+    pub initiator: String,
+    pub success: bool,
+    pub reason: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub paid: Decimal,
+    pub rate_version: u64,
+    pub epoch: u64,
+    pub items: String,
+    pub time: Option<i64>,
+    pub accepted_at: i64,
+    pub settled_at: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+const COLUMNS: &str = "order_id, user_id, initiator, success, reason, paid, rate_version, epoch, \
+                       items, client_time, accepted_at, settled_at, `partition`, `offset`";
+
+fn to_result(mut r: Row) -> Result<ResultRow> {
+    let mut col = |i: usize| -> Result<mysql_async::Value> {
+        r.take::<mysql_async::Value, _>(i).context("missing result column")
+    };
+    use mysql_async::from_value_opt as v;
+    Ok(ResultRow {
+        order_id: v(col(0)?)?,
+        user_id: v(col(1)?)?,
+        initiator: v(col(2)?)?,
+        success: v(col(3)?)?,
+        reason: v(col(4)?)?,
+        paid: v(col(5)?)?,
+        rate_version: v(col(6)?)?,
+        epoch: v(col(7)?)?,
+        items: v(col(8)?)?,
+        time: v(col(9)?)?,
+        accepted_at: v(col(10)?)?,
+        settled_at: v(col(11)?)?,
+        partition: v(col(12)?)?,
+        offset: v(col(13)?)?,
+    })
+}
+
+pub async fn result_by_id(pool: &Pool, order_id: &str) -> Result<Option<ResultRow>> {
+    let mut conn = pool.get_conn().await?;
+    let row: Option<Row> = conn
+        .exec_first(format!("SELECT {COLUMNS} FROM result WHERE order_id = ?"), (order_id,))
+        .await?;
+    row.map(to_result).transpose()
+}
+
+/// A user's results, newest first.
+pub async fn results_by_user(pool: &Pool, user_id: &str, limit: u32) -> Result<Vec<ResultRow>> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT {COLUMNS} FROM result WHERE user_id = ? ORDER BY accepted_at DESC, order_id DESC LIMIT ?"
+            ),
+            (user_id, limit),
+        )
+        .await?;
+    rows.into_iter().map(to_result).collect()
+}
+
+/// The next offset to read in every partition of `topic` that has settled anything.
+pub async fn load_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(i32, i64)> = conn
+        .exec("SELECT `partition`, next_offset FROM offsets WHERE topic = ?", (topic,))
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TotalRow {
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub orders: u64,
+}
+
+/// Per-currency totals committed so far (sum over partitions).
+pub async fn totals(pool: &Pool) -> Result<Vec<TotalRow>> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(String, Decimal, u64)> = conn
+        .query("SELECT currency, SUM(total), CAST(SUM(orders) AS UNSIGNED) FROM totals GROUP BY currency ORDER BY currency")
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(currency, total, orders)| TotalRow { currency, total, orders })
+        .collect())
+}

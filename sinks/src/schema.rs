@@ -1,0 +1,94 @@
+use anyhow::{Context, Result};
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+
+/// A pool for `url` holding at most `max` connections.
+pub fn connect(url: &str, max: usize) -> Result<Pool> {
+    let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
+    let pool_opts = PoolOpts::default()
+        .with_constraints(PoolConstraints::new(0, max.max(1)).expect("0 <= max"));
+    Ok(Pool::new(OptsBuilder::from_opts(opts).pool_opts(pool_opts)))
+}
+
+const TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS commodity (
+        id INT UNSIGNED NOT NULL PRIMARY KEY,
+        name VARCHAR(128) NOT NULL,
+        price DECIMAL(20,6) NOT NULL,
+        currency CHAR(3) NOT NULL,
+        inventory INT UNSIGNED NOT NULL,
+        initial_inventory INT UNSIGNED NOT NULL
+    ) ENGINE=InnoDB",
+    // One row per settled order. `items` is `id:number,…` so every result can be
+    // recomputed; `rate_version` names the rate_history snapshot it used.
+    "CREATE TABLE IF NOT EXISTS result (
+        order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        user_id VARCHAR(64) NOT NULL,
+        initiator CHAR(3) NOT NULL,
+        success BOOL NOT NULL,
+        reason VARCHAR(32) NULL,
+        paid DECIMAL(24,2) NOT NULL,
+        rate_version BIGINT UNSIGNED NOT NULL,
+        epoch BIGINT UNSIGNED NOT NULL,
+        items TEXT NOT NULL,
+        client_time BIGINT NULL,
+        accepted_at BIGINT NOT NULL,
+        settled_at BIGINT NOT NULL,
+        `partition` INT NOT NULL,
+        `offset` BIGINT NOT NULL,
+        UNIQUE KEY by_offset (`partition`, `offset`),
+        KEY by_user (user_id, accepted_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS offsets (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        next_offset BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (topic, `partition`)
+    ) ENGINE=InnoDB",
+    // Every rate snapshot the dataflow applied: all currencies at `version`,
+    // in force for orders of epoch >= from_epoch until the next version.
+    "CREATE TABLE IF NOT EXISTS rate_history (
+        version BIGINT UNSIGNED NOT NULL,
+        currency CHAR(3) NOT NULL,
+        rate DECIMAL(24,8) NOT NULL,
+        from_epoch BIGINT UNSIGNED NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        PRIMARY KEY (version, currency)
+    ) ENGINE=InnoDB",
+    // Running totals per partition and initiator currency, updated in the same
+    // transaction as the results: the total of C is the sum over partitions.
+    "CREATE TABLE IF NOT EXISTS totals (
+        `partition` INT NOT NULL,
+        currency CHAR(3) NOT NULL,
+        total DECIMAL(30,2) NOT NULL,
+        orders BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (`partition`, currency)
+    ) ENGINE=InnoDB",
+];
+
+/// Create the database named in `url` and every table, if missing.
+pub async fn ensure_schema(url: &str) -> Result<()> {
+    let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
+    let db = opts
+        .db_name()
+        .context("mysql.url must name a database, e.g. mysql://dtss:dtss@127.0.0.1:3306/dtss")?
+        .to_string();
+    let server = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
+    let mut conn = mysql_async::Conn::new(server)
+        .await
+        .with_context(|| format!("cannot connect to MySQL at {url}: is it running? (scripts/services.sh up)"))?;
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{}`", db.replace('`', "")))
+        .await
+        .context("CREATE DATABASE")?;
+    conn.query_drop(format!("USE `{}`", db.replace('`', ""))).await?;
+    for t in TABLES {
+        conn.query_drop(*t).await.with_context(|| format!("creating table: {}", first_line(t)))?;
+    }
+    conn.disconnect().await.ok();
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}

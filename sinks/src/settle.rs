@@ -1,0 +1,246 @@
+//! One MySQL transaction per batch: lock the batch's commodity rows in id order, decide
+//! every order in offset order, write stock, results, the totals delta and the
+//! partition's next offset, commit. Retried on any failure; the stored offset makes a
+//! retry after an ambiguous commit a no-op, so nothing is applied twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use model::{decide, now_ms, Commodity, Currency, Decimal, Order, RateTable, Reason};
+use mysql_async::prelude::*;
+use mysql_async::{Pool, TxOpts};
+
+/// An order ready to settle: where it was read, its epoch and the rates of that epoch.
+pub struct Settling<'a> {
+    pub offset: i64,
+    pub epoch: u64,
+    pub order: &'a Order,
+    pub rates: &'a RateTable,
+}
+
+/// What was committed for one order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub order_id: model::Uuid,
+    pub initiator: Currency,
+    pub epoch: u64,
+    pub reason: Option<Reason>,
+    pub paid: Decimal,
+    pub accepted_at: i64,
+    pub settled_at: i64,
+}
+
+/// Settle `batch` (offset order, one partition) and store `next_offset` for the
+/// partition, atomically. Orders below the offset already stored were committed
+/// before (an ambiguous commit, or a replay) and are skipped. Retries until it
+/// commits: while MySQL is down the caller waits here, and so stops reading Kafka.
+pub async fn settle_batch(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    batch: &[Settling<'_>],
+    next_offset: i64,
+) -> Result<Vec<Outcome>> {
+    let mut backoff = Duration::from_millis(20);
+    for attempt in 1.. {
+        match attempt_batch(pool, topic, partition, batch, next_offset).await {
+            Ok(out) => return Ok(out),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(e)) => {
+                tracing::warn!(
+                    partition,
+                    attempt,
+                    orders = batch.len(),
+                    "settlement transaction failed, retrying in {backoff:?}: {e:#}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    unreachable!()
+}
+
+enum Failure {
+    /// A database problem (deadlock, lost connection, server down): try again.
+    Retry(anyhow::Error),
+    /// The batch itself cannot be settled (e.g. a rate missing): stop.
+    Fatal(anyhow::Error),
+}
+
+impl From<mysql_async::Error> for Failure {
+    fn from(e: mysql_async::Error) -> Self {
+        Failure::Retry(e.into())
+    }
+}
+
+async fn attempt_batch(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    batch: &[Settling<'_>],
+    next_offset: i64,
+) -> Result<Vec<Outcome>, Failure> {
+    let mut conn = pool.get_conn().await?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+
+    let stored: Option<i64> = tx
+        .exec_first(
+            "SELECT next_offset FROM offsets WHERE topic = ? AND `partition` = ? FOR UPDATE",
+            (topic, partition),
+        )
+        .await?;
+    let done_below = stored.unwrap_or(0);
+    let todo: Vec<&Settling> = batch.iter().filter(|s| s.offset >= done_below).collect();
+    if todo.is_empty() {
+        tx.rollback().await?;
+        return Ok(vec![]);
+    }
+
+    let ids: BTreeSet<u32> = todo
+        .iter()
+        .flat_map(|s| s.order.items.iter().map(|it| it.id))
+        .collect();
+    let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
+    let before: HashMap<u32, u32>;
+    {
+        let sql = format!(
+            "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            join(ids.iter())
+        );
+        let rows: Vec<(u32, Decimal, String, u32)> = tx.query(sql).await?;
+        for (id, price, currency, inventory) in rows {
+            let currency = currency
+                .parse()
+                .map_err(|e| Failure::Fatal(anyhow::anyhow!("commodity {id}: {e}")))?;
+            stock.insert(id, Commodity { price, currency, inventory });
+        }
+        before = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
+    }
+
+    let settled_at = now_ms();
+    let mut outcomes = Vec::with_capacity(todo.len());
+    for s in &todo {
+        let d = decide(s.order, &mut stock, s.rates)
+            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
+            .map_err(Failure::Fatal)?;
+        outcomes.push(Outcome {
+            order_id: s.order.order_id,
+            initiator: s.order.initiator,
+            epoch: s.epoch,
+            reason: d.reason,
+            paid: d.paid,
+            accepted_at: s.order.accepted_at,
+            settled_at,
+        });
+    }
+
+    let changed: Vec<(u32, u32)> = stock
+        .iter()
+        .filter(|(id, c)| before[id] != c.inventory)
+        .map(|(id, c)| (*id, c.inventory))
+        .collect();
+    if !changed.is_empty() {
+        let mut sql = String::from("UPDATE commodity SET inventory = CASE id");
+        for (id, inv) in &changed {
+            write!(sql, " WHEN {id} THEN {inv}").unwrap();
+        }
+        write!(sql, " END WHERE id IN ({})", join(changed.iter().map(|(id, _)| id))).unwrap();
+        tx.query_drop(sql).await?;
+    }
+
+    for (chunk_s, chunk_o) in todo.chunks(500).zip(outcomes.chunks(500)) {
+        let mut sql = String::with_capacity(chunk_s.len() * 200);
+        sql.push_str(
+            "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
+             epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
+        );
+        for (i, (s, o)) in chunk_s.iter().zip(chunk_o).enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let ord = s.order;
+            write!(
+                sql,
+                "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
+                ord.order_id,
+                hex(ord.user_id.as_bytes()),
+                ord.initiator,
+                o.reason.is_none() as u8,
+                o.reason.map_or("NULL".into(), |r| format!("'{}'", r.as_str())),
+                o.paid,
+                s.rates.version,
+                s.epoch,
+                items_text(ord),
+                ord.time.map_or("NULL".into(), |t| t.to_string()),
+                ord.accepted_at,
+                settled_at,
+                partition,
+                s.offset
+            )
+            .unwrap();
+        }
+        tx.query_drop(sql).await?;
+    }
+
+    let mut delta: BTreeMap<Currency, (Decimal, u64)> = BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.reason.is_none()) {
+        let e = delta.entry(o.initiator).or_default();
+        e.0 += o.paid;
+        e.1 += 1;
+    }
+    if !delta.is_empty() {
+        let values: Vec<String> = delta
+            .iter()
+            .map(|(c, (t, n))| format!("({partition},'{c}',{t},{n})"))
+            .collect();
+        tx.query_drop(format!(
+            "INSERT INTO totals (`partition`, currency, total, orders) VALUES {} \
+             ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders)",
+            values.join(",")
+        ))
+        .await?;
+    }
+
+    tx.exec_drop(
+        "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES (?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at)",
+        (topic, partition, next_offset, settled_at),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// `id:number,id:number`, the form the result table keeps an order's items in.
+pub fn items_text(order: &Order) -> String {
+    let mut s = String::with_capacity(order.items.len() * 8);
+    for (i, it) in order.items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write!(s, "{}:{}", it.id, it.number).unwrap();
+    }
+    s
+}
+
+fn join<T: std::fmt::Display>(it: impl Iterator<Item = T>) -> String {
+    let mut s = String::new();
+    for (i, v) in it.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write!(s, "{v}").unwrap();
+    }
+    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        write!(s, "{b:02x}").unwrap();
+    }
+    s
+}
