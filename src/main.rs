@@ -1,1 +1,128 @@
-fn main() {}
+//! `dtss`: the command-line program that wires the crates together. See README.md.
+
+mod broker;
+mod services;
+mod signals;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use model::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "dtss",
+    version,
+    about = "Distributed transaction settlement system"
+)]
+struct Cli {
+    /// The cluster description.
+    #[arg(
+        long,
+        global = true,
+        default_value = "cluster.toml",
+        env = "DTSS_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the whole system up locally and keep it serving until Ctrl-C.
+    Up(up::UpArgs),
+    /// Start, stop or inspect the local MariaDB and ZooKeeper (scripts/services.sh).
+    Services {
+        #[arg(value_parser = ["up", "down", "status"])]
+        action: String,
+    },
+    /// Create the schema, load the catalogue and seed the rates (idempotent).
+    Init,
+    /// Run the embedded Kafka-protocol broker (when kafka.brokers is empty).
+    Broker,
+    /// Run one HTTP ingest replica.
+    Ingest {
+        /// Listen address; default: ingest.listen from the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run timely process N of the cluster (its workers read partitions N*w .. N*w+w-1).
+    Worker {
+        #[arg(long)]
+        process: usize,
+    },
+    /// Post generated orders over HTTP, wait until they settle, print a summary.
+    Load(up::LoadArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,librdkafka=warn,rdkafka=warn,zookeeper_client=warn".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::load(&cli.config).context(
+        "loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)",
+    )?;
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting tokio")
+    };
+    match cli.command {
+        Command::Up(args) => rt()?.block_on(up::up(cfg, args)),
+        Command::Services { action } => services::run(&cfg, &action),
+        Command::Init => rt()?.block_on(init(&cfg)),
+        Command::Broker => broker::run(&cfg),
+        Command::Ingest { listen } => {
+            let listen = match listen {
+                Some(l) => l,
+                None => cfg.ingest.listen.parse().context("ingest.listen")?,
+            };
+            rt()?.block_on(ingest::serve(cfg, listen, signals::shutdown_signal()))
+        }
+        Command::Worker { process } => {
+            let stop = signals::stop_flag();
+            dataflow::run(cfg, process, stop)
+        }
+        Command::Load(args) => rt()?.block_on(up::load(&cfg, &args)),
+    }
+}
+
+/// Schema, catalogue (first start only) and rates (when missing), idempotently.
+pub async fn init(cfg: &Config) -> Result<()> {
+    sinks::ensure_schema(&cfg.mysql.url).await?;
+    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let csv = cfg.catalogue.csv.as_ref().map(|p| cfg.resolve(p));
+    let n = sinks::load_catalogue(
+        &pool,
+        csv.as_deref(),
+        cfg.catalogue.items,
+        cfg.catalogue.seed,
+        &cfg.currencies()?,
+    )
+    .await?;
+    if n > 0 {
+        tracing::info!("loaded a catalogue of {n} commodities");
+    }
+    pool.disconnect().await.ok();
+    let zk = rates::connect(cfg, Duration::from_secs(30)).await?;
+    rates::seed_rates(&zk, cfg).await?;
+    Ok(())
+}

@@ -1,1 +1,105 @@
+//! The timely job (SPEC §1, §5): per worker, a Kafka source for partition = worker index,
+//! a rate source (worker 0, fed by ZooKeeper watches, broadcast), and a settle operator
+//! that settles each closed epoch as one MySQL transaction.
+//!
+//! Time is the epoch `accepted_at / epoch_ms`. An order's epoch never goes below the
+//! source's frontier nor below the previous order's in its partition (a late order is
+//! moved to the current epoch), so closed epochs are always a prefix of the partition
+//! and the offset committed with them is exact.
 
+mod kafka;
+mod operators;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use model::Config;
+
+/// Run process `process` of the cluster until `stop` is set (then finish and commit
+/// what was read, and return) or a part fails.
+pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
+    let processes = cfg.cluster.processes.len();
+    anyhow::ensure!(
+        process < processes,
+        "--process {process} is out of range: cluster.processes lists {processes} process(es), numbered 0 to {}",
+        processes - 1
+    );
+    let bootstrap = cfg.kafka_bootstrap(Duration::from_secs(30))?;
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(sinks::ensure_schema(&cfg.mysql.url))?;
+    }
+    let threads = cfg.cluster.workers_per_process;
+    let comm = if processes == 1 {
+        timely::CommunicationConfig::Process(threads)
+    } else {
+        timely::CommunicationConfig::Cluster {
+            threads,
+            process,
+            addresses: cfg.cluster.processes.clone(),
+            report: false,
+            zerocopy: false,
+        }
+    };
+    let config = timely::Config {
+        communication: comm,
+        worker: timely::WorkerConfig::default(),
+    };
+    let failed = Arc::new(AtomicBool::new(false));
+    let (cfg2, failed2, stop2) = (cfg.clone(), failed.clone(), stop.clone());
+    let guards = timely::execute(config, move |worker| {
+        let ctx = operators::WorkerContext {
+            cfg: cfg2.clone(),
+            bootstrap: bootstrap.clone(),
+            stop: stop2.clone(),
+            failed: failed2.clone(),
+        };
+        let index = worker.index();
+        if let Err(e) = operators::run_worker(worker, ctx) {
+            tracing::error!(worker = index, "worker failed: {e:#}");
+            failed2.store(true, Ordering::SeqCst);
+            stop2.store(true, Ordering::SeqCst);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+    let results = guards.join();
+    for r in results {
+        r.map_err(|e| anyhow::anyhow!("a worker thread panicked: {e}"))?;
+    }
+    if failed.load(Ordering::SeqCst) {
+        anyhow::bail!("a worker failed (see the log above)");
+    }
+    Ok(())
+}
+
+/// The consumer group-free check that the topic has one partition per worker.
+pub fn check_topic(cfg: &Config, bootstrap: &str) -> Result<()> {
+    use rdkafka::consumer::Consumer;
+    let consumer = kafka::consumer(bootstrap)?;
+    let md = consumer
+        .fetch_metadata(Some(&cfg.kafka.topic), Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "reading metadata of topic {} from {bootstrap}",
+                cfg.kafka.topic
+            )
+        })?;
+    let parts = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == cfg.kafka.topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        parts == cfg.partitions(),
+        "topic {} has {parts} partitions but the cluster has {} workers (processes × workers_per_process): \
+         one partition per worker is required",
+        cfg.kafka.topic,
+        cfg.partitions()
+    );
+    Ok(())
+}

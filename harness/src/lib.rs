@@ -1,1 +1,8 @@
+//! Load generation and reports: orders like the original sender, posted over HTTP on
+//! keep-alive connections, with ack latencies in an HDR histogram.
 
+mod generate;
+mod load;
+
+pub use generate::OrderGen;
+pub use load::{post_orders, wait_settled, LoadReport, SettleSummary};

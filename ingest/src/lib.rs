@@ -1,1 +1,8 @@
+//! The HTTP service (SPEC §3): order intake to Kafka, result queries, health, metrics.
+//! Stateless: any number of replicas may run behind a load balancer.
 
+mod backlog;
+mod http;
+mod routes;
+
+pub use http::serve;

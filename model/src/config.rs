@@ -312,6 +312,36 @@ impl Config {
             .or_else(|| Some(self.ingest.admin_token.clone()).filter(|t| !t.is_empty()))
     }
 
+    /// The file in which `dtss broker` publishes the embedded broker's address.
+    pub fn broker_addr_file(&self) -> PathBuf {
+        self.data_dir().join("broker.addr")
+    }
+
+    /// The Kafka bootstrap servers: the configured brokers, or else the embedded
+    /// broker's address (waiting up to `patience` for `dtss broker` to publish it).
+    pub fn kafka_bootstrap(&self, patience: std::time::Duration) -> Result<String> {
+        if !self.kafka.brokers.is_empty() {
+            return Ok(self.kafka.brokers.join(","));
+        }
+        let file = self.broker_addr_file();
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&file) {
+                let s = s.trim();
+                if !s.is_empty() {
+                    return Ok(s.to_string());
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "kafka.brokers is empty and the embedded broker has not published {}: start it with `dtss broker` (or `dtss up`), or configure kafka.brokers",
+                    file.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn epoch_of(&self, ms: i64) -> u64 {
         ms.max(0) as u64 / self.cluster.epoch_ms
     }

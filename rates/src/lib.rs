@@ -57,7 +57,10 @@ pub async fn seed_rates(client: &Client, cfg: &Config) -> Result<()> {
         .await
         .with_context(|| format!("creating {}", rates_path(cfg)))?;
     for (c, rate) in cfg.initial_rates()? {
-        match client.create(&rate_path(cfg, c), rate.to_string().as_bytes(), &opts).await {
+        match client
+            .create(&rate_path(cfg, c), rate.to_string().as_bytes(), &opts)
+            .await
+        {
             Ok(_) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", rate_path(cfg, c))),
         }

@@ -49,7 +49,11 @@ pub fn read_csv(path: &Path, currencies: &[Currency]) -> Result<Vec<CatalogueRow
     let mut rows = vec![];
     for (i, rec) in rdr.deserialize::<CatalogueRow>().enumerate() {
         let row = rec.with_context(|| {
-            format!("{} record {}: expected id,name,price,currency,inventory", path.display(), i + 1)
+            format!(
+                "{} record {}: expected id,name,price,currency,inventory",
+                path.display(),
+                i + 1
+            )
         })?;
         if row.id == 0 || row.price < Decimal::ZERO || !currencies.contains(&row.currency) {
             bail!(
@@ -100,7 +104,9 @@ pub async fn load_catalogue(
                 ]
             })
             .collect();
-        tx.exec_drop(sql, params).await.context("inserting catalogue")?;
+        tx.exec_drop(sql, params)
+            .await
+            .context("inserting catalogue")?;
     }
     tx.commit().await?;
     Ok(rows.len())
@@ -117,7 +123,9 @@ mod tests {
         assert_eq!(a, generate_catalogue(500, 7, &cur));
         assert_ne!(a, generate_catalogue(500, 8, &cur));
         assert!(a.iter().all(|r| (10..=10_000).contains(&r.inventory)));
-        assert!(a.iter().all(|r| r.price >= Decimal::new(1, 2) && r.price < Decimal::from(1000)));
+        assert!(a
+            .iter()
+            .all(|r| r.price >= Decimal::new(1, 2) && r.price < Decimal::from(1000)));
         assert!(cur.iter().all(|c| a.iter().any(|r| r.currency == *c)));
     }
 }

@@ -7,8 +7,12 @@ mod schema;
 mod settle;
 
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
-pub use query::{load_offsets, result_by_id, results_by_user, totals, ResultRow, TotalRow};
+pub use query::{
+    latest_rates, load_offsets, record_rates, reset_offsets, result_by_id, results_by_user, totals,
+    ResultRow, TotalRow,
+};
 pub use schema::{connect, ensure_schema};
+pub use settle::items_text;
 pub use settle::{settle_batch, Outcome, Settling};
 
 pub use mysql_async::Pool;

@@ -31,7 +31,8 @@ const COLUMNS: &str = "order_id, user_id, initiator, success, reason, paid, rate
 
 fn to_result(mut r: Row) -> Result<ResultRow> {
     let mut col = |i: usize| -> Result<mysql_async::Value> {
-        r.take::<mysql_async::Value, _>(i).context("missing result column")
+        r.take::<mysql_async::Value, _>(i)
+            .context("missing result column")
     };
     use mysql_async::from_value_opt as v;
     Ok(ResultRow {
@@ -55,7 +56,10 @@ fn to_result(mut r: Row) -> Result<ResultRow> {
 pub async fn result_by_id(pool: &Pool, order_id: &str) -> Result<Option<ResultRow>> {
     let mut conn = pool.get_conn().await?;
     let row: Option<Row> = conn
-        .exec_first(format!("SELECT {COLUMNS} FROM result WHERE order_id = ?"), (order_id,))
+        .exec_first(
+            format!("SELECT {COLUMNS} FROM result WHERE order_id = ?"),
+            (order_id,),
+        )
         .await?;
     row.map(to_result).transpose()
 }
@@ -78,7 +82,10 @@ pub async fn results_by_user(pool: &Pool, user_id: &str, limit: u32) -> Result<V
 pub async fn load_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>> {
     let mut conn = pool.get_conn().await?;
     let rows: Vec<(i32, i64)> = conn
-        .exec("SELECT `partition`, next_offset FROM offsets WHERE topic = ?", (topic,))
+        .exec(
+            "SELECT `partition`, next_offset FROM offsets WHERE topic = ?",
+            (topic,),
+        )
         .await?;
     Ok(rows.into_iter().collect())
 }
@@ -99,6 +106,59 @@ pub async fn totals(pool: &Pool) -> Result<Vec<TotalRow>> {
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(currency, total, orders)| TotalRow { currency, total, orders })
+        .map(|(currency, total, orders)| TotalRow {
+            currency,
+            total,
+            orders,
+        })
         .collect())
+}
+
+/// The newest rate snapshot the dataflow recorded: `(version, rates)`.
+pub async fn latest_rates(pool: &Pool) -> Result<Option<(u64, Vec<(String, Decimal)>)>> {
+    let mut conn = pool.get_conn().await?;
+    let version: Option<Option<u64>> = conn
+        .query_first("SELECT MAX(version) FROM rate_history")
+        .await?;
+    let Some(version) = version.flatten() else {
+        return Ok(None);
+    };
+    let rows: Vec<(String, Decimal)> = conn
+        .exec(
+            "SELECT currency, rate FROM rate_history WHERE version = ? ORDER BY currency",
+            (version,),
+        )
+        .await?;
+    Ok(Some((version, rows)))
+}
+
+/// Record the snapshot `version`, in force from `from_epoch` on. Idempotent.
+pub async fn record_rates(
+    pool: &Pool,
+    version: u64,
+    from_epoch: u64,
+    rates: &[(model::Currency, Decimal)],
+) -> Result<()> {
+    let mut conn = pool.get_conn().await?;
+    let now = model::now_ms();
+    let params: Vec<(u64, String, Decimal, u64, i64)> = rates
+        .iter()
+        .map(|(c, r)| (version, c.to_string(), *r, from_epoch, now))
+        .collect();
+    conn.exec_batch(
+        "INSERT IGNORE INTO rate_history (version, currency, rate, from_epoch, recorded_at) VALUES (?,?,?,?,?)",
+        params,
+    )
+    .await
+    .context("recording rate history")?;
+    Ok(())
+}
+
+/// Forget the stored offsets of `topic`: its log was started afresh (the embedded
+/// broker keeps nothing across its restart), so they no longer name anything.
+pub async fn reset_offsets(pool: &Pool, topic: &str) -> Result<u64> {
+    let mut conn = pool.get_conn().await?;
+    conn.exec_drop("DELETE FROM offsets WHERE topic = ?", (topic,))
+        .await?;
+    Ok(conn.affected_rows())
 }

@@ -36,7 +36,7 @@ const TABLES: &[&str] = &[
         settled_at BIGINT NOT NULL,
         `partition` INT NOT NULL,
         `offset` BIGINT NOT NULL,
-        UNIQUE KEY by_offset (`partition`, `offset`),
+        KEY by_offset (`partition`, `offset`),
         KEY by_user (user_id, accepted_at)
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS offsets (
@@ -75,15 +75,21 @@ pub async fn ensure_schema(url: &str) -> Result<()> {
         .context("mysql.url must name a database, e.g. mysql://dtss:dtss@127.0.0.1:3306/dtss")?
         .to_string();
     let server = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
-    let mut conn = mysql_async::Conn::new(server)
-        .await
-        .with_context(|| format!("cannot connect to MySQL at {url}: is it running? (scripts/services.sh up)"))?;
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{}`", db.replace('`', "")))
-        .await
-        .context("CREATE DATABASE")?;
-    conn.query_drop(format!("USE `{}`", db.replace('`', ""))).await?;
+    let mut conn = mysql_async::Conn::new(server).await.with_context(|| {
+        format!("cannot connect to MySQL at {url}: is it running? (scripts/services.sh up)")
+    })?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS `{}`",
+        db.replace('`', "")
+    ))
+    .await
+    .context("CREATE DATABASE")?;
+    conn.query_drop(format!("USE `{}`", db.replace('`', "")))
+        .await?;
     for t in TABLES {
-        conn.query_drop(*t).await.with_context(|| format!("creating table: {}", first_line(t)))?;
+        conn.query_drop(*t)
+            .await
+            .with_context(|| format!("creating table: {}", first_line(t)))?;
     }
     conn.disconnect().await.ok();
     Ok(())

@@ -94,7 +94,7 @@ async fn attempt_batch(
         .await?;
     let done_below = stored.unwrap_or(0);
     let todo: Vec<&Settling> = batch.iter().filter(|s| s.offset >= done_below).collect();
-    if todo.is_empty() {
+    if next_offset <= done_below {
         tx.rollback().await?;
         return Ok(vec![]);
     }
@@ -105,7 +105,7 @@ async fn attempt_batch(
         .collect();
     let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
     let before: HashMap<u32, u32>;
-    {
+    if !ids.is_empty() {
         let sql = format!(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
             join(ids.iter())
@@ -115,10 +115,17 @@ async fn attempt_batch(
             let currency = currency
                 .parse()
                 .map_err(|e| Failure::Fatal(anyhow::anyhow!("commodity {id}: {e}")))?;
-            stock.insert(id, Commodity { price, currency, inventory });
+            stock.insert(
+                id,
+                Commodity {
+                    price,
+                    currency,
+                    inventory,
+                },
+            );
         }
-        before = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
     }
+    before = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
 
     let settled_at = now_ms();
     let mut outcomes = Vec::with_capacity(todo.len());
@@ -147,7 +154,12 @@ async fn attempt_batch(
         for (id, inv) in &changed {
             write!(sql, " WHEN {id} THEN {inv}").unwrap();
         }
-        write!(sql, " END WHERE id IN ({})", join(changed.iter().map(|(id, _)| id))).unwrap();
+        write!(
+            sql,
+            " END WHERE id IN ({})",
+            join(changed.iter().map(|(id, _)| id))
+        )
+        .unwrap();
         tx.query_drop(sql).await?;
     }
 
@@ -169,7 +181,8 @@ async fn attempt_batch(
                 hex(ord.user_id.as_bytes()),
                 ord.initiator,
                 o.reason.is_none() as u8,
-                o.reason.map_or("NULL".into(), |r| format!("'{}'", r.as_str())),
+                o.reason
+                    .map_or("NULL".into(), |r| format!("'{}'", r.as_str())),
                 o.paid,
                 s.rates.version,
                 s.epoch,

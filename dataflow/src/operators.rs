@@ -1,0 +1,403 @@
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use model::{now_ms, Config, Currency, Decimal, RateTable};
+use sinks::{Outcome, Pool, Settling};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::{source, Operator};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, StreamVec};
+use timely::worker::Worker;
+
+use crate::kafka::{spawn_reader, Read};
+
+/// Most orders settled in one MySQL transaction.
+const MAX_BATCH: usize = 2000;
+
+pub struct WorkerContext {
+    pub cfg: Config,
+    pub bootstrap: String,
+    pub stop: Arc<AtomicBool>,
+    pub failed: Arc<AtomicBool>,
+}
+
+/// Per-worker handles to MySQL: a single-threaded runtime that the operators block on.
+struct Db {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+}
+
+impl Db {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// A failure inside an operator: nothing of the current batch was committed, so the
+/// process exits and its supervisor restarts it from the offsets in MySQL.
+fn die(what: &str, e: anyhow::Error) -> ! {
+    tracing::error!("{what}: {e:#}; exiting so the cluster restarts from committed offsets");
+    std::process::exit(3)
+}
+
+pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
+    let cfg = ctx.cfg.clone();
+    let index = worker.index();
+    let partition = index as i32;
+    let epoch_ms = cfg.cluster.epoch_ms;
+    let db = Rc::new(Db {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        pool: sinks::connect(&cfg.mysql.url, 2)?,
+    });
+    let start = db
+        .block_on(sinks::load_offsets(&db.pool, &cfg.kafka.topic))
+        .context("loading stored offsets")?
+        .get(&partition)
+        .copied()
+        .unwrap_or(0);
+
+    let (order_tx, order_rx) = crossbeam_channel::bounded::<Vec<Read>>(8);
+    let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
+    let stats = Rc::new(RefCell::new(Stats::default()));
+
+    let (order_wake, rate_wake) = worker.dataflow::<u64, _, _>(|scope| {
+        let (orders, order_wake) = order_source(scope, &cfg, order_rx, ctx.stop.clone());
+        let (rates, rate_wake) =
+            rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
+        settle(
+            orders,
+            rates.broadcast(),
+            &cfg,
+            partition,
+            db.clone(),
+            stats.clone(),
+        );
+        (order_wake, rate_wake)
+    });
+
+    let reader = spawn_reader(
+        ctx.bootstrap.clone(),
+        cfg.kafka.topic.clone(),
+        partition,
+        start,
+        order_tx,
+        move || {
+            let _ = order_wake.activate();
+        },
+        ctx.stop.clone(),
+    )?;
+    if index == 0 {
+        rates::spawn_rate_feed(cfg.clone(), move |table| {
+            rate_tx.send(table).is_ok() && rate_wake.activate().is_ok()
+        });
+    }
+
+    let mut last_report = Instant::now();
+    while worker.step_or_park(Some(Duration::from_millis(epoch_ms))) {
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            let mut s = stats.borrow_mut();
+            if s.orders > 0 {
+                tracing::info!(
+                    partition,
+                    settled = s.orders,
+                    batches = s.batches,
+                    "settled {} orders in {} transactions in the last {:.0?}",
+                    s.orders,
+                    s.batches,
+                    last_report.elapsed()
+                );
+            }
+            *s = Stats::default();
+            last_report = Instant::now();
+        }
+    }
+    let _ = reader.join();
+    let _ = ctx.failed;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Stats {
+    orders: u64,
+    batches: u64,
+}
+
+/// The worker's partition as a stream of `(offset, order)` at event-time epochs.
+fn order_source<'s>(
+    scope: Scope<'s, u64>,
+    cfg: &Config,
+    rx: crossbeam_channel::Receiver<Vec<Read>>,
+    stop: Arc<AtomicBool>,
+) -> (StreamVec<'s, u64, Read>, timely::scheduling::SyncActivator) {
+    let cfg = cfg.clone();
+    let mut wake = None;
+    let stream = source::<_, CapacityContainerBuilder<Vec<Read>>, _, _>(
+        scope,
+        "KafkaSource",
+        |cap, info| {
+            wake = Some(scope.worker().sync_activator_for(info.address.to_vec()));
+            let tick = scope.activator_for(info.address.clone());
+            let delay = cfg.cluster.watermark_delay_ms as i64;
+            let mut cap = Some(cap);
+            let mut floor = 0u64;
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                let now = now_ms();
+                let wall = cfg.epoch_of(now);
+                let mut disconnected = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(chunk) => {
+                            let mut i = 0;
+                            while i < chunk.len() {
+                                // An order never goes below the frontier nor below its
+                                // predecessor's epoch, and never ahead of this clock.
+                                let lo = floor.max(*c.time());
+                                let epoch_for = |r: &Read| match &r.1 {
+                                    Some(o) => cfg.epoch_of(o.accepted_at).clamp(lo, lo.max(wall)),
+                                    None => lo,
+                                };
+                                let epoch = epoch_for(&chunk[i]);
+                                let mut j = i + 1;
+                                while j < chunk.len() && epoch_for(&chunk[j]) == epoch {
+                                    j += 1;
+                                }
+                                floor = epoch;
+                                let at = c.delayed(&epoch);
+                                output
+                                    .session(&at)
+                                    .give_iterator(chunk[i..j].iter().cloned());
+                                i = j;
+                            }
+                        }
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
+                }
+                if disconnected {
+                    // The reader stopped (shutdown) and everything it read is emitted.
+                    cap = None;
+                    return;
+                }
+                let watermark = cfg.epoch_of(now - delay).max(*c.time());
+                c.downgrade(&watermark);
+                if !stop.load(Ordering::Relaxed) {
+                    tick.activate_after(Duration::from_millis(cfg.cluster.epoch_ms));
+                } else {
+                    tick.activate_after(Duration::from_millis(1));
+                }
+            }
+        },
+    );
+    (stream, wake.expect("source constructor ran"))
+}
+
+/// Rate tables from ZooKeeper, on worker 0 only, at the epoch they were observed in.
+/// Each distinct table gets the next version and is recorded in `rate_history` before
+/// any order can use it.
+fn rate_source<'s>(
+    scope: Scope<'s, u64>,
+    cfg: &Config,
+    index: usize,
+    rx: crossbeam_channel::Receiver<Vec<(Currency, Decimal)>>,
+    db: Rc<Db>,
+    stop: Arc<AtomicBool>,
+) -> (
+    StreamVec<'s, u64, RateTable>,
+    timely::scheduling::SyncActivator,
+) {
+    let cfg = cfg.clone();
+    let mut wake = None;
+    let stream = source::<_, CapacityContainerBuilder<Vec<RateTable>>, _, _>(
+        scope,
+        "RateSource",
+        |cap, info| {
+            wake = Some(scope.worker().sync_activator_for(info.address.to_vec()));
+            let tick = scope.activator_for(info.address.clone());
+            let mut cap = (index == 0).then_some(cap);
+            let mut current: Option<RateTable> = None;
+            let mut loaded = false;
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                if !loaded {
+                    current = db
+                        .block_on(sinks::latest_rates(&db.pool))
+                        .unwrap_or_else(|e| die("reading rate history", e))
+                        .map(|(version, rows)| RateTable {
+                            version,
+                            rates: rows
+                                .into_iter()
+                                .filter_map(|(c, r)| Some((c.parse().ok()?, r)))
+                                .collect(),
+                        });
+                    loaded = true;
+                }
+                let mut emitted_first = false;
+                while let Ok(rates) = rx.try_recv() {
+                    let from = cfg.epoch_of(now_ms()).max(*c.time());
+                    let same = current
+                        .as_ref()
+                        .is_some_and(|t| same_rates(&t.rates, &rates));
+                    let table = if same && *c.time() == 0 {
+                        // First table after a restart equals the last recorded one: same version.
+                        current.clone().expect("checked")
+                    } else if same {
+                        continue;
+                    } else {
+                        let version = current.as_ref().map_or(1, |t| t.version + 1);
+                        db.block_on(sinks::record_rates(&db.pool, version, from, &rates))
+                            .unwrap_or_else(|e| die("recording a rate version", e));
+                        tracing::info!(version, from_epoch = from, "rates now {}", show(&rates));
+                        RateTable { version, rates }
+                    };
+                    output.session(&c.delayed(&from)).give(table.clone());
+                    c.downgrade(&from);
+                    current = Some(table);
+                    emitted_first = true;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    cap = None;
+                    return;
+                }
+                // Until the first table is out, hold the frontier so no epoch closes rate-less.
+                if emitted_first || *c.time() > 0 {
+                    let now = cfg.epoch_of(now_ms()).max(*c.time());
+                    c.downgrade(&now);
+                }
+                tick.activate_after(Duration::from_millis(cfg.cluster.epoch_ms));
+            }
+        },
+    );
+    (stream, wake.expect("source constructor ran"))
+}
+
+fn same_rates(a: &[(Currency, Decimal)], b: &[(Currency, Decimal)]) -> bool {
+    a.len() == b.len()
+        && b.iter()
+            .all(|(c, r)| a.iter().any(|(c2, r2)| c2 == c && r2 == r))
+}
+
+fn show(rates: &[(Currency, Decimal)]) -> String {
+    rates
+        .iter()
+        .map(|(c, r)| format!("{c}={r}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Settle every epoch that both the orders and the rates have passed, as one
+/// transaction per (at most MAX_BATCH) orders, in offset order.
+fn settle<'s>(
+    orders: StreamVec<'s, u64, Read>,
+    rates: StreamVec<'s, u64, RateTable>,
+    cfg: &Config,
+    partition: i32,
+    db: Rc<Db>,
+    stats: Rc<RefCell<Stats>>,
+) -> StreamVec<'s, u64, Outcome> {
+    let topic = cfg.kafka.topic.clone();
+    orders
+        .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, _info| {
+            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
+            let mut tables: BTreeMap<u64, RateTable> = BTreeMap::new();
+            move |(in_orders, f_orders), (in_rates, f_rates), output| {
+                in_orders.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let t = *cap.time();
+                    pending
+                        .entry(t)
+                        .or_insert_with(|| (cap, Vec::new()))
+                        .1
+                        .append(data);
+                });
+                in_rates.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        for table in data.drain(..) {
+                            tables.insert(t, table);
+                        }
+                    }
+                });
+                let closed = |e: &u64| {
+                    !f_orders.frontier().less_equal(e) && !f_rates.frontier().less_equal(e)
+                };
+                let ready: Vec<u64> = pending.keys().copied().take_while(|e| closed(e)).collect();
+                if ready.is_empty() {
+                    return;
+                }
+                let mut batch: Vec<(u64, Read)> = Vec::new();
+                let mut caps = Vec::new();
+                for e in &ready {
+                    let (cap, reads) = pending.remove(e).expect("key from map");
+                    batch.extend(reads.into_iter().map(|r| (*e, r)));
+                    caps.push(cap);
+                }
+                let table_for = |e: u64| tables.range(..=e).next_back().map(|(_, t)| t);
+                if table_for(ready[0]).is_none() {
+                    // Only possible when the rate source stopped before delivering any
+                    // rate (shutdown): leave these unsettled; they are read again.
+                    tracing::warn!(
+                        partition,
+                        orders = batch.len(),
+                        "no rates yet; not settling at shutdown"
+                    );
+                    return;
+                }
+                for chunk in batch.chunks(MAX_BATCH) {
+                    let next_offset = chunk.last().expect("non-empty").1 .0 + 1;
+                    let settling: Vec<Settling> = chunk
+                        .iter()
+                        .filter_map(|(e, (offset, order))| {
+                            Some(Settling {
+                                offset: *offset,
+                                epoch: *e,
+                                order: order.as_ref()?,
+                                rates: table_for(*e).expect("tables only grow past the first"),
+                            })
+                        })
+                        .collect();
+                    let outcomes = db
+                        .block_on(sinks::settle_batch(
+                            &db.pool,
+                            &topic,
+                            partition,
+                            &settling,
+                            next_offset,
+                        ))
+                        .unwrap_or_else(|e| die("settling a batch", e));
+                    {
+                        let mut s = stats.borrow_mut();
+                        s.orders += outcomes.len() as u64;
+                        s.batches += 1;
+                    }
+                    for cap in &caps {
+                        let t = *cap.time();
+                        output
+                            .session(cap)
+                            .give_iterator(outcomes.iter().filter(|o| o.epoch == t).cloned());
+                    }
+                }
+                // Keep only the newest table at or below what is still open.
+                if let Some(&open) = f_orders.frontier().first() {
+                    let keep = tables.range(..=open).next_back().map(|(k, _)| *k);
+                    if let Some(keep) = keep {
+                        tables.retain(|k, _| *k >= keep);
+                    }
+                }
+            }
+        })
+        .container::<Vec<Outcome>>()
+}

@@ -1,0 +1,220 @@
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mysql_async::prelude::*;
+
+use crate::OrderGen;
+
+/// What a load run saw from the HTTP side.
+pub struct LoadReport {
+    /// The ids of orders that got 202.
+    pub accepted: Vec<String>,
+    pub rejected_400: u64,
+    pub unavailable_503: u64,
+    pub other: u64,
+    pub elapsed: Duration,
+    /// HTTP ack latency, microseconds.
+    pub ack_us: Histogram<u64>,
+    pub started_ms: i64,
+}
+
+/// Post `n` generated orders to `base_url` (e.g. http://127.0.0.1:8080) over
+/// `connections` keep-alive connections as fast as they are answered. A 503 is retried
+/// after its Retry-After, as a well-behaved client would, so every order gets placed.
+pub async fn post_orders(
+    base_url: &str,
+    n: u64,
+    connections: usize,
+    gen: OrderGen,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<LoadReport> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http();
+    let url: hyper::Uri = format!("{}/api/orders", base_url.trim_end_matches('/'))
+        .parse()
+        .context("load target URL")?;
+    let gen = Arc::new(Mutex::new(gen));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = Arc::new(progress);
+    let started = Instant::now();
+    let started_ms = model::now_ms();
+    let mut tasks = vec![];
+    for _ in 0..connections.max(1) {
+        let (client, url, gen, next, progress) = (
+            client.clone(),
+            url.clone(),
+            gen.clone(),
+            next.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = vec![];
+            let (mut bad, mut busy, mut other) = (0u64, 0u64, 0u64);
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let body = gen.lock().expect("generator").next_body();
+                loop {
+                    let req = Request::post(url.clone())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.clone())))
+                        .expect("request");
+                    let t0 = Instant::now();
+                    let resp = match client.request(req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!("request failed: {e}");
+                            other += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let status = resp.status().as_u16();
+                    let bytes = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    hist.saturating_record(t0.elapsed().as_micros() as u64);
+                    match status {
+                        202 => {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&bytes).unwrap_or_default();
+                            if let Some(id) = v["order_id"].as_str() {
+                                accepted.push(id.to_string());
+                            }
+                            break;
+                        }
+                        503 => {
+                            busy += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        400 | 413 => {
+                            bad += 1;
+                            break;
+                        }
+                        _ => {
+                            other += 1;
+                            break;
+                        }
+                    }
+                }
+                progress(i + 1);
+            }
+            (accepted, bad, busy, other, hist)
+        }));
+    }
+    let mut report = LoadReport {
+        accepted: vec![],
+        rejected_400: 0,
+        unavailable_503: 0,
+        other: 0,
+        elapsed: Duration::ZERO,
+        ack_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        started_ms,
+    };
+    for t in tasks {
+        let (acc, bad, busy, other, hist) = t.await.context("load task panicked")?;
+        report.accepted.extend(acc);
+        report.rejected_400 += bad;
+        report.unavailable_503 += busy;
+        report.other += other;
+        report.ack_us.add(hist).expect("same bounds");
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// How the accepted orders settled.
+pub struct SettleSummary {
+    pub settled: u64,
+    pub succeeded: u64,
+    pub by_reason: Vec<(String, u64)>,
+    /// From the first acceptance to the last settlement, milliseconds.
+    pub span_ms: i64,
+    /// End-to-end (accepted_at → settled_at) percentiles, milliseconds: p50, p99, max.
+    pub e2e_ms: (u64, u64, u64),
+}
+
+/// Wait until every id in `ids` has a result row (or `timeout` passes), then summarise.
+pub async fn wait_settled(
+    pool: &sinks::Pool,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<SettleSummary> {
+    let deadline = Instant::now() + timeout;
+    let mut conn = pool.get_conn().await?;
+    let chunks: Vec<String> = ids.chunks(5000).map(quoted).collect();
+    loop {
+        let mut settled = 0u64;
+        for c in &chunks {
+            let n: Option<u64> = conn
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM result WHERE order_id IN ({c})"
+                ))
+                .await?;
+            settled += n.unwrap_or(0);
+        }
+        if settled >= ids.len() as u64 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut summary = SettleSummary {
+        settled: 0,
+        succeeded: 0,
+        by_reason: vec![],
+        span_ms: 0,
+        e2e_ms: (0, 0, 0),
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("bounds");
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for c in ids.chunks(5000) {
+        let rows: Vec<(bool, Option<String>, i64, i64)> = conn
+            .query(format!(
+                "SELECT success, reason, accepted_at, settled_at FROM result WHERE order_id IN ({})",
+                quoted(c)
+            ))
+            .await?;
+        for (ok, reason, acc, set) in rows {
+            summary.settled += 1;
+            if ok {
+                summary.succeeded += 1;
+            } else {
+                *reasons.entry(reason.unwrap_or_default()).or_default() += 1;
+            }
+            first = first.min(acc);
+            last = last.max(set);
+            hist.saturating_record((set - acc).max(1) as u64);
+        }
+    }
+    summary.by_reason = reasons.into_iter().collect();
+    summary.span_ms = if summary.settled > 0 { last - first } else { 0 };
+    summary.e2e_ms = (
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max(),
+    );
+    Ok(summary)
+}
+
+fn quoted(ids: &[String]) -> String {
+    ids.iter()
+        .filter(|id| id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,109 @@
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use model::Config;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::net::TcpListener;
+
+use crate::backlog::Backlog;
+use crate::routes::{route, Metrics, State};
+
+/// Serve the HTTP API on `listen` until `shutdown` resolves, then finish in-flight
+/// requests (up to 10 s) and return.
+pub async fn serve(
+    cfg: Config,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let bootstrap = cfg.kafka_bootstrap(Duration::from_secs(30))?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "5000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .context("creating the Kafka producer")?;
+    sinks::ensure_schema(&cfg.mysql.url).await?;
+    let pool = sinks::connect(&cfg.mysql.url, 16)?;
+
+    let partitions = cfg.partitions();
+    let limit = cfg
+        .kafka
+        .brokers
+        .is_empty()
+        .then_some(cfg.kafka.max_backlog_per_partition);
+    let backlog = Backlog::new(partitions, limit);
+    for p in 0..partitions as i32 {
+        let (_, high) = producer
+            .client()
+            .fetch_watermarks(&cfg.kafka.topic, p, Duration::from_secs(10))
+            .with_context(|| {
+                format!("reading {}/{p} from Kafka at {bootstrap}", cfg.kafka.topic)
+            })?;
+        if high > 0 {
+            backlog.produced(p, high - 1);
+        }
+    }
+    backlog.spawn_follower(pool.clone(), cfg.kafka.topic.clone());
+
+    let state = Arc::new(State {
+        currencies: cfg.currencies()?,
+        cfg,
+        producer,
+        pool,
+        backlog,
+        metrics: Metrics::default(),
+    });
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (ingest.listen / --listen): is it in use?")
+    })?;
+    tracing::info!("ingest listening on http://{listen}");
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => { tracing::warn!("accept failed: {e}"); continue; }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let conn = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let state = state.clone();
+                            async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("ingest shutting down; finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("in-flight requests did not finish in 10 s"),
+    }
+    let _ = state.producer.flush(Duration::from_secs(5));
+    Ok(())
+}
