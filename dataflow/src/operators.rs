@@ -58,6 +58,12 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
             .build()?,
         pool: sinks::connect(&cfg.mysql.url, 2)?,
     });
+    db.block_on(sinks::prepare_partition(
+        &db.pool,
+        &cfg.kafka.topic,
+        partition,
+        &cfg.currencies()?,
+    ))?;
     let start = db
         .block_on(sinks::load_offsets(&db.pool, &cfg.kafka.topic))
         .context("loading stored offsets")?
@@ -338,6 +344,16 @@ fn settle<'s>(
                 if ready.is_empty() {
                     return;
                 }
+                if tables.is_empty() {
+                    // Only when the rate source stopped before delivering any rate
+                    // (shutdown): settle nothing; these orders are read again next start.
+                    tracing::warn!(
+                        partition,
+                        "no rates yet; leaving {} epochs unsettled",
+                        ready.len()
+                    );
+                    return;
+                }
                 let mut batch: Vec<(u64, Read)> = Vec::new();
                 let mut caps = Vec::new();
                 for e in &ready {
@@ -345,27 +361,31 @@ fn settle<'s>(
                     batch.extend(reads.into_iter().map(|r| (*e, r)));
                     caps.push(cap);
                 }
-                let table_for = |e: u64| tables.range(..=e).next_back().map(|(_, t)| t);
-                if table_for(ready[0]).is_none() {
-                    // Only possible when the rate source stopped before delivering any
-                    // rate (shutdown): leave these unsettled; they are read again.
-                    tracing::warn!(
-                        partition,
-                        orders = batch.len(),
-                        "no rates yet; not settling at shutdown"
-                    );
-                    return;
-                }
+                // The newest table at or before the epoch; orders older than the first
+                // table observed (a backlog read after a restart) use that first table:
+                // it is the rate that was in force when this run started.
+                let table_for = |e: u64| {
+                    tables
+                        .range(..=e)
+                        .next_back()
+                        .or_else(|| tables.iter().next())
+                        .map(|(_, t)| t)
+                        .expect("tables is not empty")
+                };
+                let first_epoch = *tables.keys().next().expect("tables is not empty");
                 for chunk in batch.chunks(MAX_BATCH) {
                     let next_offset = chunk.last().expect("non-empty").1 .0 + 1;
                     let settling: Vec<Settling> = chunk
                         .iter()
                         .filter_map(|(e, (offset, order))| {
+                            // Read after its epoch closed in an earlier run: it belongs to
+                            // the current epoch (SPEC §5), the first of this run's rates.
+                            let epoch = (*e).max(first_epoch);
                             Some(Settling {
                                 offset: *offset,
-                                epoch: *e,
+                                epoch,
                                 order: order.as_ref()?,
-                                rates: table_for(*e).expect("tables only grow past the first"),
+                                rates: table_for(*e),
                             })
                         })
                         .collect();
@@ -383,12 +403,8 @@ fn settle<'s>(
                         s.orders += outcomes.len() as u64;
                         s.batches += 1;
                     }
-                    for cap in &caps {
-                        let t = *cap.time();
-                        output
-                            .session(cap)
-                            .give_iterator(outcomes.iter().filter(|o| o.epoch == t).cloned());
-                    }
+                    // Outcomes leave at the batch's least epoch (downstream only sums them).
+                    output.session(&caps[0]).give_iterator(outcomes.into_iter());
                 }
                 // Keep only the newest table at or below what is still open.
                 if let Some(&open) = f_orders.frontier().first() {

@@ -13,6 +13,6 @@ pub use query::{
 };
 pub use schema::{connect, ensure_schema};
 pub use settle::items_text;
-pub use settle::{settle_batch, Outcome, Settling};
+pub use settle::{prepare_partition, settle_batch, Outcome, Settling};
 
 pub use mysql_async::Pool;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use model::{decide, now_ms, Commodity, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
-use mysql_async::{Pool, TxOpts};
+use mysql_async::{IsolationLevel, Pool, TxOpts};
 
 /// An order ready to settle: where it was read, its epoch and the rates of that epoch.
 pub struct Settling<'a> {
@@ -30,6 +30,32 @@ pub struct Outcome {
     pub paid: Decimal,
     pub accepted_at: i64,
     pub settled_at: i64,
+}
+
+/// Create the partition's `offsets` row and its `totals` rows (one per currency) if
+/// missing, so the settlement transaction only ever updates rows that exist.
+pub async fn prepare_partition(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    currencies: &[Currency],
+) -> Result<()> {
+    let mut conn = pool.get_conn().await?;
+    conn.exec_drop(
+        "INSERT IGNORE INTO offsets (topic, `partition`, next_offset, updated_at) VALUES (?, ?, 0, ?)",
+        (topic, partition, now_ms()),
+    )
+    .await
+    .context("creating the offsets row")?;
+    for c in currencies {
+        conn.exec_drop(
+            "INSERT IGNORE INTO totals (`partition`, currency, total, orders) VALUES (?, ?, 0, 0)",
+            (partition, c.as_str()),
+        )
+        .await
+        .context("creating a totals row")?;
+    }
+    Ok(())
 }
 
 /// Settle `batch` (offset order, one partition) and store `next_offset` for the
@@ -84,7 +110,12 @@ async fn attempt_batch(
     next_offset: i64,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    // READ COMMITTED: no gap locks; FOR UPDATE still locks every row it reads, and
+    // rows are always locked offsets → commodities (by id) → own totals, so two
+    // workers can wait on each other but never deadlock.
+    let mut opts = TxOpts::default();
+    opts.with_isolation_level(IsolationLevel::ReadCommitted);
+    let mut tx = conn.start_transaction(opts).await?;
 
     let stored: Option<i64> = tx
         .exec_first(
@@ -104,7 +135,6 @@ async fn attempt_batch(
         .flat_map(|s| s.order.items.iter().map(|it| it.id))
         .collect();
     let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
-    let before: HashMap<u32, u32>;
     if !ids.is_empty() {
         let sql = format!(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
@@ -125,7 +155,7 @@ async fn attempt_batch(
             );
         }
     }
-    before = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
+    let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
 
     let settled_at = now_ms();
     let mut outcomes = Vec::with_capacity(todo.len());
@@ -204,25 +234,30 @@ async fn attempt_batch(
         e.0 += o.paid;
         e.1 += 1;
     }
-    if !delta.is_empty() {
-        let values: Vec<String> = delta
-            .iter()
-            .map(|(c, (t, n))| format!("({partition},'{c}',{t},{n})"))
-            .collect();
+    for (c, (t, n)) in &delta {
+        // The row exists: prepare_partition created it.
         tx.query_drop(format!(
-            "INSERT INTO totals (`partition`, currency, total, orders) VALUES {} \
-             ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders)",
-            values.join(",")
+            "UPDATE totals SET total = total + {t}, orders = orders + {n} \
+             WHERE `partition` = {partition} AND currency = '{c}'"
         ))
         .await?;
+        if tx.affected_rows() != 1 {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "totals row ({partition}, {c}) is missing: run prepare_partition first"
+            )));
+        }
     }
 
     tx.exec_drop(
-        "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES (?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at)",
-        (topic, partition, next_offset, settled_at),
+        "UPDATE offsets SET next_offset = ?, updated_at = ? WHERE topic = ? AND `partition` = ?",
+        (next_offset, settled_at, topic, partition),
     )
     .await?;
+    if tx.affected_rows() != 1 {
+        return Err(Failure::Fatal(anyhow::anyhow!(
+            "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
+        )));
+    }
     tx.commit().await?;
     Ok(outcomes)
 }

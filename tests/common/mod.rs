@@ -1,0 +1,471 @@
+//! Real clusters for the end-to-end tests: the `dtss` binary's broker, worker and
+//! ingest processes on loopback, against the MariaDB and ZooKeeper that
+//! scripts/services.sh runs. Each cluster has its own database, ZooKeeper root,
+//! data directory and ports, and is torn down on drop.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dtss");
+
+static SERVICES: Once = Once::new();
+
+pub fn services() {
+    SERVICES.call_once(|| {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let st = Command::new("bash")
+            .arg(format!("{root}/scripts/services.sh"))
+            .arg("up")
+            .status()
+            .expect("run services.sh");
+        assert!(st.success(), "scripts/services.sh up failed");
+    });
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub db: String,
+    pub listen: String,
+    pub processes: usize,
+    pub broker: Option<Child>,
+    pub workers: std::sync::Mutex<Vec<Option<Child>>>,
+    pub ingest: Option<Child>,
+    pub rt: tokio::runtime::Runtime,
+    pub pool: mysql_async::Pool,
+}
+
+pub struct Spec<'a> {
+    pub processes: usize,
+    pub workers: usize,
+    /// CSV catalogue text (header included); None: generated.
+    pub catalogue: Option<&'a str>,
+    pub items: u32,
+    pub extra: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec {
+            processes: 1,
+            workers: 2,
+            catalogue: None,
+            items: 1000,
+            extra: "",
+        }
+    }
+}
+
+impl Cluster {
+    /// Write a config, init, and start broker + workers + ingest; wait until healthy.
+    pub fn start(name: &str, spec: Spec) -> Cluster {
+        let c = Cluster::configure(name, spec);
+        c.run(&["init"]).expect("dtss init");
+        let mut c = c;
+        c.start_broker();
+        for p in 0..c.processes {
+            c.start_worker(p);
+        }
+        c.start_ingest();
+        c
+    }
+
+    /// Only write the config and create a fresh database.
+    pub fn configure(name: &str, spec: Spec) -> Cluster {
+        services();
+        let unique = format!(
+            "{name}_{}_{}",
+            std::process::id(),
+            model::now_ms() % 1_000_000
+        );
+        let dir = std::env::temp_dir().join(format!("dtss-test-{unique}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("dtss_t_{unique}");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let processes: Vec<String> = (0..spec.processes)
+            .map(|_| format!("\"127.0.0.1:{}\"", free_port()))
+            .collect();
+        let catalogue = match spec.catalogue {
+            Some(csv) => {
+                std::fs::write(dir.join("catalogue.csv"), csv).unwrap();
+                "csv = \"catalogue.csv\"".to_string()
+            }
+            None => String::new(),
+        };
+        let config = dir.join("cluster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[cluster]
+processes = [{}]
+workers_per_process = {}
+data_dir = "data"
+[kafka]
+topic = "orders"
+[zookeeper]
+connect = "127.0.0.1:2181"
+root = "/dtss_t_{unique}"
+[mysql]
+url = "mysql://dtss:dtss@127.0.0.1:3306/{db}"
+[ingest]
+listen = "{listen}"
+admin_token = "secret"
+[catalogue]
+items = {}
+{catalogue}
+[currencies]
+base = "RMB"
+initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
+{}
+"#,
+                processes.join(", "),
+                spec.workers,
+                spec.items,
+                spec.extra
+            ),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool =
+            mysql_async::Pool::new(format!("mysql://dtss:dtss@127.0.0.1:3306/{db}").as_str());
+        Cluster {
+            name: name.into(),
+            dir,
+            config,
+            db,
+            listen,
+            processes: spec.processes,
+            broker: None,
+            workers: std::sync::Mutex::new((0..spec.processes).map(|_| None).collect()),
+            ingest: None,
+            rt,
+            pool,
+        }
+    }
+
+    fn spawn(&self, what: &str, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{what}.log")))
+            .unwrap();
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Run a dtss subcommand to completion; Ok(stdout) or Err(stdout+stderr).
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    pub fn start_broker(&mut self) {
+        let addr = self.dir.join("data/broker.addr");
+        let _ = std::fs::remove_file(&addr);
+        self.broker = Some(self.spawn("broker", &["broker"]));
+        wait_for(Duration::from_secs(30), "broker address", || addr.exists());
+    }
+
+    pub fn start_worker(&self, p: usize) {
+        self.workers.lock().unwrap()[p] = Some(self.spawn(
+            &format!("worker-{p}"),
+            &["worker", "--process", &p.to_string()],
+        ));
+    }
+
+    pub fn start_ingest(&mut self) {
+        self.ingest = Some(self.spawn("ingest", &["ingest"]));
+        let listen = self.listen.clone();
+        wait_for(Duration::from_secs(60), "ingest /healthz", || {
+            http(&listen, "GET", "/healthz", None)
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn kill_worker(&self, p: usize, sig: i32) -> Option<std::process::ExitStatus> {
+        let mut child = self.workers.lock().unwrap()[p].take()?;
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        child.wait().ok()
+    }
+
+    pub fn post(&self, body: &str) -> (u16, serde_json::Value) {
+        http(&self.listen, "POST", "/api/orders", Some(body)).expect("POST /api/orders")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http(&self.listen, "GET", path, None).expect("GET")
+    }
+
+    /// Poll GET /api/orders/{id} until it is settled.
+    pub fn wait_result(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, v) = self.get(&format!("/api/orders/{id}"));
+            if s == 200 {
+                return v;
+            }
+            assert_eq!(s, 404, "unexpected answer {v}");
+            assert!(
+                Instant::now() < deadline,
+                "order {id} did not settle in 30 s; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn query<T: FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
+        self.rt.block_on(async {
+            let mut conn = self.pool.get_conn().await.unwrap();
+            conn.query(sql).await.unwrap()
+        })
+    }
+
+    pub fn count(&self, sql: &str) -> u64 {
+        self.query::<u64>(sql)[0]
+    }
+
+    /// Wait until the result table holds `n` rows.
+    pub fn wait_results(&self, n: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.count("SELECT COUNT(*) FROM result");
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} results after {within:?}; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SPEC §7, checked against MySQL: exactly one result per accepted id and no other;
+    /// stock conservation; totals = Σ paid; every paid recomputed from its rate version.
+    pub fn check_invariants(&self, accepted: &[String]) {
+        let ids: Vec<String> = self.query("SELECT order_id FROM result");
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            assert!(
+                seen.insert(id.clone()),
+                "order {id} has more than one result"
+            );
+        }
+        let accepted_set: std::collections::HashSet<&String> = accepted.iter().collect();
+        assert_eq!(
+            accepted_set.len(),
+            accepted.len(),
+            "ingest gave an id twice"
+        );
+        for id in accepted {
+            assert!(seen.contains(id), "accepted order {id} has no result");
+        }
+        assert_eq!(
+            ids.len(),
+            accepted.len(),
+            "results exist for orders that got no 202"
+        );
+
+        // Stock: initial − current = Σ number over successful results, per commodity.
+        let mut taken = std::collections::HashMap::<u32, u64>::new();
+        let rows: Vec<(String, bool)> = self.query("SELECT items, success FROM result");
+        for (items, ok) in rows.iter().filter(|r| r.1) {
+            let _ = ok;
+            for part in items.split(',') {
+                let (id, n) = part.split_once(':').unwrap();
+                *taken.entry(id.parse().unwrap()).or_default() += n.parse::<u64>().unwrap();
+            }
+        }
+        let stock: Vec<(u32, u32, u32)> =
+            self.query("SELECT id, initial_inventory, inventory FROM commodity");
+        for (id, initial, now) in stock {
+            assert_eq!(
+                (initial - now) as u64,
+                taken.get(&id).copied().unwrap_or(0),
+                "commodity {id}: stock taken does not match the successful results"
+            );
+        }
+
+        // Totals = Σ paid of successful results, per currency.
+        let sums: Vec<(String, String)> = self.query(
+            "SELECT initiator, CAST(SUM(paid) AS CHAR) FROM result WHERE success GROUP BY initiator",
+        );
+        let totals: Vec<(String, String)> =
+            self.query("SELECT currency, CAST(SUM(total) AS CHAR) FROM totals GROUP BY currency");
+        for (c, s) in &sums {
+            let t = totals
+                .iter()
+                .find(|(tc, _)| tc == c)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                t.parse::<rust_decimal::Decimal>().unwrap(),
+                s.parse::<rust_decimal::Decimal>().unwrap(),
+                "total of {c}"
+            );
+        }
+
+        // Every paid recomputed from the recorded rate version and the catalogue.
+        let rates: Vec<(u64, String, rust_decimal::Decimal)> =
+            self.query("SELECT version, currency, rate FROM rate_history");
+        let catalogue: Vec<(u32, rust_decimal::Decimal, String)> =
+            self.query("SELECT id, price, currency FROM commodity");
+        let cat: std::collections::HashMap<u32, (rust_decimal::Decimal, String)> = catalogue
+            .into_iter()
+            .map(|(id, p, c)| (id, (p, c)))
+            .collect();
+        let results: Vec<(String, String, rust_decimal::Decimal, u64, String)> = self.query(
+            "SELECT order_id, initiator, paid, rate_version, items FROM result WHERE success",
+        );
+        for (id, initiator, paid, version, items) in results {
+            let table = model::RateTable {
+                version,
+                rates: rates
+                    .iter()
+                    .filter(|r| r.0 == version)
+                    .map(|r| (r.1.parse().unwrap(), r.2))
+                    .collect(),
+            };
+            let lines = items.split(',').map(|p| {
+                let (i, n) = p.split_once(':').unwrap();
+                let (price, cur) = &cat[&i.parse::<u32>().unwrap()];
+                (*price, n.parse::<u32>().unwrap(), cur.parse().unwrap())
+            });
+            let want = model::paid(lines, initiator.parse().unwrap(), &table).unwrap();
+            assert_eq!(
+                paid, want,
+                "order {id}: paid differs from the formula at rate version {version}"
+            );
+        }
+    }
+
+    pub fn log(&self, what: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{what}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut all: Vec<Child> = vec![];
+        all.extend(self.ingest.take());
+        all.extend(
+            self.workers
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .filter_map(|w| w.take()),
+        );
+        all.extend(self.broker.take());
+        for c in &mut all {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let db = self.db.clone();
+            let pool = self.pool.clone();
+            self.rt.block_on(async move {
+                if let Ok(mut conn) = pool.get_conn().await {
+                    let _ = conn
+                        .query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+                        .await;
+                }
+                let _ = pool.disconnect().await;
+            });
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "cluster {} left for inspection in {}",
+                self.name,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+pub fn wait_for(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let payload = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let json =
+        serde_json::from_str(payload).unwrap_or(serde_json::Value::String(payload.to_string()));
+    Ok((status, json))
+}
