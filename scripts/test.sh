@@ -10,4 +10,12 @@ scripts/services.sh up
 
 echo "== cargo test (release build: the same one \`cargo run --release -- up\` uses)"
 # One test at a time: the end-to-end tests run whole clusters of processes on 2 cores.
-cargo test --release --workspace "$@" -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --all-targets "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit $status

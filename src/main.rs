@@ -58,6 +58,29 @@ enum Command {
     },
     /// Post generated orders over HTTP, wait until they settle, print a summary.
     Load(up::LoadArgs),
+    /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
+    #[command(subcommand)]
+    Rates(RatesCommand),
+}
+
+#[derive(Subcommand)]
+enum RatesCommand {
+    /// Step every non-base rate each period while leader; several may run.
+    Run {
+        /// Period in milliseconds; default: currencies.modifier_period_ms.
+        #[arg(long)]
+        period_ms: Option<u64>,
+        /// Seed for reproducible steps.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Set rates, e.g. `dtss rates set USD=7.12 EUR=7.80`.
+    Set {
+        #[arg(required = true, value_name = "CUR=RATE")]
+        rates: Vec<String>,
+    },
+    /// Print the current rates.
+    Show,
 }
 
 fn main() {
@@ -68,6 +91,7 @@ fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -102,6 +126,47 @@ fn run(cli: Cli) -> Result<()> {
             dataflow::run(cfg, process, stop)
         }
         Command::Load(args) => rt()?.block_on(up::load(&cfg, &args)),
+        Command::Rates(cmd) => rt()?.block_on(rates_cmd(&cfg, cmd)),
+    }
+}
+
+async fn rates_cmd(cfg: &Config, cmd: RatesCommand) -> Result<()> {
+    match cmd {
+        RatesCommand::Run { period_ms, seed } => {
+            let period = period_ms.unwrap_or(cfg.currencies.modifier_period_ms);
+            anyhow::ensure!(period >= 10, "--period-ms must be at least 10");
+            let opts = rates::ModifierOptions {
+                period: Duration::from_millis(period),
+                seed,
+                max_periods: None,
+            };
+            rates::run_modifier(cfg, opts, signals::shutdown_signal()).await
+        }
+        RatesCommand::Set { rates: pairs } => {
+            let mut parsed = vec![];
+            for p in &pairs {
+                let (c, r) = p
+                    .split_once('=')
+                    .with_context(|| format!("{p:?}: write CUR=RATE, e.g. USD=7.12"))?;
+                let (c, r) =
+                    rates::parse_injection(cfg, c, r).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+                parsed.push((c, r));
+            }
+            let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
+            rates::seed_rates(&zk, cfg).await?;
+            for (c, r) in parsed {
+                let v = rates::inject(&zk, cfg, c, r).await?;
+                println!("{c} = {r} (znode version {v})");
+            }
+            Ok(())
+        }
+        RatesCommand::Show => {
+            let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
+            for (c, r, v) in rates::read_rates(&zk, cfg).await? {
+                println!("{c} = {r} (znode version {v})");
+            }
+            Ok(())
+        }
     }
 }
 

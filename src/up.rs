@@ -163,6 +163,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
     };
     let mut workers = spawn_workers()?;
     let mut ingest = Proc::spawn("ingest", &with_config(&["ingest"]), &logs)?;
+    let mut modifier = Proc::spawn("rate-modifier", &with_config(&["rates", "run"]), &logs)?;
     wait_healthy(&cfg, &mut ingest).await?;
 
     println!(
@@ -178,7 +179,14 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
         }
     );
     println!("  data and service files: {}", data.display());
-    println!("  logs: {}/{{broker,worker-N,ingest}}.log", logs.display());
+    println!(
+        "  logs: {}/{{broker,worker-N,ingest,rate-modifier}}.log",
+        logs.display()
+    );
+    println!(
+        "  rates change every {} ms (rate modifier); admin token: ingest.admin_token or DTSS_ADMIN_TOKEN",
+        cfg.currencies.modifier_period_ms
+    );
     println!("  try: curl -s -XPOST http://{}/api/orders -d '{{\"user_id\":\"u-1\",\"initiator\":\"USD\",\"items\":[{{\"id\":1,\"number\":1}}]}}'", cfg.ingest.listen);
     println!("  Ctrl-C stops it.");
 
@@ -223,6 +231,13 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
                 ));
             }
         }
+        if let Some(status) = modifier.exited() {
+            tracing::warn!(
+                "the rate modifier exited ({status}); restarting it\n{}",
+                modifier.tail()
+            );
+            modifier.respawn(&logs)?;
+        }
         if let Some(status) = ingest.exited() {
             tracing::warn!("ingest exited ({status}); restarting it\n{}", ingest.tail());
             ingest.respawn(&logs)?;
@@ -248,6 +263,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
     };
 
     println!("stopping: ingest, then workers (they settle what they read), then the broker");
+    modifier.stop(Duration::from_secs(5)).await;
     ingest.stop(Duration::from_secs(15)).await;
     for w in workers.iter_mut() {
         w.signal(libc::SIGTERM);

@@ -9,6 +9,7 @@
 
 mod kafka;
 mod operators;
+mod totals;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -75,11 +75,19 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
     let stats = Rc::new(RefCell::new(Stats::default()));
 
+    // Committed totals at start (before any epoch of this run can close).
+    let initial_totals = db
+        .block_on(sinks::totals(&db.pool))?
+        .into_iter()
+        .filter_map(|t| Some((t.currency.parse().ok()?, t.total, t.orders)))
+        .collect();
+    let peers = worker.peers();
+
     let (order_wake, rate_wake) = worker.dataflow::<u64, _, _>(|scope| {
         let (orders, order_wake) = order_source(scope, &cfg, order_rx, ctx.stop.clone());
         let (rates, rate_wake) =
             rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
-        settle(
+        let outcomes = settle(
             orders,
             rates.broadcast(),
             &cfg,
@@ -87,6 +95,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
             db.clone(),
             stats.clone(),
         );
+        crate::totals::totals(outcomes, &cfg, index, peers, initial_totals);
         (order_wake, rate_wake)
     });
 

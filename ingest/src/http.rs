@@ -56,7 +56,10 @@ pub async fn serve(
     }
     backlog.spawn_follower(pool.clone(), cfg.kafka.topic.clone());
 
+    let zk = rates::connect(&cfg, Duration::from_secs(30)).await?;
     let state = Arc::new(State {
+        zk,
+        admin_token: cfg.admin_token(),
         currencies: cfg.currencies()?,
         cfg,
         producer,

@@ -23,6 +23,8 @@ pub struct State {
     pub pool: Pool,
     pub backlog: Arc<Backlog>,
     pub metrics: Metrics,
+    pub zk: rates::Client,
+    pub admin_token: Option<String>,
 }
 
 #[derive(Default)]
@@ -59,11 +61,64 @@ fn unavailable(problem: &str) -> Resp {
     r
 }
 
+/// 401 unless the request carries the admin token (`Authorization: Bearer T` or
+/// `X-Admin-Token: T`).
+fn admin(state: &State, req: &Request<Incoming>) -> Option<Resp> {
+    let Some(token) = &state.admin_token else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "token",
+            "no admin token is configured (ingest.admin_token or DTSS_ADMIN_TOKEN)",
+        ));
+    };
+    let h = req.headers();
+    let given = h
+        .get("x-admin-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            h.get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    match given {
+        Some(g) if g.trim() == token => None,
+        Some(_) => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "token",
+            "wrong admin token",
+        )),
+        None => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "token",
+            "admin token required (Authorization: Bearer …)",
+        )),
+    }
+}
+
 pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let needs_admin = matches!(
+        (req.method(), segments.as_slice()),
+        (&Method::GET, ["api", "orders"])
+            | (&Method::GET, ["api", "totals"])
+            | (&Method::PUT, ["api", "rates", _])
+    );
+    if needs_admin {
+        if let Some(denied) = admin(&state, &req) {
+            return denied;
+        }
+    }
     match (req.method(), segments.as_slice()) {
         (&Method::POST, ["api", "orders"]) | (&Method::POST, ["order"]) => submit(state, req).await,
+        (&Method::GET, ["api", "orders"]) => by_user(&state, req.uri().query().unwrap_or("")).await,
+        (&Method::GET, ["api", "rates"]) => get_rates(&state).await,
+        (&Method::PUT, ["api", "rates", cur]) => {
+            let cur = cur.to_string();
+            put_rate(state, &cur, req).await
+        }
+        (&Method::GET, ["api", "totals"]) => get_totals(&state, None).await,
+        (&Method::GET, ["amount", cur]) => get_totals(&state, Some(cur)).await,
         (&Method::GET, ["api", "orders", id]) | (&Method::GET, ["order", id]) => {
             lookup(&state, id).await
         }
@@ -84,40 +139,241 @@ pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Resp {
     }
 }
 
-async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
+/// Read a body of at most MAX_BODY bytes, or the error response.
+async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, Resp> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let too_large = || {
         state.metrics.too_large.fetch_add(1, Ordering::Relaxed);
-        return error(
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body",
             format!("larger than {MAX_BODY} bytes"),
-        );
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            state.metrics.too_large.fetch_add(1, Ordering::Relaxed);
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body",
-                format!("larger than {MAX_BODY} bytes"),
-            );
+            Err(too_large())
         }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("could not be read: {e}"),
+        )),
+    }
+}
+
+async fn by_user(state: &State, query: &str) -> Resp {
+    let mut user = None;
+    let mut limit = 50u32;
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+        match k {
+            "user_id" => user = Some(percent_decode(v)),
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "limit",
+                        "must be an integer from 1 to 1000",
+                    )
+                }
+            },
+            _ => {}
+        }
+    }
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "user_id",
+            "is required: /api/orders?user_id=…&limit=…",
+        );
+    };
+    match sinks::results_by_user(&state.pool, &user, limit).await {
+        Ok(rows) => json(StatusCode::OK, json!({"user_id": user, "results": rows})),
+        Err(e) => store_unavailable(e),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 3 <= b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn store_unavailable(e: anyhow::Error) -> Resp {
+    tracing::warn!("query failed: {e:#}");
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "mysql",
+        "result store unavailable",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, "1".parse().expect("static"));
+    r
+}
+
+async fn get_rates(state: &State) -> Resp {
+    let zk_rates = match rates::read_rates(&state.zk, &state.cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("reading rates: {e:#}");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "zookeeper",
+                "rates unavailable",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, "1".parse().expect("static"));
+            return r;
+        }
+    };
+    let applied = sinks::latest_rates(&state.pool)
+        .await
+        .ok()
+        .flatten()
+        .map(|(v, _)| v);
+    let rates: serde_json::Map<String, serde_json::Value> = zk_rates
+        .iter()
+        .map(|(c, r, v)| {
+            (
+                c.to_string(),
+                json!({"rate": r.to_string(), "zk_version": v}),
+            )
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        json!({"base": state.cfg.base_currency().to_string(), "rates": rates, "applied_version": applied}),
+    )
+}
+
+async fn put_rate(state: Arc<State>, cur: &str, req: Request<Incoming>) -> Resp {
+    let body = match read_body(&state, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "body",
-                format!("could not be read: {e}"),
+                format!("not valid JSON: {e}"),
             )
         }
+    };
+    let rate = match &v["rate"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Null => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "rate",
+                "is required, e.g. {\"rate\": \"7.12\"}",
+            )
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "rate", "must be a decimal string"),
+    };
+    let (c, r) = match rates::parse_injection(&state.cfg, cur, &rate) {
+        Ok(x) => x,
+        Err(fe) => return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem),
+    };
+    match rates::inject(&state.zk, &state.cfg, c, r).await {
+        Ok(version) => json(
+            StatusCode::OK,
+            json!({"currency": c.to_string(), "rate": r.to_string(), "zk_version": version}),
+        ),
+        Err(e) => {
+            tracing::warn!("injecting a rate: {e:#}");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "zookeeper",
+                "could not write the rate",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, "1".parse().expect("static"));
+            r
+        }
+    }
+}
+
+/// The totals the dataflow published (ZooKeeper), with the epoch they are complete
+/// up to; `only`: one currency (`/amount/{CUR}`).
+async fn get_totals(state: &State, only: Option<&str>) -> Resp {
+    let published = match sinks::read_published(&state.cfg, &state.zk).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("reading totals: {e:#}");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "zookeeper",
+                "totals unavailable",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, "1".parse().expect("static"));
+            return r;
+        }
+    };
+    if let Some(cur) = only {
+        return match published.iter().find(|(c, ..)| c.as_str() == cur) {
+            Some((c, t, n, e)) => json(
+                StatusCode::OK,
+                json!({"currency": c.to_string(), "amount": t.to_string(), "orders": n, "complete_up_to_epoch": e}),
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "currency",
+                format!("{cur:?} is not a configured currency"),
+            ),
+        };
+    }
+    let epoch = published.iter().map(|(.., e)| *e).min().unwrap_or(0);
+    let totals: Vec<serde_json::Value> = published
+        .iter()
+        .map(|(c, t, n, e)| json!({"currency": c.to_string(), "total": t.to_string(), "orders": n, "complete_up_to_epoch": e}))
+        .collect();
+    json(
+        StatusCode::OK,
+        json!({"totals": totals, "complete_up_to_epoch": epoch}),
+    )
+}
+
+async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
+    let body = match read_body(&state, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let request = match validate_order(&body, &state.currencies) {
         Ok(r) => r,

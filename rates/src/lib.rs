@@ -10,6 +10,9 @@ use zookeeper_client as zk;
 
 pub use zk::Client;
 
+mod modifier;
+pub use modifier::{bounds, cas_update, run_modifier, step, ModifierOptions};
+
 /// Rates of every configured currency, in `Config::currencies()` order.
 pub type Rates = Vec<(Currency, Decimal)>;
 
@@ -19,6 +22,53 @@ pub fn rates_path(cfg: &Config) -> String {
 
 fn rate_path(cfg: &Config, c: Currency) -> String {
     format!("{}/rates/{c}", cfg.zookeeper.root)
+}
+
+/// Check an injected rate (SPEC §3, `PUT /api/rates/{CUR}`, `dtss rates set`): a
+/// configured currency other than the base, a positive decimal of at most 6 decimals.
+/// The error names the field: `currency` or `rate`.
+pub fn parse_injection(
+    cfg: &Config,
+    currency: &str,
+    rate: &str,
+) -> Result<(Currency, Decimal), model::FieldError> {
+    let err = |field: &str, problem: String| model::FieldError {
+        field: field.into(),
+        problem,
+    };
+    let c: Currency = currency
+        .parse()
+        .ok()
+        .filter(|c| cfg.currencies().map(|all| all.contains(c)).unwrap_or(false))
+        .ok_or_else(|| {
+            err(
+                "currency",
+                format!("{currency:?} is not a configured currency"),
+            )
+        })?;
+    if c == cfg.base_currency() {
+        return Err(err(
+            "currency",
+            format!("{c} is the base currency: its rate is fixed"),
+        ));
+    }
+    let r = Decimal::from_str(rate.trim())
+        .map_err(|_| err("rate", format!("{rate:?} is not a decimal number")))?;
+    if r <= Decimal::ZERO {
+        return Err(err("rate", format!("{rate} must be positive")));
+    }
+    if r.scale() > modifier::RATE_DP {
+        return Err(err(
+            "rate",
+            format!("{rate} has more than {} decimals", modifier::RATE_DP),
+        ));
+    }
+    Ok((c, r))
+}
+
+/// Write an injected rate (compare-and-set on the znode version).
+pub async fn inject(client: &Client, cfg: &Config, c: Currency, rate: Decimal) -> Result<i32> {
+    Ok(cas_update(client, cfg, c, |_| rate).await?.1)
 }
 
 /// Connect to the configured ensemble, retrying for up to `patience`.

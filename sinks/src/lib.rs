@@ -2,6 +2,7 @@
 //! commits results + stock + totals delta + offset together (SPEC §4–§5), and queries.
 
 mod catalogue;
+mod publish;
 mod query;
 mod schema;
 mod settle;
@@ -16,3 +17,8 @@ pub use settle::items_text;
 pub use settle::{prepare_partition, settle_batch, Outcome, Settling};
 
 pub use mysql_async::Pool;
+pub use publish::{read_published, spawn_publisher, totals_path, TotalsSnapshot};
+
+async fn publish_connect(cfg: &model::Config) -> anyhow::Result<zookeeper_client::Client> {
+    rates::connect(cfg, std::time::Duration::from_secs(5)).await
+}

@@ -65,6 +65,14 @@ const TABLES: &[&str] = &[
         orders BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (`partition`, currency)
     ) ENGINE=InnoDB",
+    // What the dataflow last published: cumulative totals complete up to an epoch.
+    "CREATE TABLE IF NOT EXISTS totals_published (
+        currency CHAR(3) NOT NULL PRIMARY KEY,
+        total DECIMAL(30,2) NOT NULL,
+        orders BIGINT UNSIGNED NOT NULL,
+        complete_epoch BIGINT UNSIGNED NOT NULL,
+        published_at BIGINT NOT NULL
+    ) ENGINE=InnoDB",
 ];
 
 /// Create the database named in `url` and every table, if missing.
