@@ -385,6 +385,83 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
+    /// An admin request (the test clusters' token is "secret").
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        http_with(
+            &self.listen,
+            method,
+            path,
+            body,
+            &[("Authorization", "Bearer secret")],
+        )
+        .expect("admin request")
+    }
+
+    /// SPEC §5: every result used the newest rate version in force at its epoch —
+    /// never one observed after its epoch, never an older one. Returns the versions used.
+    pub fn check_rate_epochs(&self) -> std::collections::BTreeSet<u64> {
+        let versions: Vec<(u64, u64)> =
+            self.query("SELECT DISTINCT version, from_epoch FROM rate_history ORDER BY version");
+        let results: Vec<(String, u64, u64)> =
+            self.query("SELECT order_id, epoch, rate_version FROM result");
+        let mut used = std::collections::BTreeSet::new();
+        for (id, epoch, v) in results {
+            let want = versions
+                .iter()
+                .filter(|(_, from)| *from <= epoch)
+                .map(|(v, _)| *v)
+                .max()
+                .unwrap_or_else(|| versions.first().map(|(v, _)| *v).unwrap_or(0));
+            assert_eq!(v, want, "order {id} of epoch {epoch} used rate version {v}; in force was {want} ({versions:?})");
+            used.insert(v);
+        }
+        used
+    }
+
+    /// Published totals (ZooKeeper via GET /api/totals), MySQL totals and Σ paid agree.
+    /// Waits up to 10 s for the publication to catch up with the results.
+    pub fn check_totals_three_ways(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sums: Vec<(String, String, u64)> = self.query(
+                "SELECT initiator, CAST(SUM(paid) AS CHAR), COUNT(*) FROM result WHERE success GROUP BY initiator",
+            );
+            let mysql: Vec<(String, String)> = self
+                .query("SELECT currency, CAST(SUM(total) AS CHAR) FROM totals GROUP BY currency");
+            let (s, v) = self.admin("GET", "/api/totals", None);
+            assert_eq!(s, 200, "{v}");
+            let dec = |x: &str| x.parse::<rust_decimal::Decimal>().unwrap();
+            let mut agree = true;
+            for (c, sum, n) in &sums {
+                let zk = v["totals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["currency"] == c.as_str())
+                    .unwrap();
+                let my = mysql
+                    .iter()
+                    .find(|(k, _)| k == c)
+                    .map(|(_, t)| dec(t))
+                    .unwrap();
+                assert_eq!(my, dec(sum), "MySQL totals of {c} differ from Σ paid");
+                if dec(zk["total"].as_str().unwrap()) != dec(sum)
+                    || zk["orders"].as_u64() != Some(*n)
+                {
+                    agree = false;
+                    assert!(
+                        Instant::now() < deadline,
+                        "published total of {c} is {zk}; Σ paid is {sum} over {n} orders"
+                    );
+                }
+            }
+            if agree {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn log(&self, what: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{what}.log"))).unwrap_or_default()
     }
@@ -448,12 +525,26 @@ pub fn http(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
+    http_with(addr, method, path, body, &[])
+}
+
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, serde_json::Value)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();
