@@ -58,9 +58,26 @@ enum Command {
     },
     /// Post generated orders over HTTP, wait until they settle, print a summary.
     Load(up::LoadArgs),
+    /// Measurements against a running system (see README, Performance).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
     #[command(subcommand)]
     Rates(RatesCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Delay from a rate written to ZooKeeper to the first order settled with it.
+    RateDelay {
+        #[arg(long, default_value_t = 1000)]
+        injections: u32,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Base URL of an ingest replica; default: http://{ingest.listen}.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +144,32 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Load(args) => rt()?.block_on(up::load(&cfg, &args)),
         Command::Rates(cmd) => rt()?.block_on(rates_cmd(&cfg, cmd)),
+        Command::Bench(BenchCommand::RateDelay {
+            injections,
+            interval_ms,
+            url,
+        }) => {
+            let url = url.unwrap_or_else(|| format!("http://{}", cfg.ingest.listen));
+            rt()?.block_on(async {
+                let bar = indicatif::ProgressBar::new(injections as u64);
+                let r = harness::rate_delay(&cfg, &url, injections, Duration::from_millis(interval_ms), |i| {
+                    bar.set_position(i)
+                })
+                .await?;
+                bar.finish_and_clear();
+                let h = &r.delay_ms;
+                println!(
+                    "rate write → first order settled with it, over {} of {} injections: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+                    r.measured,
+                    r.injections,
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.9),
+                    h.value_at_quantile(0.99),
+                    h.max()
+                );
+                anyhow::Ok(())
+            })
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod generate;
 mod load;
+mod rate_delay;
 
 pub use generate::OrderGen;
 pub use load::{post_orders, wait_settled, LoadReport, SettleSummary};
+pub use rate_delay::{rate_delay, RateDelayReport};

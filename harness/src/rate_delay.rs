@@ -1,0 +1,113 @@
+//! How long from a rate written to ZooKeeper until the first order settled with it:
+//! inject distinct USD rates at a fixed interval while orders flow, then look each one
+//! up in rate_history (its version) and result (the first settled_at at that version
+//! or a newer one).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use model::{Config, Currency, Decimal};
+use mysql_async::prelude::*;
+
+use crate::OrderGen;
+
+pub struct RateDelayReport {
+    pub injections: usize,
+    pub measured: usize,
+    /// Milliseconds from just before the ZooKeeper write to the first settled order.
+    pub delay_ms: Histogram<u64>,
+}
+
+pub async fn rate_delay(
+    cfg: &Config,
+    base_url: &str,
+    injections: u32,
+    interval: Duration,
+    progress: impl Fn(u64),
+) -> Result<RateDelayReport> {
+    let usd: Currency = cfg
+        .currencies()?
+        .into_iter()
+        .find(|c| *c != cfg.base_currency())
+        .context("needs a non-base currency")?;
+    let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
+    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+
+    // Background orders: 4 connections, one order every 2 ms each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url: hyper::Uri = format!("{}/api/orders", base_url.trim_end_matches('/')).parse()?;
+    let currencies: Vec<String> = cfg.currencies()?.iter().map(|c| c.to_string()).collect();
+    let mut loaders = vec![];
+    for t in 0..4u64 {
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        let mut gen = OrderGen::new(1000 + t, cfg.catalogue.items, currencies.clone());
+        loaders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let req = hyper::Request::post(url.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(gen.next_body())))
+                    .expect("request");
+                if let Ok(r) = client.request(req).await {
+                    let _ = r.into_body().collect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut written = vec![];
+    for i in 0..injections {
+        // distinct values that no modifier step produces: 4 decimals, 5.0001…
+        let rate = Decimal::new(50_000 + i as i64 + 1, 4);
+        let t = model::now_ms();
+        rates::inject(&zk, cfg, usd, rate).await?;
+        written.push((rate, t));
+        progress(i as u64 + 1);
+        tokio::time::sleep(interval).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut conn = pool.get_conn().await?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("bounds");
+    for (rate, t) in &written {
+        let version: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT MIN(version) FROM rate_history WHERE currency = ? AND rate = ? AND recorded_at >= ?",
+                (usd.as_str(), *rate, t - 1000),
+            )
+            .await?;
+        let Some(version) = version.flatten() else {
+            continue;
+        };
+        let first: Option<Option<i64>> = conn
+            .exec_first(
+                "SELECT MIN(settled_at) FROM result WHERE rate_version >= ?",
+                (version,),
+            )
+            .await?;
+        if let Some(first) = first.flatten() {
+            hist.saturating_record((first - t).max(1) as u64);
+        }
+    }
+    drop(conn);
+    pool.disconnect().await.ok();
+    Ok(RateDelayReport {
+        injections: written.len(),
+        measured: hist.len() as usize,
+        delay_ms: hist,
+    })
+}
