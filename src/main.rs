@@ -58,6 +58,15 @@ enum Command {
     },
     /// Post generated orders over HTTP, wait until they settle, print a summary.
     Load(up::LoadArgs),
+    /// Verify the invariants of SPEC §7 against MySQL and ZooKeeper; non-zero exit on failure.
+    Check {
+        /// File of the order ids that got 202, one per line (as `dtss load --ids` writes).
+        #[arg(long)]
+        accepted: Option<PathBuf>,
+        /// Seconds to let published totals catch up.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
     /// Measurements against a running system (see README, Performance).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -144,6 +153,36 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Load(args) => rt()?.block_on(up::load(&cfg, &args)),
         Command::Rates(cmd) => rt()?.block_on(rates_cmd(&cfg, cmd)),
+        Command::Check { accepted, wait } => {
+            let ids = match &accepted {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading --accepted {}", p.display()))?
+                        .lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>(),
+                ),
+                None => None,
+            };
+            let verdicts = rt()?.block_on(harness::check(
+                &cfg,
+                ids.as_deref(),
+                Duration::from_secs(wait),
+            ))?;
+            let mut failed = 0;
+            for v in &verdicts {
+                println!(
+                    "{} {}: {}",
+                    if v.ok { "PASS" } else { "FAIL" },
+                    v.name,
+                    v.detail
+                );
+                failed += !v.ok as usize;
+            }
+            anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
+            Ok(())
+        }
         Command::Bench(BenchCommand::RateDelay {
             injections,
             interval_ms,

@@ -42,6 +42,9 @@ pub struct LoadArgs {
     /// Base URL of an ingest replica; default: http://{ingest.listen}.
     #[arg(long)]
     url: Option<String>,
+    /// Write the ids of the accepted orders to this file (for `dtss check --accepted`).
+    #[arg(long)]
+    ids: Option<PathBuf>,
     #[command(flatten)]
     opts: LoadOpts,
 }
@@ -198,6 +201,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
                 &LoadArgs {
                     orders: n,
                     url: None,
+                    ids: None,
                     opts,
                 },
             )

@@ -286,103 +286,37 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
-    /// SPEC §7, checked against MySQL: exactly one result per accepted id and no other;
-    /// stock conservation; totals = Σ paid; every paid recomputed from its rate version.
+    /// SPEC §7 with `dtss check`'s own code: one result per accepted id and no other;
+    /// stock conserved; totals equal three ways; every paid recomputed at the rate
+    /// version that was in force at its epoch.
     pub fn check_invariants(&self, accepted: &[String]) {
-        let ids: Vec<String> = self.query("SELECT order_id FROM result");
-        let mut seen = std::collections::HashSet::new();
-        for id in &ids {
-            assert!(
-                seen.insert(id.clone()),
-                "order {id} has more than one result"
-            );
-        }
-        let accepted_set: std::collections::HashSet<&String> = accepted.iter().collect();
-        assert_eq!(
-            accepted_set.len(),
-            accepted.len(),
-            "ingest gave an id twice"
-        );
-        for id in accepted {
-            assert!(seen.contains(id), "accepted order {id} has no result");
-        }
-        assert_eq!(
-            ids.len(),
-            accepted.len(),
-            "results exist for orders that got no 202"
-        );
-
-        // Stock: initial − current = Σ number over successful results, per commodity.
-        let mut taken = std::collections::HashMap::<u32, u64>::new();
-        let rows: Vec<(String, bool)> = self.query("SELECT items, success FROM result");
-        for (items, ok) in rows.iter().filter(|r| r.1) {
-            let _ = ok;
-            for part in items.split(',') {
-                let (id, n) = part.split_once(':').unwrap();
-                *taken.entry(id.parse().unwrap()).or_default() += n.parse::<u64>().unwrap();
-            }
-        }
-        let stock: Vec<(u32, u32, u32)> =
-            self.query("SELECT id, initial_inventory, inventory FROM commodity");
-        for (id, initial, now) in stock {
-            assert_eq!(
-                (initial - now) as u64,
-                taken.get(&id).copied().unwrap_or(0),
-                "commodity {id}: stock taken does not match the successful results"
-            );
-        }
-
-        // Totals = Σ paid of successful results, per currency.
-        let sums: Vec<(String, String)> = self.query(
-            "SELECT initiator, CAST(SUM(paid) AS CHAR) FROM result WHERE success GROUP BY initiator",
-        );
-        let totals: Vec<(String, String)> =
-            self.query("SELECT currency, CAST(SUM(total) AS CHAR) FROM totals GROUP BY currency");
-        for (c, s) in &sums {
-            let t = totals
-                .iter()
-                .find(|(tc, _)| tc == c)
-                .map(|(_, t)| t.clone())
-                .unwrap_or_default();
-            assert_eq!(
-                t.parse::<rust_decimal::Decimal>().unwrap(),
-                s.parse::<rust_decimal::Decimal>().unwrap(),
-                "total of {c}"
-            );
-        }
-
-        // Every paid recomputed from the recorded rate version and the catalogue.
-        let rates: Vec<(u64, String, rust_decimal::Decimal)> =
-            self.query("SELECT version, currency, rate FROM rate_history");
-        let catalogue: Vec<(u32, rust_decimal::Decimal, String)> =
-            self.query("SELECT id, price, currency FROM commodity");
-        let cat: std::collections::HashMap<u32, (rust_decimal::Decimal, String)> = catalogue
-            .into_iter()
-            .map(|(id, p, c)| (id, (p, c)))
+        let cfg = model::Config::load(&self.config).unwrap();
+        let verdicts = self
+            .rt
+            .block_on(harness::check(
+                &cfg,
+                Some(accepted),
+                Duration::from_secs(10),
+            ))
+            .expect("check ran");
+        let failed: Vec<String> = verdicts
+            .iter()
+            .filter(|v| !v.ok)
+            .map(|v| format!("{}: {}", v.name, v.detail))
             .collect();
-        let results: Vec<(String, String, rust_decimal::Decimal, u64, String)> = self.query(
-            "SELECT order_id, initiator, paid, rate_version, items FROM result WHERE success",
+        assert!(
+            failed.is_empty(),
+            "invariants failed (logs in {}):\n{}",
+            self.dir.display(),
+            failed.join("\n")
         );
-        for (id, initiator, paid, version, items) in results {
-            let table = model::RateTable {
-                version,
-                rates: rates
-                    .iter()
-                    .filter(|r| r.0 == version)
-                    .map(|r| (r.1.parse().unwrap(), r.2))
-                    .collect(),
-            };
-            let lines = items.split(',').map(|p| {
-                let (i, n) = p.split_once(':').unwrap();
-                let (price, cur) = &cat[&i.parse::<u32>().unwrap()];
-                (*price, n.parse::<u32>().unwrap(), cur.parse().unwrap())
-            });
-            let want = model::paid(lines, initiator.parse().unwrap(), &table).unwrap();
-            assert_eq!(
-                paid, want,
-                "order {id}: paid differs from the formula at rate version {version}"
-            );
-        }
+    }
+
+    /// The rate versions the results used.
+    pub fn rate_versions_used(&self) -> std::collections::BTreeSet<u64> {
+        self.query::<u64>("SELECT DISTINCT rate_version FROM result")
+            .into_iter()
+            .collect()
     }
 
     /// An admin request (the test clusters' token is "secret").
@@ -395,71 +329,6 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
             &[("Authorization", "Bearer secret")],
         )
         .expect("admin request")
-    }
-
-    /// SPEC §5: every result used the newest rate version in force at its epoch —
-    /// never one observed after its epoch, never an older one. Returns the versions used.
-    pub fn check_rate_epochs(&self) -> std::collections::BTreeSet<u64> {
-        let versions: Vec<(u64, u64)> =
-            self.query("SELECT DISTINCT version, from_epoch FROM rate_history ORDER BY version");
-        let results: Vec<(String, u64, u64)> =
-            self.query("SELECT order_id, epoch, rate_version FROM result");
-        let mut used = std::collections::BTreeSet::new();
-        for (id, epoch, v) in results {
-            let want = versions
-                .iter()
-                .filter(|(_, from)| *from <= epoch)
-                .map(|(v, _)| *v)
-                .max()
-                .unwrap_or_else(|| versions.first().map(|(v, _)| *v).unwrap_or(0));
-            assert_eq!(v, want, "order {id} of epoch {epoch} used rate version {v}; in force was {want} ({versions:?})");
-            used.insert(v);
-        }
-        used
-    }
-
-    /// Published totals (ZooKeeper via GET /api/totals), MySQL totals and Σ paid agree.
-    /// Waits up to 10 s for the publication to catch up with the results.
-    pub fn check_totals_three_ways(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let sums: Vec<(String, String, u64)> = self.query(
-                "SELECT initiator, CAST(SUM(paid) AS CHAR), COUNT(*) FROM result WHERE success GROUP BY initiator",
-            );
-            let mysql: Vec<(String, String)> = self
-                .query("SELECT currency, CAST(SUM(total) AS CHAR) FROM totals GROUP BY currency");
-            let (s, v) = self.admin("GET", "/api/totals", None);
-            assert_eq!(s, 200, "{v}");
-            let dec = |x: &str| x.parse::<rust_decimal::Decimal>().unwrap();
-            let mut agree = true;
-            for (c, sum, n) in &sums {
-                let zk = v["totals"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|t| t["currency"] == c.as_str())
-                    .unwrap();
-                let my = mysql
-                    .iter()
-                    .find(|(k, _)| k == c)
-                    .map(|(_, t)| dec(t))
-                    .unwrap();
-                assert_eq!(my, dec(sum), "MySQL totals of {c} differ from Σ paid");
-                if dec(zk["total"].as_str().unwrap()) != dec(sum)
-                    || zk["orders"].as_u64() != Some(*n)
-                {
-                    agree = false;
-                    assert!(
-                        Instant::now() < deadline,
-                        "published total of {c} is {zk}; Σ paid is {sum} over {n} orders"
-                    );
-                }
-            }
-            if agree {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     pub fn log(&self, what: &str) -> String {
