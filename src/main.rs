@@ -271,5 +271,8 @@ pub async fn init(cfg: &Config) -> Result<()> {
     pool.disconnect().await.ok();
     let zk = rates::connect(cfg, Duration::from_secs(30)).await?;
     rates::seed_rates(&zk, cfg).await?;
+    if !cfg.kafka.brokers.is_empty() {
+        dataflow::ensure_topic(cfg).await?;
+    }
     Ok(())
 }

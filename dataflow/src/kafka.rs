@@ -79,7 +79,26 @@ pub fn spawn_reader(
         .spawn(move || {
             let mut chunk: Vec<Read> = Vec::with_capacity(CHUNK);
             let mut expected = start;
-            while !stop.load(Ordering::Relaxed) {
+            // On stop: read on up to the partition's end as of that moment (ingest stops
+            // first), so an orderly shutdown leaves nothing unsettled in the broker.
+            let mut drain_to: Option<(i64, std::time::Instant)> = None;
+            loop {
+                if drain_to.is_none() && stop.load(Ordering::Relaxed) {
+                    let end = consumer
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                        .map(|(_, high)| high)
+                        .unwrap_or(expected);
+                    tracing::info!(partition, "stopping: reading on to offset {end} first");
+                    drain_to = Some((end, std::time::Instant::now() + Duration::from_secs(30)));
+                }
+                if let Some((end, deadline)) = drain_to {
+                    if expected >= end || std::time::Instant::now() > deadline {
+                        if !chunk.is_empty() && tx.send(std::mem::take(&mut chunk)).is_ok() {
+                            wake();
+                        }
+                        break;
+                    }
+                }
                 let timeout = if chunk.is_empty() {
                     Duration::from_millis(50)
                 } else {

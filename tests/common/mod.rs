@@ -214,6 +214,19 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         ));
     }
 
+    /// Another ingest replica on its own port; returns its address.
+    pub fn start_extra_ingest(&self) -> (String, Child) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = self.spawn("ingest-extra", &["ingest", "--listen", &listen]);
+        let l = listen.clone();
+        wait_for(Duration::from_secs(60), "extra ingest /healthz", || {
+            http(&l, "GET", "/healthz", None)
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        });
+        (listen, child)
+    }
+
     pub fn start_ingest(&mut self) {
         self.ingest = Some(self.spawn("ingest", &["ingest"]));
         let listen = self.listen.clone();
@@ -258,11 +271,31 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
+    /// Run a query; retried for a while, so a MariaDB restart in a test is survived.
     pub fn query<T: FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
-        self.rt.block_on(async {
-            let mut conn = self.pool.get_conn().await.unwrap();
-            conn.query(sql).await.unwrap()
-        })
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r: Result<Vec<T>, mysql_async::Error> = self.rt.block_on(async {
+                let mut conn = self.pool.get_conn().await?;
+                conn.query(sql).await
+            });
+            match r {
+                Ok(v) => return v,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("query failed, retrying: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
+    }
+
+    /// SIGTERM a child and wait; its exit status.
+    pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().unwrap()
     }
 
     pub fn count(&self, sql: &str) -> u64 {

@@ -1,0 +1,184 @@
+//! The cluster as processes: several timely processes and ingest replicas, orderly
+//! shutdown and restart, and MariaDB killed under load. Each ends with `dtss check`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Spec};
+
+fn currencies() -> Vec<String> {
+    ["RMB", "USD", "JPY", "EUR"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn two_processes_of_two_workers_and_two_ingest_replicas_settle_50000_orders() {
+    let c = Cluster::start(
+        "multi",
+        Spec {
+            processes: 2,
+            workers: 2,
+            items: 2000,
+            ..Spec::default()
+        },
+    );
+    let (second, mut second_child) = c.start_extra_ingest();
+    let started = Instant::now();
+    let (url1, url2) = (format!("http://{}", c.listen), format!("http://{second}"));
+    let (a, b) = c.rt.block_on(async {
+        tokio::join!(
+            harness::post_orders(
+                &url1,
+                25_000,
+                16,
+                harness::OrderGen::new(1, 2000, currencies()),
+                |_| {}
+            ),
+            harness::post_orders(
+                &url2,
+                25_000,
+                16,
+                harness::OrderGen::new(2, 2000, currencies()),
+                |_| {}
+            ),
+        )
+    });
+    let mut accepted = a.unwrap().accepted;
+    accepted.extend(b.unwrap().accepted);
+    assert_eq!(accepted.len(), 50_000);
+    c.wait_results(50_000, Duration::from_secs(300));
+    eprintln!(
+        "50,000 orders through 2 replicas and 2 × 2 workers in {:.1?}",
+        started.elapsed()
+    );
+    let partitions: Vec<(i32, u64)> =
+        c.query("SELECT `partition`, COUNT(*) FROM result GROUP BY 1 ORDER BY 1");
+    assert_eq!(
+        partitions.len(),
+        4,
+        "every worker of both processes settled orders: {partitions:?}"
+    );
+    c.check_invariants(&accepted);
+    assert!(Cluster::terminate(&mut second_child).success());
+}
+
+#[test]
+fn sigterm_to_every_process_then_restart_loses_and_repeats_nothing() {
+    let mut c = Cluster::start("sigterm", Spec::default());
+    let url = format!("http://{}", c.listen);
+    let first =
+        c.rt.block_on(harness::post_orders(
+            &url,
+            3000,
+            16,
+            harness::OrderGen::new(5, 1000, currencies()),
+            |_| {},
+        ))
+        .unwrap();
+    // Orderly stop while the workers are still behind: ingest, workers, broker.
+    assert!(
+        Cluster::terminate(c.ingest.as_mut().unwrap()).success(),
+        "ingest exits 0 on SIGTERM"
+    );
+    let worker = c.workers.lock().unwrap()[0].take();
+    let status = Cluster::terminate(&mut worker.unwrap());
+    assert!(status.success(), "worker exits 0 on SIGTERM: {status}");
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM result"),
+        3000,
+        "a worker settles everything in its partitions before exiting"
+    );
+    assert!(Cluster::terminate(c.broker.as_mut().unwrap()).success());
+
+    // Everything again (a new embedded broker starts with an empty log).
+    c.start_broker();
+    c.start_worker(0);
+    c.start_ingest();
+    let second =
+        c.rt.block_on(harness::post_orders(
+            &url,
+            1000,
+            8,
+            harness::OrderGen::new(6, 1000, currencies()),
+            |_| {},
+        ))
+        .unwrap();
+    let mut accepted = first.accepted;
+    accepted.extend(second.accepted);
+    c.wait_results(4000, Duration::from_secs(120));
+    c.check_invariants(&accepted);
+}
+
+#[test]
+fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
+    let c = Cluster::start("mysqlkill", Spec::default());
+    let accepted = Mutex::new(Vec::<String>::new());
+    let done = AtomicBool::new(false);
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (c, accepted, done) = (&c, &accepted, &done);
+            s.spawn(move || {
+                let mut gen = harness::OrderGen::new(t, 1000, currencies());
+                let mut body = gen.next_body();
+                while !done.load(Ordering::Relaxed) {
+                    match c.post(&body) {
+                        (202, v) => {
+                            accepted
+                                .lock()
+                                .unwrap()
+                                .push(v["order_id"].as_str().unwrap().to_string());
+                            body = gen.next_body();
+                        }
+                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
+                        (st, v) => panic!("unexpected {st}: {v}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 300
+        });
+        let pid: i32 = std::fs::read_to_string(format!("{root}/.dtss/services/mariadb/mysqld.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let st = std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/services.sh"))
+            .arg("up")
+            .status()
+            .unwrap();
+        assert!(st.success(), "MariaDB restarts");
+        std::thread::sleep(Duration::from_secs(3));
+        done.store(true, Ordering::Relaxed);
+    });
+    // The worker rode it out: still the same process, waiting and retrying.
+    assert!(
+        c.workers.lock().unwrap()[0]
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the worker process did not exit"
+    );
+    let accepted = accepted.into_inner().unwrap();
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    let log = c.log("worker-0");
+    assert!(
+        log.contains("retrying"),
+        "the worker retried while MariaDB was down"
+    );
+    c.check_invariants(&accepted);
+}
