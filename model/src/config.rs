@@ -379,6 +379,14 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
         assert_eq!(c.epoch_of(1_000_019), 100_001);
     }
 
+    #[test]
+    fn shipped_configs_parse() {
+        let local = Config::parse(include_str!("../../cluster.toml")).unwrap();
+        assert_eq!((local.partitions(), local.kafka.brokers.len()), (2, 0));
+        let three = Config::parse(include_str!("../../deploy/cluster.3hosts.toml")).unwrap();
+        assert_eq!((three.partitions(), three.kafka.brokers.len()), (6, 3));
+    }
+
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
     }
