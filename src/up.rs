@@ -373,11 +373,27 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         s.e2e_ms.2
     );
     pool.disconnect().await.ok();
+    if let Some(path) = &args.ids {
+        std::fs::write(path, report.accepted.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("accepted order ids written to {}", path.display());
+    }
     if s.settled < report.accepted.len() as u64 {
         bail!(
             "{} accepted orders did not settle within 300 s",
             report.accepted.len() as u64 - s.settled
         );
     }
+    let mut failed = 0;
+    for v in harness::check(cfg, None, Duration::from_secs(10)).await? {
+        println!(
+            "check: {} {}: {}",
+            if v.ok { "PASS" } else { "FAIL" },
+            v.name,
+            v.detail
+        );
+        failed += !v.ok as usize;
+    }
+    anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
     Ok(())
 }

@@ -180,17 +180,29 @@ async fn attempt_batch(
         .map(|(id, c)| (*id, c.inventory))
         .collect();
     if !changed.is_empty() {
-        let mut sql = String::from("UPDATE commodity SET inventory = CASE id");
-        for (id, inv) in &changed {
-            write!(sql, " WHEN {id} THEN {inv}").unwrap();
+        // One statement for all changed rows, by primary key (a CASE expression would be
+        // quadratic). Every row exists and is locked by the SELECT … FOR UPDATE above, so
+        // each one is an update (2 affected rows); the placeholder columns are never
+        // written. Anything else aborts the transaction.
+        let mut sql = String::with_capacity(changed.len() * 24 + 160);
+        sql.push_str(
+            "INSERT INTO commodity (id, name, price, currency, inventory, initial_inventory) VALUES ",
+        );
+        for (i, (id, inv)) in changed.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            write!(sql, "({id},'',0,'',{inv},0)").unwrap();
         }
-        write!(
-            sql,
-            " END WHERE id IN ({})",
-            join(changed.iter().map(|(id, _)| id))
-        )
-        .unwrap();
+        sql.push_str(" ON DUPLICATE KEY UPDATE inventory = VALUES(inventory)");
         tx.query_drop(sql).await?;
+        if tx.affected_rows() != 2 * changed.len() as u64 {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "stock update touched {} rows for {} changed commodities",
+                tx.affected_rows(),
+                changed.len()
+            )));
+        }
     }
 
     for (chunk_s, chunk_o) in todo.chunks(500).zip(outcomes.chunks(500)) {
