@@ -182,3 +182,129 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     );
     c.check_invariants(&accepted);
 }
+
+/// The pid of the process whose command line holds all of `words`.
+fn find_process(words: &[&str]) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if words.iter().all(|w| cmd.contains(w)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
+    let c = Cluster::configure("supervise", Spec::default());
+    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
+    let mut up = std::process::Command::new(common::BIN)
+        .args(["up", "--no-services", "--config"])
+        .arg(&c.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let listen = c.listen.clone();
+    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
+        common::http(&listen, "GET", "/healthz", None)
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    let config = c.config.display().to_string();
+    let accepted = Mutex::new(Vec::<String>::new());
+    let done = AtomicBool::new(false);
+    let mut recovery = Duration::ZERO;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (c, accepted, done) = (&c, &accepted, &done);
+            s.spawn(move || {
+                let mut gen = harness::OrderGen::new(t, 1000, currencies());
+                while !done.load(Ordering::Relaxed) {
+                    match c.post(&gen.next_body()) {
+                        (202, v) => accepted
+                            .lock()
+                            .unwrap()
+                            .push(v["order_id"].as_str().unwrap().to_string()),
+                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
+                        (st, v) => panic!("unexpected {st}: {v}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 500
+        });
+        let pid =
+            find_process(&["worker", "--process", &config]).expect("the worker process of dtss up");
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let killed = Instant::now();
+        let before = c.count("SELECT COUNT(*) FROM result");
+        common::wait_for(
+            Duration::from_secs(60),
+            "settling again after the restart",
+            || c.count("SELECT COUNT(*) FROM result") > before + 200,
+        );
+        recovery = killed.elapsed();
+        done.store(true, Ordering::Relaxed);
+    });
+    let accepted = accepted.into_inner().unwrap();
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!(
+        "{} orders accepted; settling resumed {recovery:?} after kill -9 of the worker process",
+        accepted.len()
+    );
+    let up_log = std::fs::read_to_string(c.dir.join("up.log")).unwrap();
+    assert!(
+        up_log.contains("restarting all worker processes"),
+        "{up_log}"
+    );
+    c.check_invariants(&accepted);
+    assert!(
+        Cluster::terminate(&mut up).success(),
+        "dtss up exits 0 on SIGTERM"
+    );
+}
+
+#[test]
+fn killed_ingest_replica_the_other_keeps_taking_orders() {
+    let mut c = Cluster::start("ingestkill", Spec::default());
+    let (second, mut second_child) = c.start_extra_ingest();
+    let url1 = format!("http://{}", c.listen);
+    let url2 = format!("http://{second}");
+    let gen = |seed| harness::OrderGen::new(seed, 1000, currencies());
+    let a =
+        c.rt.block_on(harness::post_orders(&url1, 500, 4, gen(1), |_| {}))
+            .unwrap();
+    let mut accepted = a.accepted;
+    let mut first = c.ingest.take().unwrap();
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGKILL);
+    }
+    first.wait().unwrap();
+    assert!(
+        common::http(&c.listen, "POST", "/api/orders", Some("{}")).is_err(),
+        "the killed replica refuses connections"
+    );
+    let b =
+        c.rt.block_on(harness::post_orders(&url2, 1500, 8, gen(2), |_| {}))
+            .unwrap();
+    assert_eq!(
+        b.accepted.len(),
+        1500,
+        "the other replica takes every order"
+    );
+    accepted.extend(b.accepted);
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    c.check_invariants(&accepted);
+    assert!(Cluster::terminate(&mut second_child).success());
+}

@@ -82,7 +82,19 @@ pub fn spawn_reader(
             // On stop: read on up to the partition's end as of that moment (ingest stops
             // first), so an orderly shutdown leaves nothing unsettled in the broker.
             let mut drain_to: Option<(i64, std::time::Instant)> = None;
+            let mut lag_checked = std::time::Instant::now();
             loop {
+                if lag_checked.elapsed() >= Duration::from_secs(10) {
+                    lag_checked = std::time::Instant::now();
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                    {
+                        let lag = high - expected;
+                        if lag > 0 {
+                            tracing::info!(partition, lag, "Kafka lag: {lag} orders not yet read");
+                        }
+                    }
+                }
                 if drain_to.is_none() && stop.load(Ordering::Relaxed) {
                     let end = consumer
                         .fetch_watermarks(&topic, partition, Duration::from_secs(5))
