@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let lines = vec![
+    let lines = [
         (Decimal::new(1999, 2), 3, cur[1]),
         (Decimal::new(50000, 2), 1, cur[2]),
         (Decimal::new(1250, 2), 5, cur[3]),
