@@ -308,3 +308,164 @@ fn killed_ingest_replica_the_other_keeps_taking_orders() {
     c.check_invariants(&accepted);
     assert!(Cluster::terminate(&mut second_child).success());
 }
+
+/// Three ZooKeeper servers on loopback, killed on drop.
+struct Ensemble {
+    members: Vec<(u16, std::process::Child)>,
+}
+
+impl Ensemble {
+    fn start(dir: &std::path::Path) -> Ensemble {
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| {
+                (
+                    common::free_port(),
+                    common::free_port(),
+                    common::free_port(),
+                )
+            })
+            .collect();
+        let servers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer, election))| {
+                format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1)
+            })
+            .collect();
+        let mut members = vec![];
+        for (i, (client, _, _)) in ports.iter().enumerate() {
+            let data = dir.join(format!("zk{}", i + 1));
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("myid"), format!("{}\n", i + 1)).unwrap();
+            let cfg = data.join("zoo.cfg");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
+                     admin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\nmaxClientCnxns=0\n{servers}",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(data.join("zk.log")).unwrap();
+            let child = std::process::Command::new("java")
+                .args(["-Xmx256m", "-cp"])
+                .arg("/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar")
+                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+                .arg(&cfg)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            members.push((*client, child));
+        }
+        let e = Ensemble { members };
+        common::wait_for(Duration::from_secs(60), "a ZooKeeper quorum", || {
+            e.members.iter().filter(|(p, _)| mode(*p).is_some()).count() == 3
+        });
+        e
+    }
+
+    fn connect(&self) -> String {
+        self.members
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Ensemble {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.members {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// "leader" or "follower", from the `srvr` four-letter word.
+fn mode(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"srvr").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("Mode: ").map(|m| m.trim().to_string()))
+}
+
+#[test]
+fn zookeeper_ensemble_leader_killed_orders_keep_settling() {
+    let c = Cluster::configure("ensemble", Spec::default());
+    let ensemble = Ensemble::start(&c.dir);
+    let text = std::fs::read_to_string(&c.config).unwrap().replace(
+        "connect = \"127.0.0.1:2181\"",
+        &format!(
+            "connect = \"{}\"\nsession_timeout_ms = 4000",
+            ensemble.connect()
+        ),
+    );
+    std::fs::write(&c.config, text).unwrap();
+    let mut ensemble = ensemble;
+    let c = c.launch();
+    let accepted = Mutex::new(Vec::<String>::new());
+    let done = AtomicBool::new(false);
+    let mut pause = Duration::ZERO;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (c, accepted, done) = (&c, &accepted, &done);
+            s.spawn(move || {
+                let mut gen = harness::OrderGen::new(t, 1000, currencies());
+                while !done.load(Ordering::Relaxed) {
+                    match c.post(&gen.next_body()) {
+                        (202, v) => accepted
+                            .lock()
+                            .unwrap()
+                            .push(v["order_id"].as_str().unwrap().to_string()),
+                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
+                        (st, v) => panic!("unexpected {st}: {v}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 300
+        });
+        let leader = ensemble
+            .members
+            .iter()
+            .position(|(p, _)| mode(*p).as_deref() == Some("leader"))
+            .expect("a leader");
+        let (_, mut child) = ensemble.members.remove(leader);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed = Instant::now();
+        let before = c.count("SELECT COUNT(*) FROM result");
+        common::wait_for(
+            Duration::from_secs(60),
+            "settling after the leader died",
+            || c.count("SELECT COUNT(*) FROM result") > before + 200,
+        );
+        pause = killed.elapsed();
+        // rates still flow: a change through the surviving quorum reaches the dataflow
+        c.run(&["rates", "set", "USD=8.5"])
+            .expect("rates set through the surviving members");
+        common::wait_for(Duration::from_secs(30), "the new rate applied", || {
+            c.count("SELECT COUNT(*) FROM rate_history WHERE currency = 'USD' AND rate = 8.5") > 0
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        done.store(true, Ordering::Relaxed);
+    });
+    let accepted = accepted.into_inner().unwrap();
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!(
+        "{} orders accepted; 200 more settled {pause:?} after kill -9 of the ZooKeeper leader",
+        accepted.len()
+    );
+    c.check_invariants(&accepted);
+    drop(c);
+    drop(ensemble);
+}

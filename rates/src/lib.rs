@@ -140,8 +140,8 @@ pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, 
 
 /// Follow the rates with a persistent recursive watch and call `on_change` with the
 /// full table whenever it differs from the last one delivered (and once at start).
-/// After a reconnect every rate is read again, so a change made while the client was
-/// away is not missed; an expired session is replaced by a new one. Runs on its own
+/// After any reconnect the session and the watch are set up afresh and every rate is
+/// read again, so a change made while the client was away is not missed. Runs on its own
 /// thread until `on_change` returns false.
 pub fn spawn_rate_feed(
     cfg: Config,
@@ -203,7 +203,10 @@ async fn follow(
         match ev.event_type {
             zk::EventType::Session => match ev.session_state {
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    tracing::info!("rate feed reconnected to ZooKeeper; re-reading every rate");
+                    // A persistent watch is not reliably re-registered after a reconnect
+                    // (ZOOKEEPER-4698; seen here when an ensemble member dies): start over
+                    // with a fresh session and watch, then re-read every rate.
+                    bail!("connection to ZooKeeper was lost and regained; renewing the session and the watch");
                 }
                 zk::SessionState::Disconnected => continue,
                 other => bail!("ZooKeeper session ended: {other:?}"),

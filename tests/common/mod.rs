@@ -76,9 +76,13 @@ impl Default for Spec<'_> {
 impl Cluster {
     /// Write a config, init, and start broker + workers + ingest; wait until healthy.
     pub fn start(name: &str, spec: Spec) -> Cluster {
-        let c = Cluster::configure(name, spec);
-        c.run(&["init"]).expect("dtss init");
-        let mut c = c;
+        Cluster::configure(name, spec).launch()
+    }
+
+    /// Init, then start broker, workers and ingest of a configured cluster.
+    pub fn launch(self) -> Cluster {
+        self.run(&["init"]).expect("dtss init");
+        let mut c = self;
         c.start_broker();
         for p in 0..c.processes {
             c.start_worker(p);
