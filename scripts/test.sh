@@ -13,7 +13,8 @@ echo "== cargo test (release build: the same one \`cargo run --release -- up\` u
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release --workspace --all-targets "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
+cargo build --release --workspace --benches   # the benchmarks must keep building (run them with cargo bench)
+cargo test --release --workspace --tests "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
