@@ -170,18 +170,7 @@ fn run(cli: Cli) -> Result<()> {
                 ids.as_deref(),
                 Duration::from_secs(wait),
             ))?;
-            let mut failed = 0;
-            for v in &verdicts {
-                println!(
-                    "{} {}: {}",
-                    if v.ok { "PASS" } else { "FAIL" },
-                    v.name,
-                    v.detail
-                );
-                failed += !v.ok as usize;
-            }
-            anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
-            Ok(())
+            harness::report(&verdicts, "")
         }
         Command::Bench(BenchCommand::RateDelay {
             injections,

@@ -384,16 +384,8 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
             report.accepted.len() as u64 - s.settled
         );
     }
-    let mut failed = 0;
-    for v in harness::check(cfg, None, Duration::from_secs(10)).await? {
-        println!(
-            "check: {} {}: {}",
-            if v.ok { "PASS" } else { "FAIL" },
-            v.name,
-            v.detail
-        );
-        failed += !v.ok as usize;
-    }
-    anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
-    Ok(())
+    harness::report(
+        &harness::check(cfg, None, Duration::from_secs(10)).await?,
+        "check: ",
+    )
 }

@@ -30,6 +30,22 @@ fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Verd
     Verdict { name, ok, detail }
 }
 
+/// Print one line per verdict (`PASS name: detail`, after `prefix`); an error if any failed.
+pub fn report(verdicts: &[Verdict], prefix: &str) -> Result<()> {
+    let mut failed = 0;
+    for v in verdicts {
+        println!(
+            "{prefix}{} {}: {}",
+            if v.ok { "PASS" } else { "FAIL" },
+            v.name,
+            v.detail
+        );
+        failed += !v.ok as usize;
+    }
+    anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
+    Ok(())
+}
+
 /// Check every invariant. `accepted`: the ids that got a 202 (from the load's log), if
 /// known. Published totals are given up to `patience` to catch up with the results.
 pub async fn check(

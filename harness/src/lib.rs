@@ -6,7 +6,7 @@ mod generate;
 mod load;
 mod rate_delay;
 
-pub use check::{check, Verdict};
+pub use check::{check, report, Verdict};
 pub use generate::OrderGen;
 pub use load::{post_orders, wait_settled, LoadReport, SettleSummary};
 pub use rate_delay::{rate_delay, RateDelayReport};

@@ -54,8 +54,9 @@ fn error(status: StatusCode, field: &str, problem: impl Into<String>) -> Resp {
     )
 }
 
-fn unavailable(problem: &str) -> Resp {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "kafka", problem);
+/// 503 with `Retry-After: 1`: a part behind ingest (`field`) cannot answer now.
+fn unavailable(field: &str, problem: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, field, problem);
     r.headers_mut()
         .insert(RETRY_AFTER, "1".parse().expect("static"));
     r
@@ -234,14 +235,7 @@ fn percent_decode(s: &str) -> String {
 
 fn store_unavailable(e: anyhow::Error) -> Resp {
     tracing::warn!("query failed: {e:#}");
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "mysql",
-        "result store unavailable",
-    );
-    r.headers_mut()
-        .insert(RETRY_AFTER, "1".parse().expect("static"));
-    r
+    unavailable("mysql", "result store unavailable")
 }
 
 async fn get_rates(state: &State) -> Resp {
@@ -249,14 +243,7 @@ async fn get_rates(state: &State) -> Resp {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("reading rates: {e:#}");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "zookeeper",
-                "rates unavailable",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "1".parse().expect("static"));
-            return r;
+            return unavailable("zookeeper", "rates unavailable");
         }
     };
     let applied = sinks::latest_rates(&state.pool)
@@ -317,14 +304,7 @@ async fn put_rate(state: Arc<State>, cur: &str, req: Request<Incoming>) -> Resp 
         ),
         Err(e) => {
             tracing::warn!("injecting a rate: {e:#}");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "zookeeper",
-                "could not write the rate",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "1".parse().expect("static"));
-            r
+            unavailable("zookeeper", "could not write the rate")
         }
     }
 }
@@ -336,14 +316,7 @@ async fn get_totals(state: &State, only: Option<&str>) -> Resp {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("reading totals: {e:#}");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "zookeeper",
-                "totals unavailable",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "1".parse().expect("static"));
-            return r;
+            return unavailable("zookeeper", "totals unavailable");
         }
     };
     if let Some(cur) = only {
@@ -384,7 +357,10 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
     };
     if state.backlog.full() {
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
-        return unavailable("too many unsettled orders for the embedded broker; retry shortly");
+        return unavailable(
+            "kafka",
+            "too many unsettled orders for the embedded broker; retry shortly",
+        );
     }
     let order_id = Uuid::now_v7();
     let accepted_at = model::now_ms();
@@ -406,7 +382,10 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
         Err((e, _)) => {
             tracing::warn!("Kafka did not take order {order_id}: {e}");
             state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
-            unavailable(&format!("Kafka did not acknowledge the order: {e}"))
+            unavailable(
+                "kafka",
+                &format!("Kafka did not acknowledge the order: {e}"),
+            )
         }
     }
 }
@@ -431,14 +410,7 @@ async fn lookup(state: &State, id: &str) -> Resp {
         ),
         Err(e) => {
             tracing::warn!("result query failed: {e:#}");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "mysql",
-                "result store unavailable",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "1".parse().expect("static"));
-            r
+            unavailable("mysql", "result store unavailable")
         }
     }
 }

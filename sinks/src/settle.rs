@@ -70,8 +70,11 @@ pub async fn settle_batch(
     next_offset: i64,
 ) -> Result<Vec<Outcome>> {
     let mut backoff = Duration::from_millis(20);
+    // Set once an attempt has sent COMMIT: if that attempt then failed, the commit may
+    // still have landed, and the next attempt must report what it committed.
+    let mut commit_sent = false;
     for attempt in 1.. {
-        match attempt_batch(pool, topic, partition, batch, next_offset).await {
+        match attempt_batch(pool, topic, partition, batch, next_offset, &mut commit_sent).await {
             Ok(out) => return Ok(out),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e)) => {
@@ -108,6 +111,7 @@ async fn attempt_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
+    commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
     // READ COMMITTED: no gap locks; FOR UPDATE still locks every row it reads, and
@@ -127,7 +131,13 @@ async fn attempt_batch(
     let todo: Vec<&Settling> = batch.iter().filter(|s| s.offset >= done_below).collect();
     if next_offset <= done_below {
         tx.rollback().await?;
-        return Ok(vec![]);
+        // Committed already. By an earlier attempt of this call whose answer was lost:
+        // its outcomes were never reported, so read them back. Otherwise it was
+        // reported before (or by another run), and reporting it again would count twice.
+        if !*commit_sent {
+            return Ok(vec![]);
+        }
+        return committed_outcomes(&mut conn, batch).await;
     }
 
     let ids: BTreeSet<u32> = todo
@@ -270,8 +280,60 @@ async fn attempt_batch(
             "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
         )));
     }
+    *commit_sent = true;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// order_id, initiator, reason, paid, epoch, accepted_at, settled_at
+type CommittedRow = (String, String, Option<String>, Decimal, u64, i64, i64);
+
+/// The outcomes of `batch` as committed, read back from the result table.
+async fn committed_outcomes(
+    conn: &mut mysql_async::Conn,
+    batch: &[Settling<'_>],
+) -> Result<Vec<Outcome>, Failure> {
+    if batch.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids = join(batch.iter().map(|s| format!("'{}'", s.order.order_id)));
+    let rows: Vec<CommittedRow> = conn
+        .query(format!(
+            "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at FROM result WHERE order_id IN ({ids})"
+        ))
+        .await?;
+    let fatal = |what: String| Failure::Fatal(anyhow::anyhow!(what));
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, initiator, reason, paid, epoch, accepted_at, settled_at) in rows {
+        out.push(Outcome {
+            order_id: id.parse().map_err(|e| fatal(format!("result {id}: {e}")))?,
+            initiator: initiator
+                .parse()
+                .map_err(|e| fatal(format!("result {id}: {e}")))?,
+            epoch,
+            reason: match reason.as_deref() {
+                None => None,
+                Some("unknown_item") => Some(Reason::UnknownItem),
+                Some("insufficient_inventory") => Some(Reason::InsufficientInventory),
+                Some(other) => return Err(fatal(format!("result {id}: unknown reason {other}"))),
+            },
+            paid,
+            accepted_at,
+            settled_at,
+        });
+    }
+    if out.len() != batch.len() {
+        return Err(fatal(format!(
+            "offsets say {} orders were committed but {} results exist",
+            batch.len(),
+            out.len()
+        )));
+    }
+    tracing::warn!(
+        orders = out.len(),
+        "a commit whose answer was lost had landed; its outcomes were read back"
+    );
+    Ok(out)
 }
 
 /// `id:number,id:number`, the form the result table keeps an order's items in.
