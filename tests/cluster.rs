@@ -160,7 +160,18 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
             .status()
             .unwrap();
         assert!(st.success(), "MariaDB restarts");
-        std::thread::sleep(Duration::from_secs(3));
+        let restarted = Instant::now();
+        let before = c.count("SELECT COUNT(*) FROM result");
+        common::wait_for(
+            Duration::from_secs(60),
+            "settling after MariaDB is back",
+            || c.count("SELECT COUNT(*) FROM result") > before,
+        );
+        eprintln!(
+            "settling resumed {:?} after MariaDB answered again",
+            restarted.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(2));
         done.store(true, Ordering::Relaxed);
     });
     // The worker rode it out: still the same process, waiting and retrying.
@@ -175,6 +186,7 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     );
     let accepted = accepted.into_inner().unwrap();
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!("{} orders accepted, all settled once", accepted.len());
     let log = c.log("worker-0");
     assert!(
         log.contains("retrying"),
