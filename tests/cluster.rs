@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Spec};
@@ -117,31 +115,8 @@ fn sigterm_to_every_process_then_restart_loses_and_repeats_nothing() {
 #[test]
 fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     let c = Cluster::start("mysqlkill", Spec::default());
-    let accepted = Mutex::new(Vec::<String>::new());
-    let done = AtomicBool::new(false);
     let root = env!("CARGO_MANIFEST_DIR");
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let (c, accepted, done) = (&c, &accepted, &done);
-            s.spawn(move || {
-                let mut gen = harness::OrderGen::new(t, 1000, currencies());
-                let mut body = gen.next_body();
-                while !done.load(Ordering::Relaxed) {
-                    match c.post(&body) {
-                        (202, v) => {
-                            accepted
-                                .lock()
-                                .unwrap()
-                                .push(v["order_id"].as_str().unwrap().to_string());
-                            body = gen.next_body();
-                        }
-                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
-                        (st, v) => panic!("unexpected {st}: {v}"),
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            });
-        }
+    let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 300
         });
@@ -172,7 +147,6 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
             restarted.elapsed()
         );
         std::thread::sleep(Duration::from_secs(2));
-        done.store(true, Ordering::Relaxed);
     });
     // The worker rode it out: still the same process, waiting and retrying.
     assert!(
@@ -184,7 +158,6 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
             .is_none(),
         "the worker process did not exit"
     );
-    let accepted = accepted.into_inner().unwrap();
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!("{} orders accepted, all settled once", accepted.len());
     let log = c.log("worker-0");
@@ -230,27 +203,8 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
             .unwrap_or(false)
     });
     let config = c.config.display().to_string();
-    let accepted = Mutex::new(Vec::<String>::new());
-    let done = AtomicBool::new(false);
     let mut recovery = Duration::ZERO;
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let (c, accepted, done) = (&c, &accepted, &done);
-            s.spawn(move || {
-                let mut gen = harness::OrderGen::new(t, 1000, currencies());
-                while !done.load(Ordering::Relaxed) {
-                    match c.post(&gen.next_body()) {
-                        (202, v) => accepted
-                            .lock()
-                            .unwrap()
-                            .push(v["order_id"].as_str().unwrap().to_string()),
-                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
-                        (st, v) => panic!("unexpected {st}: {v}"),
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            });
-        }
+    let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 500
         });
@@ -267,9 +221,7 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
             || c.count("SELECT COUNT(*) FROM result") > before + 200,
         );
         recovery = killed.elapsed();
-        done.store(true, Ordering::Relaxed);
     });
-    let accepted = accepted.into_inner().unwrap();
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!(
         "{} orders accepted; settling resumed {recovery:?} after kill -9 of the worker process",
@@ -422,27 +374,8 @@ fn zookeeper_ensemble_leader_killed_orders_keep_settling() {
     std::fs::write(&c.config, text).unwrap();
     let mut ensemble = ensemble;
     let c = c.launch();
-    let accepted = Mutex::new(Vec::<String>::new());
-    let done = AtomicBool::new(false);
     let mut pause = Duration::ZERO;
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let (c, accepted, done) = (&c, &accepted, &done);
-            s.spawn(move || {
-                let mut gen = harness::OrderGen::new(t, 1000, currencies());
-                while !done.load(Ordering::Relaxed) {
-                    match c.post(&gen.next_body()) {
-                        (202, v) => accepted
-                            .lock()
-                            .unwrap()
-                            .push(v["order_id"].as_str().unwrap().to_string()),
-                        (503, _) => std::thread::sleep(Duration::from_millis(50)),
-                        (st, v) => panic!("unexpected {st}: {v}"),
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            });
-        }
+    let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 300
         });
@@ -469,9 +402,7 @@ fn zookeeper_ensemble_leader_killed_orders_keep_settling() {
             c.count("SELECT COUNT(*) FROM rate_history WHERE currency = 'USD' AND rate = 8.5") > 0
         });
         std::thread::sleep(Duration::from_secs(1));
-        done.store(true, Ordering::Relaxed);
     });
-    let accepted = accepted.into_inner().unwrap();
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!(
         "{} orders accepted; 200 more settled {pause:?} after kill -9 of the ZooKeeper leader",

@@ -294,6 +294,36 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
+    /// Post generated orders from `threads` threads (a 503 is retried after a pause)
+    /// while `during` runs on this thread; returns the ids that got 202.
+    pub fn post_while(&self, threads: u64, during: impl FnOnce()) -> Vec<String> {
+        let accepted = std::sync::Mutex::new(Vec::new());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (accepted, done) = (&accepted, &done);
+                s.spawn(move || {
+                    let currencies = ["RMB", "USD", "JPY", "EUR"].map(String::from).to_vec();
+                    let mut gen = harness::OrderGen::new(t, 1000, currencies);
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        match self.post(&gen.next_body()) {
+                            (202, v) => accepted
+                                .lock()
+                                .unwrap()
+                                .push(v["order_id"].as_str().unwrap().to_string()),
+                            (503, _) => std::thread::sleep(Duration::from_millis(50)),
+                            (st, v) => panic!("unexpected {st}: {v}"),
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+            }
+            during();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        accepted.into_inner().unwrap()
+    }
+
     /// SIGTERM a child and wait; its exit status.
     pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         unsafe {
