@@ -115,26 +115,11 @@ fn sigterm_to_every_process_then_restart_loses_and_repeats_nothing() {
 #[test]
 fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     let c = Cluster::start("mysqlkill", Spec::default());
-    let root = env!("CARGO_MANIFEST_DIR");
     let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 300
         });
-        let pid: i32 = std::fs::read_to_string(format!("{root}/.dtss/services/mariadb/mysqld.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_secs(3));
-        let st = std::process::Command::new("bash")
-            .arg(format!("{root}/scripts/services.sh"))
-            .arg("up")
-            .status()
-            .unwrap();
-        assert!(st.success(), "MariaDB restarts");
+        common::crash_and_restart_service("mariadb/mysqld.pid", Duration::from_secs(3));
         let restarted = Instant::now();
         let before = c.count("SELECT COUNT(*) FROM result");
         common::wait_for(

@@ -377,22 +377,7 @@ fn zookeeper_restart_rate_stream_resumes_and_catches_changes() {
     assert_eq!(r["paid"], "7.12");
 
     // kill -9 ZooKeeper, start it again, change the rate at once
-    let root = env!("CARGO_MANIFEST_DIR");
-    let pid: i32 = std::fs::read_to_string(format!("{root}/.dtss/services/zookeeper/zk.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let st = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/services.sh"))
-        .arg("up")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::crash_and_restart_service("zookeeper/zk.pid", Duration::from_millis(1500));
     c.run(&["rates", "set", "USD=9.5"])
         .expect("set after restart");
 

@@ -57,7 +57,6 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
             cfg: cfg2.clone(),
             bootstrap: bootstrap.clone(),
             stop: stop2.clone(),
-            failed: failed2.clone(),
         };
         let index = worker.index();
         if let Err(e) = operators::run_worker(worker, ctx) {

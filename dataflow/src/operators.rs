@@ -25,7 +25,6 @@ pub struct WorkerContext {
     pub cfg: Config,
     pub bootstrap: String,
     pub stop: Arc<AtomicBool>,
-    pub failed: Arc<AtomicBool>,
 }
 
 /// Per-worker handles to MySQL: a single-threaded runtime that the operators block on.
@@ -136,7 +135,6 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         }
     }
     let _ = reader.join();
-    let _ = ctx.failed;
     Ok(())
 }
 

@@ -30,6 +30,30 @@ pub fn services() {
     });
 }
 
+/// kill -9 the local service whose pid file is `.dtss/services/{pidfile}`
+/// (`mariadb/mysqld.pid`, `zookeeper/zk.pid`), wait `down`, start it again.
+pub fn crash_and_restart_service(pidfile: &str, down: Duration) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pid: i32 = std::fs::read_to_string(format!("{root}/.dtss/services/{pidfile}"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    std::thread::sleep(down);
+    let st = Command::new("bash")
+        .arg(format!("{root}/scripts/services.sh"))
+        .arg("up")
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "scripts/services.sh up after killing {pidfile}"
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
