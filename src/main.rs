@@ -1,5 +1,6 @@
 //! `dtss`: the command-line program that wires the crates together. See README.md.
 
+mod bench;
 mod broker;
 mod services;
 mod signals;
@@ -69,26 +70,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
-    /// Measurements against a running system (see README, Performance).
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Load the running system and report throughput and latency (see README,
+    /// Performance); `dtss bench rate-delay` measures how fast rate changes apply.
+    Bench(bench::BenchArgs),
     /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
     #[command(subcommand)]
     Rates(RatesCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Delay from a rate written to ZooKeeper to the first order settled with it.
-    RateDelay {
-        #[arg(long, default_value_t = 1000)]
-        injections: u32,
-        #[arg(long, default_value_t = 50)]
-        interval_ms: u64,
-        /// Base URL of an ingest replica; default: http://{ingest.listen}.
-        #[arg(long)]
-        url: Option<String>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -178,32 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             ))?;
             harness::report(&verdicts, "")
         }
-        Command::Bench(BenchCommand::RateDelay {
-            injections,
-            interval_ms,
-            url,
-        }) => {
-            let url = url.unwrap_or_else(|| format!("http://{}", cfg.ingest.listen));
-            rt()?.block_on(async {
-                let bar = indicatif::ProgressBar::new(injections as u64);
-                let r = harness::rate_delay(&cfg, &url, injections, Duration::from_millis(interval_ms), |i| {
-                    bar.set_position(i)
-                })
-                .await?;
-                bar.finish_and_clear();
-                let h = &r.delay_ms;
-                println!(
-                    "rate write → first order settled with it, over {} of {} injections: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
-                    r.measured,
-                    r.injections,
-                    h.value_at_quantile(0.5),
-                    h.value_at_quantile(0.9),
-                    h.value_at_quantile(0.99),
-                    h.max()
-                );
-                anyhow::Ok(())
-            })
-        }
+        Command::Bench(args) => rt()?.block_on(bench::run(&cfg, args)),
     }
 }
 

@@ -1,13 +1,16 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 
 /// Orders like the original lab sender: 1–5 distinct items of 1–5 units each, many
-/// users, initiators spread over the currencies. Seeded, so runs repeat.
+/// users, initiators spread over the currencies. Seeded, so runs repeat. Items are
+/// uniform, or Zipf-popular (item 1 the hottest) so that hot commodities contend.
 pub struct OrderGen {
     rng: StdRng,
     items: u32,
     users: u32,
     currencies: Vec<String>,
+    zipf: Option<Zipf<f64>>,
 }
 
 impl OrderGen {
@@ -17,6 +20,22 @@ impl OrderGen {
             items: items.max(1),
             users: 10_000,
             currencies,
+            zipf: None,
+        }
+    }
+
+    /// Draw items with Zipf popularity of exponent `s` (e.g. 1.0) instead of uniformly.
+    pub fn with_zipf(mut self, s: f64) -> anyhow::Result<OrderGen> {
+        let z = Zipf::new(self.items as f64, s)
+            .map_err(|e| anyhow::anyhow!("--zipf {s}: {e} (give an exponent ≥ 0)"))?;
+        self.zipf = Some(z);
+        Ok(self)
+    }
+
+    fn item(&mut self) -> u32 {
+        match &self.zipf {
+            Some(z) => (z.sample(&mut self.rng) as u32).clamp(1, self.items),
+            None => self.rng.random_range(1..=self.items),
         }
     }
 
@@ -25,7 +44,7 @@ impl OrderGen {
         let n = self.rng.random_range(1..=5usize.min(self.items as usize));
         let mut ids: Vec<u32> = Vec::with_capacity(n);
         while ids.len() < n {
-            let id = self.rng.random_range(1..=self.items);
+            let id = self.item();
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -41,5 +60,57 @@ impl OrderGen {
             items.join(","),
             model::now_ms()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item_counts(gen: &mut OrderGen, orders: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; gen.items as usize + 1];
+        for _ in 0..orders {
+            let v: serde_json::Value = serde_json::from_str(&gen.next_body()).unwrap();
+            let items = v["items"].as_array().unwrap();
+            assert!((1..=5).contains(&items.len()));
+            let mut seen = std::collections::HashSet::new();
+            for it in items {
+                let id = it["id"].as_u64().unwrap();
+                assert!(seen.insert(id), "items are distinct");
+                assert!((1..=5).contains(&it["number"].as_u64().unwrap()));
+                counts[id as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn zipf_makes_the_first_items_hot_and_uniform_does_not() {
+        let cur = vec!["RMB".to_string(), "USD".to_string()];
+        let uniform = item_counts(&mut OrderGen::new(7, 1000, cur.clone()), 20_000);
+        let zipf = item_counts(
+            &mut OrderGen::new(7, 1000, cur).with_zipf(1.1).unwrap(),
+            20_000,
+        );
+        let top10 = |c: &[u64]| c[1..=10].iter().sum::<u64>() as f64 / c.iter().sum::<u64>() as f64;
+        assert!(
+            top10(&uniform) < 0.03,
+            "uniform top-10 share {}",
+            top10(&uniform)
+        );
+        assert!(top10(&zipf) > 0.25, "zipf top-10 share {}", top10(&zipf));
+        assert!(OrderGen::new(1, 10, vec!["RMB".into()])
+            .with_zipf(-1.0)
+            .is_err());
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_orders() {
+        let strip = |b: String| b[..b.find(",\"time\"").unwrap()].to_string();
+        let mut a = OrderGen::new(3, 100, vec!["RMB".into(), "EUR".into()]);
+        let mut b = OrderGen::new(3, 100, vec!["RMB".into(), "EUR".into()]);
+        for _ in 0..100 {
+            assert_eq!(strip(a.next_body()), strip(b.next_body()));
+        }
     }
 }

@@ -9,11 +9,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use model::Config;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
 
-use crate::backlog::Backlog;
+use crate::produce::OrderProducer;
 use crate::routes::{route, Metrics, State};
 
 /// Serve the HTTP API on `listen` until `shutdown` resolves, then finish in-flight
@@ -23,38 +21,9 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let bootstrap = cfg.kafka_bootstrap(Duration::from_secs(30))?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "5000")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .context("creating the Kafka producer")?;
     sinks::ensure_schema(&cfg.mysql.url).await?;
     let pool = sinks::connect(&cfg.mysql.url, 16)?;
-
-    let partitions = cfg.partitions();
-    let limit = cfg
-        .kafka
-        .brokers
-        .is_empty()
-        .then_some(cfg.kafka.max_backlog_per_partition);
-    let backlog = Backlog::new(partitions, limit);
-    for p in 0..partitions as i32 {
-        let (_, high) = producer
-            .client()
-            .fetch_watermarks(&cfg.kafka.topic, p, Duration::from_secs(10))
-            .with_context(|| {
-                format!("reading {}/{p} from Kafka at {bootstrap}", cfg.kafka.topic)
-            })?;
-        if high > 0 {
-            backlog.produced(p, high - 1);
-        }
-    }
-    backlog.spawn_follower(pool.clone(), cfg.kafka.topic.clone());
+    let producer = OrderProducer::connect(&cfg, pool.clone()).await?;
 
     let zk = rates::connect(&cfg, Duration::from_secs(30)).await?;
     let state = Arc::new(State {
@@ -64,7 +33,6 @@ pub async fn serve(
         cfg,
         producer,
         pool,
-        backlog,
         metrics: Metrics::default(),
     });
     let listener = TcpListener::bind(listen).await.with_context(|| {
@@ -107,6 +75,6 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("in-flight requests did not finish in 10 s"),
     }
-    let _ = state.producer.flush(Duration::from_secs(5));
+    state.producer.flush(Duration::from_secs(5));
     Ok(())
 }

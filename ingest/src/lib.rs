@@ -1,8 +1,9 @@
 //! The HTTP service (SPEC §3): order intake to Kafka, result queries, health, metrics.
 //! Stateless: any number of replicas may run behind a load balancer.
 
-mod backlog;
 mod http;
+mod produce;
 mod routes;
 
 pub use http::serve;
+pub use produce::{NotTaken, OrderProducer};

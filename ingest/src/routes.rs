@@ -1,6 +1,5 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -8,20 +7,18 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use model::{validate_order, Config, Currency, Uuid};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use sinks::Pool;
 
-use crate::backlog::Backlog;
+use crate::produce::{NotTaken, OrderProducer};
 
 pub const MAX_BODY: usize = 64 * 1024;
 
 pub struct State {
     pub cfg: Config,
     pub currencies: Vec<Currency>,
-    pub producer: FutureProducer,
+    pub producer: OrderProducer,
     pub pool: Pool,
-    pub backlog: Arc<Backlog>,
     pub metrics: Metrics,
     pub zk: rates::Client,
     pub admin_token: Option<String>,
@@ -355,32 +352,22 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
             return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem);
         }
     };
-    if state.backlog.full() {
-        state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
-        return unavailable(
-            "kafka",
-            "too many unsettled orders for the embedded broker; retry shortly",
-        );
-    }
-    let order_id = Uuid::now_v7();
-    let accepted_at = model::now_ms();
-    let order = request.accept(order_id, accepted_at);
-    let payload = model::wire::encode(&order);
-    let key = order_id.as_bytes();
-    let record = FutureRecord::to(&state.cfg.kafka.topic)
-        .key(&key[..])
-        .payload(&payload);
-    match state.producer.send(record, Duration::from_secs(5)).await {
-        Ok(delivery) => {
-            state.backlog.produced(delivery.partition, delivery.offset);
+    match state.producer.send(request).await {
+        Ok((order_id, accepted_at)) => {
             state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             json(
                 StatusCode::ACCEPTED,
                 json!({"order_id": order_id.to_string(), "id": order_id.to_string(), "accepted_at": accepted_at}),
             )
         }
-        Err((e, _)) => {
-            tracing::warn!("Kafka did not take order {order_id}: {e}");
+        Err(NotTaken::Backlog) => {
+            state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+            unavailable(
+                "kafka",
+                "too many unsettled orders for the embedded broker; retry shortly",
+            )
+        }
+        Err(NotTaken::Kafka(e)) => {
             state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
             unavailable(
                 "kafka",
@@ -432,7 +419,7 @@ fn metrics(state: &State) -> Resp {
         m.too_large.load(Ordering::Relaxed),
         m.unavailable.load(Ordering::Relaxed),
         m.queries.load(Ordering::Relaxed),
-        state.backlog.worst().max(0),
+        state.producer.unsettled_max(),
     );
     Response::builder()
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

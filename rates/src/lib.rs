@@ -11,7 +11,7 @@ use zookeeper_client as zk;
 pub use zk::Client;
 
 mod modifier;
-pub use modifier::{bounds, cas_update, run_modifier, step, ModifierOptions};
+pub use modifier::{bounds, cas_update, run_modifier, step, ModifierOptions, RATE_DP};
 
 /// Rates of every configured currency, in `Config::currencies()` order.
 pub type Rates = Vec<(Currency, Decimal)>;

@@ -1,0 +1,754 @@
+//! `dtss bench`: load at a target rate on a fixed timetable (open loop) or as fast as
+//! answered (closed loop), over HTTP or straight into Kafka, with ramp, steady and
+//! drain phases; then every accepted order's result is read back for end-to-end
+//! latency. Open loop measures each ack from the moment the order was *scheduled*, so a
+//! stalled server cannot hide its latency behind a client that waits for it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use model::{Config, Currency, Decimal, Uuid};
+use mysql_async::prelude::*;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+
+use crate::OrderGen;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchOptions {
+    /// Base URL of an ingest replica (unused with `direct_kafka`).
+    pub url: String,
+    /// Orders per second on a fixed timetable; None: as fast as answered.
+    pub rate: Option<f64>,
+    pub ramp_s: f64,
+    pub steady_s: f64,
+    /// How long to wait, after the last order, for everything to settle.
+    pub drain_timeout_s: f64,
+    pub connections: usize,
+    pub direct_kafka: bool,
+    pub rate_changes_per_s: f64,
+    pub seed: u64,
+    /// Zipf exponent of item popularity (hot commodities contend); None: uniform.
+    pub zipf: Option<f64>,
+}
+
+/// What the progress callback is shown, a few times a second.
+pub struct Progress {
+    pub phase: &'static str,
+    pub elapsed_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub settled: u64,
+    pub lag: i64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds, in milliseconds.
+    fn of_us(h: &Histogram<u64>) -> Percentiles {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counts {
+    /// Orders the timetable (or the closed loop) sent.
+    pub sent: u64,
+    pub accepted: u64,
+    /// 400/413 answers (the generator makes valid orders: expect 0).
+    pub invalid: u64,
+    /// 503 answers (backlog guard), each retried.
+    pub busy_retried: u64,
+    /// Connection errors and other statuses, each retried.
+    pub errors_retried: u64,
+    /// Accepted orders with a result row after the drain.
+    pub settled: u64,
+    pub succeeded: u64,
+    pub rejected: BTreeMap<String, u64>,
+    /// Accepted orders with no result after the drain (expect 0).
+    pub unsettled: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Throughput {
+    /// Orders per second the timetable offered in the steady phase.
+    pub offered_per_s: f64,
+    /// 202s per second in the steady phase.
+    pub accepted_per_s: f64,
+    /// Results committed per second in the steady phase.
+    pub settled_per_s: f64,
+    /// All settled / (last settled − first accepted): end to end, whole run.
+    pub end_to_end_per_s: f64,
+}
+
+/// One second of the run (t = seconds since the start).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Second {
+    pub t: u32,
+    pub offered: u64,
+    pub accepted: u64,
+    pub settled: u64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LagSample {
+    pub t_s: f64,
+    /// High watermark − committed offset, per partition.
+    pub partitions: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub options: BenchOptions,
+    pub target: String,
+    pub started_at_ms: i64,
+    pub partitions: usize,
+    pub counts: Counts,
+    pub throughput: Throughput,
+    /// Steady phase: ack latency (from the scheduled time in open loop).
+    pub ack_ms: Percentiles,
+    /// Steady phase: accepted_at → result committed (settled_at).
+    pub e2e_ms: Percentiles,
+    pub rate_changes: u64,
+    pub timeline: Vec<Second>,
+    pub lag: Vec<LagSample>,
+    /// (quantile, ms) points of the steady-phase distributions, for plotting.
+    pub ack_distribution: Vec<(f64, f64)>,
+    pub e2e_distribution: Vec<(f64, f64)>,
+}
+
+/// When order `i` is due, in seconds from the start: the rate rises linearly from 0 to
+/// `rate` over `ramp` seconds, then stays.
+pub fn scheduled_at(i: u64, rate: f64, ramp: f64) -> f64 {
+    let ramp_orders = rate * ramp / 2.0;
+    let x = i as f64;
+    if ramp > 0.0 && x < ramp_orders {
+        (2.0 * ramp * x / rate).sqrt()
+    } else {
+        ramp + (x - ramp_orders) / rate
+    }
+}
+
+/// How many orders the timetable holds.
+pub fn timetable_len(rate: f64, ramp: f64, steady: f64) -> u64 {
+    (rate * ramp / 2.0 + rate * steady).floor() as u64
+}
+
+enum Target {
+    Http {
+        client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        url: hyper::Uri,
+    },
+    Kafka {
+        producer: ingest::OrderProducer,
+        currencies: Vec<Currency>,
+    },
+}
+
+enum Outcome {
+    Accepted(Uuid),
+    Invalid,
+    Busy,
+    Error,
+}
+
+impl Target {
+    async fn send(&self, body: &str) -> Outcome {
+        match self {
+            Target::Http { client, url } => {
+                let req = hyper::Request::post(url.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .expect("request");
+                let resp = match client.request(req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!("request failed: {e}");
+                        return Outcome::Error;
+                    }
+                };
+                let status = resp.status().as_u16();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                match status {
+                    202 => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&bytes).unwrap_or_default();
+                        match v["order_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+                            Some(id) => Outcome::Accepted(id),
+                            None => Outcome::Error,
+                        }
+                    }
+                    503 => Outcome::Busy,
+                    400 | 413 => Outcome::Invalid,
+                    _ => Outcome::Error,
+                }
+            }
+            Target::Kafka {
+                producer,
+                currencies,
+            } => {
+                let request = match model::validate_order(body.as_bytes(), currencies) {
+                    Ok(r) => r,
+                    Err(_) => return Outcome::Invalid,
+                };
+                match producer.send(request).await {
+                    Ok((id, _)) => Outcome::Accepted(id),
+                    Err(ingest::NotTaken::Backlog) => Outcome::Busy,
+                    Err(ingest::NotTaken::Kafka(_)) => Outcome::Error,
+                }
+            }
+        }
+    }
+}
+
+/// One order as the sender saw it.
+struct Sent {
+    /// Milliseconds from the start to when it was due (open loop) or sent (closed).
+    due_ms: u32,
+    /// Milliseconds from the start to its answer.
+    done_ms: u32,
+    /// Microseconds from due to answer.
+    ack_us: u32,
+    id: Option<Uuid>,
+}
+
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    settled: AtomicU64,
+    lag: std::sync::atomic::AtomicI64,
+    /// Set by the sampler when a sample taken after `drain_from` saw no lag.
+    drained: AtomicBool,
+    drain_from_ms: AtomicU64,
+}
+
+/// Run one bench against the running system described by `cfg`.
+pub async fn bench(
+    cfg: &Config,
+    opts: &BenchOptions,
+    progress: impl Fn(&Progress) + Send + Sync + 'static,
+) -> Result<BenchReport> {
+    anyhow::ensure!(
+        opts.rate.is_none_or(|r| r > 0.0 && r.is_finite()),
+        "--rate must be a positive number of orders per second"
+    );
+    anyhow::ensure!(
+        opts.steady_s > 0.0,
+        "--duration must be more than 0 seconds"
+    );
+    let currencies = cfg.currencies()?;
+    let names: Vec<String> = currencies.iter().map(|c| c.to_string()).collect();
+    let pool = sinks::connect(&cfg.mysql.url, 4)?;
+    let target = Arc::new(if opts.direct_kafka {
+        Target::Kafka {
+            producer: ingest::OrderProducer::connect(cfg, pool.clone()).await?,
+            currencies: currencies.clone(),
+        }
+    } else {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(opts.connections)
+            .build_http();
+        let url: hyper::Uri = format!("{}/api/orders", opts.url.trim_end_matches('/'))
+            .parse()
+            .with_context(|| format!("--url {:?} is not a URL", opts.url))?;
+        Target::Http { client, url }
+    });
+    let bootstrap = {
+        let c = cfg.clone();
+        tokio::task::spawn_blocking(move || c.kafka_bootstrap(Duration::from_secs(10))).await??
+    };
+    let watermarks: Arc<BaseConsumer> = Arc::new(
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "dtss-bench")
+            .create()
+            .context("creating a Kafka client to read watermarks")?,
+    );
+    let partitions = cfg.partitions();
+
+    let live = Arc::new(Live::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let started_at_ms = model::now_ms();
+    let elapsed_ms = move || start.elapsed().as_millis() as u64;
+    let (ramp, steady) = (opts.ramp_s.max(0.0), opts.steady_s);
+    let end_of_load = ramp + steady;
+
+    // Sampler: Kafka lag per partition, settled count, progress.
+    let base_settled: i64 = sinks::load_offsets(&pool, &cfg.kafka.topic)
+        .await?
+        .values()
+        .sum();
+    let lag_samples = Arc::new(Mutex::new(Vec::<LagSample>::new()));
+    let sampler = {
+        let (pool, topic, live, done, samples, wm) = (
+            pool.clone(),
+            cfg.kafka.topic.clone(),
+            live.clone(),
+            done.clone(),
+            lag_samples.clone(),
+            watermarks.clone(),
+        );
+        let progress = Arc::new(progress);
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let t = elapsed_ms();
+                let committed = sinks::load_offsets(&pool, &topic).await.unwrap_or_default();
+                let (wm, topic2) = (wm.clone(), topic.clone());
+                let highs = tokio::task::spawn_blocking(move || {
+                    (0..partitions as i32)
+                        .map(|p| {
+                            wm.fetch_watermarks(&topic2, p, Duration::from_secs(2))
+                                .map(|(_, h)| h)
+                                .unwrap_or(-1)
+                        })
+                        .collect::<Vec<i64>>()
+                })
+                .await
+                .unwrap_or_default();
+                if highs.len() == partitions && highs.iter().all(|h| *h >= 0) {
+                    let lags: Vec<i64> = highs
+                        .iter()
+                        .enumerate()
+                        .map(|(p, h)| (h - committed.get(&(p as i32)).copied().unwrap_or(0)).max(0))
+                        .collect();
+                    let total: i64 = lags.iter().sum();
+                    live.lag.store(total, Ordering::Relaxed);
+                    if total == 0 && t >= live.drain_from_ms.load(Ordering::Relaxed) {
+                        live.drained.store(true, Ordering::Relaxed);
+                    }
+                    samples.lock().expect("samples").push(LagSample {
+                        t_s: t as f64 / 1000.0,
+                        partitions: lags,
+                    });
+                }
+                let settled: i64 = committed.values().sum::<i64>() - base_settled;
+                live.settled.store(settled.max(0) as u64, Ordering::Relaxed);
+                let secs = t as f64 / 1000.0;
+                progress(&Progress {
+                    phase: if secs < ramp {
+                        "ramp"
+                    } else if secs < end_of_load {
+                        "steady"
+                    } else {
+                        "drain"
+                    },
+                    elapsed_s: secs,
+                    sent: live.sent.load(Ordering::Relaxed),
+                    accepted: live.accepted.load(Ordering::Relaxed),
+                    settled: live.settled.load(Ordering::Relaxed),
+                    lag: live.lag.load(Ordering::Relaxed),
+                });
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    live.drain_from_ms.store(u64::MAX, Ordering::Relaxed);
+
+    // Rate changes while the load runs.
+    let changes = Arc::new(AtomicU64::new(0));
+    let changer = (opts.rate_changes_per_s > 0.0).then(|| {
+        let (cfg, done, changes) = (cfg.clone(), done.clone(), changes.clone());
+        let (period, seed) = (
+            Duration::from_secs_f64(1.0 / opts.rate_changes_per_s),
+            opts.seed,
+        );
+        tokio::spawn(
+            async move { change_rates(cfg, period, seed, end_of_load, done, changes).await },
+        )
+    });
+
+    // Senders.
+    let next = Arc::new(AtomicU64::new(0));
+    let total = opts.rate.map(|r| timetable_len(r, ramp, steady));
+    let mut tasks = vec![];
+    let conns = opts.connections.max(1);
+    for k in 0..conns {
+        let (target, next, live) = (target.clone(), next.clone(), live.clone());
+        let mut gen = OrderGen::new(
+            opts.seed.wrapping_mul(1_000_003).wrapping_add(k as u64),
+            cfg.catalogue.items,
+            names.clone(),
+        );
+        if let Some(s) = opts.zipf {
+            gen = gen.with_zipf(s)?;
+        }
+        let rate = opts.rate;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let (mut invalid, mut busy, mut errors) = (0u64, 0u64, 0u64);
+            // Closed loop: connection k joins at k/conns of the ramp.
+            if rate.is_none() && ramp > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(ramp * k as f64 / conns as f64)).await;
+            }
+            loop {
+                let due = match (rate, total) {
+                    (Some(r), Some(n)) => {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let due = start + Duration::from_secs_f64(scheduled_at(i, r, ramp));
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    _ => {
+                        let now = Instant::now();
+                        if now.duration_since(start).as_secs_f64() >= end_of_load {
+                            break;
+                        }
+                        now
+                    }
+                };
+                let body = gen.next_body();
+                live.sent.fetch_add(1, Ordering::Relaxed);
+                let id = loop {
+                    match target.send(&body).await {
+                        Outcome::Accepted(id) => break Some(id),
+                        Outcome::Invalid => {
+                            invalid += 1;
+                            break None;
+                        }
+                        Outcome::Busy => {
+                            busy += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Outcome::Error => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                let now = Instant::now();
+                if id.is_some() {
+                    live.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                out.push(Sent {
+                    due_ms: due.duration_since(start).as_millis() as u32,
+                    done_ms: now.duration_since(start).as_millis() as u32,
+                    ack_us: now.duration_since(due).as_micros().min(u32::MAX as u128) as u32,
+                    id,
+                });
+            }
+            (out, invalid, busy, errors)
+        }));
+    }
+    let mut sent = Vec::new();
+    let mut counts = Counts::default();
+    for t in tasks {
+        let (out, invalid, busy, errors) = t.await.context("a sender panicked")?;
+        sent.extend(out);
+        counts.invalid += invalid;
+        counts.busy_retried += busy;
+        counts.errors_retried += errors;
+    }
+    if let Target::Kafka { producer, .. } = &*target {
+        producer.flush(Duration::from_secs(10));
+    }
+
+    // Drain: until a lag sample taken from now on sees every partition settled.
+    live.drain_from_ms.store(elapsed_ms(), Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.drain_timeout_s);
+    while !live.drained.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    if let Some(c) = changer {
+        c.await.context("the rate changer panicked")??;
+    }
+
+    // Read every accepted order's result back.
+    sent.sort_by_key(|s| s.due_ms);
+    let ids: Vec<Uuid> = sent.iter().filter_map(|s| s.id).collect();
+    counts.sent = sent.len() as u64;
+    counts.accepted = ids.len() as u64;
+    let results = read_results(&pool, &ids).await?;
+    drop(target);
+    pool.disconnect().await.ok();
+
+    let steady_ms = (ramp * 1000.0) as u32..(end_of_load * 1000.0) as u32;
+    let in_steady = |ms: u32| steady_ms.contains(&ms);
+    let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut ack = hist();
+    let mut e2e = hist();
+    let seconds = ((end_of_load + opts.drain_timeout_s).ceil() as usize).max(1) + 1;
+    let mut timeline: Vec<Second> = (0..seconds)
+        .map(|t| Second {
+            t: t as u32,
+            ..Default::default()
+        })
+        .collect();
+    let mut ack_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| hist()).collect();
+    let mut e2e_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| hist()).collect();
+    let sec = |ms: i64| ((ms.max(0) / 1000) as usize).min(seconds - 1);
+    for s in &sent {
+        timeline[sec(s.due_ms as i64)].offered += 1;
+        ack_by_s[sec(s.due_ms as i64)].saturating_record(s.ack_us.max(1) as u64);
+        if s.id.is_some() {
+            timeline[sec(s.done_ms as i64)].accepted += 1;
+        }
+        if in_steady(s.due_ms) {
+            ack.saturating_record(s.ack_us.max(1) as u64);
+        }
+    }
+    let (mut first_acc, mut last_set) = (i64::MAX, i64::MIN);
+    let mut settled_in_steady = 0u64;
+    for r in &results {
+        counts.settled += 1;
+        match &r.reason {
+            None => counts.succeeded += 1,
+            Some(reason) => *counts.rejected.entry(reason.clone()).or_default() += 1,
+        }
+        let (acc, set) = (r.accepted_at - started_at_ms, r.settled_at - started_at_ms);
+        first_acc = first_acc.min(r.accepted_at);
+        last_set = last_set.max(r.settled_at);
+        let us = ((r.settled_at - r.accepted_at).max(0) as u64 * 1000).max(1);
+        timeline[sec(set)].settled += 1;
+        e2e_by_s[sec(acc)].saturating_record(us);
+        if in_steady(acc.max(0) as u32) {
+            e2e.saturating_record(us);
+        }
+        if in_steady(set.max(0) as u32) {
+            settled_in_steady += 1;
+        }
+    }
+    counts.unsettled = counts.accepted - counts.settled;
+    for (t, s) in timeline.iter_mut().enumerate() {
+        let (a, e) = (&ack_by_s[t], &e2e_by_s[t]);
+        if !a.is_empty() {
+            s.ack_p50_ms = a.value_at_quantile(0.5) as f64 / 1000.0;
+            s.ack_p99_ms = a.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+        if !e.is_empty() {
+            s.e2e_p50_ms = e.value_at_quantile(0.5) as f64 / 1000.0;
+            s.e2e_p99_ms = e.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+    }
+    // Trim trailing empty seconds of the drain.
+    while timeline.len() > (end_of_load.ceil() as usize).max(1)
+        && timeline
+            .last()
+            .is_some_and(|s| s.offered + s.accepted + s.settled == 0)
+    {
+        timeline.pop();
+    }
+    let accepted_in_steady = sent
+        .iter()
+        .filter(|s| s.id.is_some() && in_steady(s.done_ms))
+        .count() as u64;
+    let offered_in_steady = sent.iter().filter(|s| in_steady(s.due_ms)).count() as u64;
+    let throughput = Throughput {
+        offered_per_s: offered_in_steady as f64 / steady,
+        accepted_per_s: accepted_in_steady as f64 / steady,
+        settled_per_s: settled_in_steady as f64 / steady,
+        end_to_end_per_s: if counts.settled > 0 {
+            counts.settled as f64 * 1000.0 / (last_set - first_acc).max(1) as f64
+        } else {
+            0.0
+        },
+    };
+    let lag = std::mem::take(&mut *lag_samples.lock().expect("samples"));
+    Ok(BenchReport {
+        options: opts.clone(),
+        target: if opts.direct_kafka {
+            format!("Kafka topic {} (direct)", cfg.kafka.topic)
+        } else {
+            opts.url.clone()
+        },
+        started_at_ms,
+        partitions,
+        counts,
+        throughput,
+        ack_ms: Percentiles::of_us(&ack),
+        e2e_ms: Percentiles::of_us(&e2e),
+        rate_changes: changes.load(Ordering::Relaxed),
+        timeline,
+        lag,
+        ack_distribution: distribution(&ack),
+        e2e_distribution: distribution(&e2e),
+    })
+}
+
+/// (quantile, ms) at 0, 0.5, 0.75, 0.875, … up to the maximum: the percentile spectrum.
+fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return vec![];
+    }
+    let mut out = vec![];
+    let mut tail = 1.0f64;
+    while tail > 1e-6 {
+        let q = 1.0 - tail;
+        out.push((q, h.value_at_quantile(q) as f64 / 1000.0));
+        if h.len() as f64 * tail < 1.0 {
+            break;
+        }
+        tail /= 10f64.powf(0.1);
+    }
+    out.push((1.0, h.max() as f64 / 1000.0));
+    out
+}
+
+struct ResultRow {
+    reason: Option<String>,
+    accepted_at: i64,
+    settled_at: i64,
+}
+
+async fn read_results(pool: &sinks::Pool, ids: &[Uuid]) -> Result<Vec<ResultRow>> {
+    let mut conn = pool.get_conn().await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(5000) {
+        let list = chunk
+            .iter()
+            .map(|id| format!("'{}'", id.hyphenated()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows: Vec<(bool, Option<String>, i64, i64)> = conn
+            .query(format!(
+                "SELECT success, reason, accepted_at, settled_at FROM result WHERE order_id IN ({list})"
+            ))
+            .await
+            .context("reading the results of the bench's orders")?;
+        out.extend(rows.into_iter().map(|(ok, reason, a, s)| ResultRow {
+            reason: if ok {
+                None
+            } else {
+                Some(reason.unwrap_or_default())
+            },
+            accepted_at: a,
+            settled_at: s,
+        }));
+    }
+    Ok(out)
+}
+
+/// Write a random in-bounds rate of one non-base currency (in turn) every `period`
+/// until the load ends.
+async fn change_rates(
+    cfg: Config,
+    period: Duration,
+    seed: u64,
+    until_s: f64,
+    done: Arc<AtomicBool>,
+    changes: Arc<AtomicU64>,
+) -> Result<()> {
+    let zk = rates::connect(&cfg, Duration::from_secs(10)).await?;
+    let base = cfg.base_currency();
+    let table = cfg.initial_rates()?;
+    let targets: Vec<(Currency, Decimal, Decimal)> = table
+        .into_iter()
+        .filter(|(c, _)| *c != base)
+        .map(|(c, r)| {
+            let (lo, hi) = rates::bounds(r, cfg.bound_pct());
+            (c, lo, hi)
+        })
+        .collect();
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "--rate-changes-per-s needs a non-base currency"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut i = 0usize;
+    while !done.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < until_s {
+        tick.tick().await;
+        let (c, lo, hi) = targets[i % targets.len()];
+        i += 1;
+        let u = Decimal::from(rng.random_range(0..=1_000_000u32)) / Decimal::from(1_000_000u32);
+        let rate = (lo + (hi - lo) * u).round_dp(rates::RATE_DP).clamp(lo, hi);
+        match rates::inject(&zk, &cfg, c, rate).await {
+            Ok(_) => {
+                changes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("rate change {c} = {rate} failed: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timetable_ramps_linearly_then_holds_the_rate() {
+        let (rate, ramp, steady) = (1000.0, 4.0, 6.0);
+        let n = timetable_len(rate, ramp, steady);
+        assert_eq!(n, 2000 + 6000);
+        let mut per_second = [0u64; 10];
+        for i in 0..n {
+            let t = scheduled_at(i, rate, ramp);
+            assert!(t >= 0.0 && t < ramp + steady, "order {i} due at {t}");
+            per_second[t as usize] += 1;
+        }
+        // During the ramp second s holds about rate × (s + ½) / ramp orders.
+        for (s, got) in per_second.iter().take(4).enumerate() {
+            let want = rate * (s as f64 + 0.5) / ramp;
+            assert!(
+                (*got as f64 - want).abs() <= 2.0,
+                "second {s}: {got} vs {want}"
+            );
+        }
+        for got in &per_second[4..] {
+            assert!((*got as f64 - rate).abs() <= 1.0, "steady second: {got}");
+        }
+        // Due times never go backwards.
+        assert!((1..n).all(|i| scheduled_at(i, rate, ramp) >= scheduled_at(i - 1, rate, ramp)));
+        // Without a ramp the timetable starts at full rate.
+        assert_eq!(scheduled_at(0, 500.0, 0.0), 0.0);
+        assert!((scheduled_at(500, 500.0, 0.0) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_distribution_runs_from_the_median_to_the_maximum() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for v in 1..=10_000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let d = distribution(&h);
+        assert_eq!(d.first().unwrap().0, 0.0);
+        assert_eq!(d.last().unwrap(), &(1.0, h.max() as f64 / 1000.0));
+        assert!(d.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let p99 = d.iter().find(|(q, _)| (*q - 0.99).abs() < 1e-9).unwrap().1;
+        assert!((p99 - 9900.0).abs() / 9900.0 < 0.01, "p99 {p99}");
+    }
+}

@@ -1,0 +1,327 @@
+//! A bench report as people would rather see it: a terminal table and a self-contained
+//! HTML page with SVG plots (throughput and latency over time, the latency
+//! distribution, Kafka lag per partition).
+
+use std::fmt::Write as _;
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
+use crate::bench::{BenchReport, Percentiles};
+
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// The figures of one run (or the medians of several) as a terminal table.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let o = &r.options;
+    let mode = match o.rate {
+        Some(rate) => format!("open loop at {rate} orders/s"),
+        None => "max throughput (closed loop)".to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "{mode} → {}, {} connections, ramp {} s, steady {} s, {} partitions{}",
+        r.target,
+        o.connections,
+        o.ramp_s,
+        o.steady_s,
+        r.partitions,
+        if r.rate_changes > 0 {
+            format!(", {} rate changes", r.rate_changes)
+        } else {
+            String::new()
+        }
+    );
+    let c = &r.counts;
+    let reasons: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(
+        s,
+        "orders: sent {}, accepted {}, settled {} (succeeded {}, rejected {}), unsettled {}, invalid {}, 503 retried {}, errors retried {}",
+        c.sent,
+        c.accepted,
+        c.settled,
+        c.succeeded,
+        if reasons.is_empty() { "0".into() } else { reasons.join(", ") },
+        c.unsettled,
+        c.invalid,
+        c.busy_retried,
+        c.errors_retried
+    );
+    let t = &r.throughput;
+    let _ = writeln!(
+        s,
+        "throughput (orders/s, steady phase): offered {:.0}, accepted {:.0}, settled {:.0}; end to end over the run {:.0}",
+        t.offered_per_s, t.accepted_per_s, t.settled_per_s, t.end_to_end_per_s
+    );
+    let _ = writeln!(
+        s,
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms, steady phase)", "p50", "p90", "p99", "p99.9", "max", "count"
+    );
+    let row = |s: &mut String, name: &str, p: &Percentiles| {
+        let _ = writeln!(
+            s,
+            "{name:<28} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+            p.p50, p.p90, p.p99, p.p999, p.max, p.count
+        );
+    };
+    let ack_name = if o.rate.is_some() {
+        "ack (from scheduled time)"
+    } else {
+        "ack"
+    };
+    row(&mut s, ack_name, &r.ack_ms);
+    row(&mut s, "accepted → settled", &r.e2e_ms);
+    s
+}
+
+type Figure = dyn Fn(&BenchReport) -> f64;
+
+/// The medians over several runs, one line per figure.
+pub fn medians(runs: &[BenchReport]) -> String {
+    let med = |f: &dyn Fn(&BenchReport) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v)
+    };
+    let figures: [(&str, &Figure); 8] = [
+        ("accepted orders/s (steady)", &|r| {
+            r.throughput.accepted_per_s
+        }),
+        ("settled orders/s (steady)", &|r| r.throughput.settled_per_s),
+        ("end-to-end orders/s (run)", &|r| {
+            r.throughput.end_to_end_per_s
+        }),
+        ("ack p50 ms", &|r| r.ack_ms.p50),
+        ("ack p99 ms", &|r| r.ack_ms.p99),
+        ("accepted→settled p50 ms", &|r| r.e2e_ms.p50),
+        ("accepted→settled p99 ms", &|r| r.e2e_ms.p99),
+        ("accepted→settled max ms", &|r| r.e2e_ms.max),
+    ];
+    let mut s = format!("medians of {} runs:\n", runs.len());
+    for (name, f) in figures {
+        let (m, all) = med(f);
+        let all: Vec<String> = all.iter().map(|v| format!("{v:.1}")).collect();
+        let _ = writeln!(s, "  {name:<28} {m:>10.1}   (runs: {})", all.join(", "));
+    }
+    s
+}
+
+/// A self-contained HTML page for one run.
+pub fn html(r: &BenchReport) -> anyhow::Result<String> {
+    let tl = &r.timeline;
+    let xmax = (tl.len() as f64).max(1.0);
+    let mut plots = vec![];
+
+    let series = |f: &dyn Fn(&crate::bench::Second) -> u64| -> Vec<(f64, f64)> {
+        tl.iter().map(|s| (s.t as f64 + 0.5, f(s) as f64)).collect()
+    };
+    let tput = vec![
+        ("offered", series(&|s| s.offered)),
+        ("accepted (202)", series(&|s| s.accepted)),
+        ("settled", series(&|s| s.settled)),
+    ];
+    let ymax = tput
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    plots.push(svg(
+        "Throughput per second",
+        "seconds since start",
+        "orders/s",
+        0f64..xmax,
+        0f64..ymax * 1.1,
+        &tput,
+        |x| format!("{x:.0}"),
+    )?);
+
+    let lat = |f: &dyn Fn(&crate::bench::Second) -> f64| -> Vec<(f64, f64)> {
+        tl.iter()
+            .map(|s| (s.t as f64 + 0.5, f(s)))
+            .filter(|p| p.1 > 0.0)
+            .collect()
+    };
+    let lats = vec![
+        ("ack p50", lat(&|s| s.ack_p50_ms)),
+        ("ack p99", lat(&|s| s.ack_p99_ms)),
+        ("accepted→settled p50", lat(&|s| s.e2e_p50_ms)),
+        ("accepted→settled p99", lat(&|s| s.e2e_p99_ms)),
+    ];
+    let (lo, hi) = bounds(&lats);
+    plots.push(svg(
+        "Latency percentiles per second (ms, log scale; ack by due second, end to end by acceptance second)",
+        "seconds since start",
+        "ms",
+        0f64..xmax,
+        (lo..hi).log_scale(),
+        &lats,
+        |x| format!("{x:.0}"),
+    )?);
+
+    // Percentile spectrum: x = −log10(1 − q), labelled as percentiles.
+    let spectrum = |d: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        let mut out: Vec<(f64, f64)> = d
+            .iter()
+            .filter(|(q, _)| *q < 1.0)
+            .map(|(q, ms)| (-(1.0 - q).log10(), ms.max(0.001)))
+            .collect();
+        if let (Some(last), Some((_, max))) = (out.last().copied(), d.last()) {
+            out.push((last.0 + 0.1, max.max(0.001)));
+        }
+        out
+    };
+    let dist = vec![
+        ("ack", spectrum(&r.ack_distribution)),
+        ("accepted→settled", spectrum(&r.e2e_distribution)),
+    ];
+    let (lo, hi) = bounds(&dist);
+    let dx = dist
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    plots.push(svg(
+        "Latency distribution, steady phase (ms, log scale)",
+        "percentile",
+        "ms",
+        0f64..dx,
+        (lo..hi).log_scale(),
+        &dist,
+        |x| {
+            let q = 100.0 * (1.0 - 10f64.powf(-x));
+            format!("{q:.*}%", (x.floor() as usize).saturating_sub(1).min(4))
+        },
+    )?);
+
+    if !r.lag.is_empty() {
+        let lag: Vec<(String, Vec<(f64, f64)>)> = (0..r.partitions)
+            .map(|p| {
+                (
+                    format!("partition {p}"),
+                    r.lag
+                        .iter()
+                        .map(|s| (s.t_s, s.partitions.get(p).copied().unwrap_or(0) as f64))
+                        .collect(),
+                )
+            })
+            .collect();
+        let lag: Vec<(&str, Vec<(f64, f64)>)> =
+            lag.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        let ymax = lag
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .fold(1.0, f64::max);
+        let xmax = r.lag.last().map(|s| s.t_s).unwrap_or(1.0).max(xmax);
+        plots.push(svg(
+            "Kafka lag per partition (orders in Kafka not yet settled)",
+            "seconds since start",
+            "orders",
+            0f64..xmax,
+            0f64..ymax * 1.1,
+            &lag,
+            |x| format!("{x:.0}"),
+        )?);
+    }
+
+    let json = serde_json::to_string_pretty(r)?;
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>DTSS bench</title>\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>\
+         </head><body><h1>DTSS bench</h1><pre>{}</pre>",
+        esc(&table(r))
+    );
+    for p in plots {
+        page.push_str("<div>");
+        page.push_str(&p);
+        page.push_str("</div>");
+    }
+    let _ = write!(
+        page,
+        "<details><summary>every figure (JSON)</summary><pre>{}</pre></details></body></html>",
+        esc(&json)
+    );
+    Ok(page)
+}
+
+fn bounds(series: &[(&str, Vec<(f64, f64)>)]) -> (f64, f64) {
+    let vals = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1));
+    let lo = vals.clone().fold(f64::MAX, f64::min);
+    let hi = vals.fold(0.0, f64::max);
+    if lo > hi {
+        (0.1, 10.0)
+    } else {
+        ((lo / 2.0).max(0.001), (hi * 2.0).max(lo * 4.0))
+    }
+}
+
+fn svg<Y>(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    x: std::ops::Range<f64>,
+    y: Y,
+    series: &[(&str, Vec<(f64, f64)>)],
+    x_label: impl Fn(&f64) -> String,
+) -> anyhow::Result<String>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (960, 340)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&x_label)
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a plot: {e:?}")
+}

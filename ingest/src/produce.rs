@@ -1,0 +1,171 @@
+//! Accepting an order: stamp it (UUIDv7, `accepted_at`), encode it (SPEC §3 wire format)
+//! and hand it to Kafka with acks=all on an idempotent producer. Used by the HTTP
+//! intake and by `dtss bench --direct-kafka`, which skips only the HTTP part.
+//!
+//! The embedded broker keeps only ~5 MiB per partition in memory and silently drops
+//! older messages, so with it orders are refused while too many are unsettled.
+//! Unsettled = last offset Kafka acknowledged − next offset committed in MySQL.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use model::{Config, OrderRequest, Uuid};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sinks::Pool;
+
+pub struct OrderProducer {
+    producer: FutureProducer,
+    topic: String,
+    backlog: Arc<Backlog>,
+}
+
+/// Why an order was not taken; nothing was written to Kafka that will settle.
+#[derive(Debug)]
+pub enum NotTaken {
+    /// Too many unsettled orders for the embedded broker: retry shortly.
+    Backlog,
+    /// Kafka did not acknowledge the order.
+    Kafka(String),
+}
+
+impl OrderProducer {
+    /// A producer for the configured topic; `pool` is read (every 100 ms) for the
+    /// settled offsets that the backlog guard needs.
+    pub async fn connect(cfg: &Config, pool: Pool) -> Result<OrderProducer> {
+        let bootstrap = {
+            let c = cfg.clone();
+            tokio::task::spawn_blocking(move || c.kafka_bootstrap(Duration::from_secs(30)))
+                .await??
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "5000")
+            .set("queue.buffering.max.messages", "200000")
+            .create()
+            .context("creating the Kafka producer")?;
+        let partitions = cfg.partitions();
+        let limit = cfg
+            .kafka
+            .brokers
+            .is_empty()
+            .then_some(cfg.kafka.max_backlog_per_partition);
+        let backlog = Backlog::new(partitions, limit);
+        for p in 0..partitions as i32 {
+            // A blocking call, once at start.
+            let (_, high) = producer
+                .client()
+                .fetch_watermarks(&cfg.kafka.topic, p, Duration::from_secs(10))
+                .with_context(|| {
+                    format!("reading {}/{p} from Kafka at {bootstrap}", cfg.kafka.topic)
+                })?;
+            if high > 0 {
+                backlog.produced(p, high - 1);
+            }
+        }
+        backlog.spawn_follower(pool, cfg.kafka.topic.clone());
+        Ok(OrderProducer {
+            producer,
+            topic: cfg.kafka.topic.clone(),
+            backlog,
+        })
+    }
+
+    /// Accept `request` now: Ok once Kafka has it (acks=all), with its id and stamp.
+    pub async fn send(&self, request: OrderRequest) -> Result<(Uuid, i64), NotTaken> {
+        if self.backlog.full() {
+            return Err(NotTaken::Backlog);
+        }
+        let order_id = Uuid::now_v7();
+        let accepted_at = model::now_ms();
+        let order = request.accept(order_id, accepted_at);
+        let payload = model::wire::encode(&order);
+        let key = order_id.as_bytes();
+        let record = FutureRecord::to(&self.topic)
+            .key(&key[..])
+            .payload(&payload);
+        match self.producer.send(record, Duration::from_secs(5)).await {
+            Ok(delivery) => {
+                self.backlog.produced(delivery.partition, delivery.offset);
+                Ok((order_id, accepted_at))
+            }
+            Err((e, _)) => {
+                tracing::warn!("Kafka did not take order {order_id}: {e}");
+                Err(NotTaken::Kafka(e.to_string()))
+            }
+        }
+    }
+
+    /// The largest number of unsettled orders in any partition, as far as known.
+    pub fn unsettled_max(&self) -> i64 {
+        self.backlog.worst().max(0)
+    }
+
+    /// Wait (up to `timeout`) for everything queued to be acknowledged.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+struct Backlog {
+    produced: Vec<AtomicI64>,
+    settled: Vec<AtomicI64>,
+    limit: Option<i64>,
+}
+
+impl Backlog {
+    fn new(partitions: usize, limit: Option<u64>) -> Arc<Backlog> {
+        Arc::new(Backlog {
+            produced: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+            settled: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+            limit: limit.map(|l| l as i64),
+        })
+    }
+
+    /// Kafka acknowledged `offset` in `partition`.
+    fn produced(&self, partition: i32, offset: i64) {
+        if let Some(p) = self.produced.get(partition as usize) {
+            p.fetch_max(offset + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The largest number of unsettled orders in any partition.
+    fn worst(&self) -> i64 {
+        self.produced
+            .iter()
+            .zip(&self.settled)
+            .map(|(p, s)| p.load(Ordering::Relaxed) - s.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn full(&self) -> bool {
+        self.limit.is_some_and(|l| self.worst() >= l)
+    }
+
+    /// Follow the committed offsets in MySQL (every 100 ms) while anyone holds the guard.
+    fn spawn_follower(self: &Arc<Self>, pool: Pool, topic: String) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(me) = weak.upgrade() {
+                match sinks::load_offsets(&pool, &topic).await {
+                    Ok(map) => {
+                        for (p, next) in map {
+                            if let Some(s) = me.settled.get(p as usize) {
+                                s.fetch_max(next, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot read settled offsets: {e:#}"),
+                }
+                drop(me);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+}
