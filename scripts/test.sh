@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, then end-to-end tests against the real MariaDB and
 # ZooKeeper (started here by scripts/services.sh, installed if missing) and the
-# embedded Kafka broker. Usage: scripts/test.sh [extra cargo test args]
+# embedded Kafka broker, then a smoke bench (scripts/smoke-bench.sh). Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,13 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo build --release --workspace --benches   # the benchmarks must keep building (run them with cargo bench)
 cargo test --release --workspace --tests "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
+
+# A few seconds of `dtss bench` against a fresh local system, then `dtss check`.
+smoke=0
+if [[ $status -eq 0 ]]; then
+  scripts/smoke-bench.sh "${CARGO_TARGET_DIR:-target}/release/dtss" || smoke=$?
+  [[ $smoke -eq 0 ]] || { echo "smoke bench FAILED"; status=$smoke; }
+fi
 
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

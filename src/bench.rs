@@ -154,6 +154,20 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
         println!("{m}");
         std::fs::write(out.join("medians.txt"), &m)?;
     }
+    let ids: String = reports
+        .iter()
+        .flat_map(|r| {
+            r.accepted_ids
+                .iter()
+                .map(|id| format!("{}\n", id.hyphenated()))
+        })
+        .collect();
+    let ids_file = out.join("accepted.txt");
+    std::fs::write(&ids_file, ids).with_context(|| format!("writing {}", ids_file.display()))?;
+    println!(
+        "  accepted order ids: {} (for dtss check --accepted)",
+        ids_file.display()
+    );
     let unsettled: u64 = reports.iter().map(|r| r.counts.unsettled).sum();
     let verdicts = harness::check(cfg, None, Duration::from_secs(10)).await?;
     let checked = harness::report(&verdicts, "check: ");

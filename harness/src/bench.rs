@@ -145,6 +145,9 @@ pub struct BenchReport {
     /// (quantile, ms) points of the steady-phase distributions, for plotting.
     pub ack_distribution: Vec<(f64, f64)>,
     pub e2e_distribution: Vec<(f64, f64)>,
+    /// The ids that got a 202 (for `dtss check --accepted`).
+    #[serde(skip)]
+    pub accepted_ids: Vec<Uuid>,
 }
 
 /// When order `i` is due, in seconds from the start: the rate rises linearly from 0 to
@@ -603,6 +606,7 @@ pub async fn bench(
         lag,
         ack_distribution: distribution(&ack),
         e2e_distribution: distribution(&e2e),
+        accepted_ids: ids,
     })
 }
 
