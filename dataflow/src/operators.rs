@@ -325,6 +325,7 @@ fn settle<'s>(
         .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, _info| {
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
             let mut tables: BTreeMap<u64, RateTable> = BTreeMap::new();
+            let mut view = sinks::StockView::default();
             move |(in_orders, f_orders), (in_rates, f_rates), output| {
                 in_orders.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
@@ -403,6 +404,7 @@ fn settle<'s>(
                             partition,
                             &settling,
                             next_offset,
+                            &mut view,
                         ))
                         .unwrap_or_else(|e| die("settling a batch", e));
                     {

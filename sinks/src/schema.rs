@@ -20,10 +20,11 @@ const TABLES: &[&str] = &[
         initial_inventory INT UNSIGNED NOT NULL
     ) ENGINE=InnoDB",
     // One row per settled order. `items` is `id:number,…` so every result can be
-    // recomputed; `rate_version` names the rate_history snapshot it used.
+    // recomputed; `rate_version` names the rate_history snapshot it used. Indexes cost
+    // settlement throughput: only the primary key and the per-user listing.
     "CREATE TABLE IF NOT EXISTS result (
         order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
-        user_id VARCHAR(64) NOT NULL,
+        user_id VARBINARY(256) NOT NULL,
         initiator CHAR(3) NOT NULL,
         success BOOL NOT NULL,
         reason VARCHAR(32) NULL,
@@ -36,7 +37,6 @@ const TABLES: &[&str] = &[
         settled_at BIGINT NOT NULL,
         `partition` INT NOT NULL,
         `offset` BIGINT NOT NULL,
-        KEY by_offset (`partition`, `offset`),
         KEY by_user (user_id, accepted_at)
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS offsets (

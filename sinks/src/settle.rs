@@ -2,6 +2,12 @@
 //! every order in offset order, write stock, results, the totals delta and the
 //! partition's next offset, commit. Retried on any failure; the stored offset makes a
 //! retry after an ambiguous commit a no-op, so nothing is applied twice.
+//!
+//! Workers of different partitions touch the same commodities, so their transactions
+//! queue on those row locks. To keep the locked part short, the result rows are written
+//! first, from decisions against the worker's last view of the stock (`StockView`);
+//! then the rows are locked, every order is decided again against the locked stock,
+//! and the few results whose decision changed are corrected, all before the commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -31,6 +37,11 @@ pub struct Outcome {
     pub accepted_at: i64,
     pub settled_at: i64,
 }
+
+/// A worker's last view of the commodities it settled against (as of its last commit,
+/// or as read without locks): only a guess, checked under the lock.
+#[derive(Default)]
+pub struct StockView(HashMap<u32, Commodity>);
 
 /// Create the partition's `offsets` row and its `totals` rows (one per currency) if
 /// missing, so the settlement transaction only ever updates rows that exist.
@@ -68,13 +79,24 @@ pub async fn settle_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
+    view: &mut StockView,
 ) -> Result<Vec<Outcome>> {
     let mut backoff = Duration::from_millis(20);
     // Set once an attempt has sent COMMIT: if that attempt then failed, the commit may
     // still have landed, and the next attempt must report what it committed.
     let mut commit_sent = false;
     for attempt in 1.. {
-        match attempt_batch(pool, topic, partition, batch, next_offset, &mut commit_sent).await {
+        match attempt_batch(
+            pool,
+            topic,
+            partition,
+            batch,
+            next_offset,
+            view,
+            &mut commit_sent,
+        )
+        .await
+        {
             Ok(out) => return Ok(out),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e)) => {
@@ -111,6 +133,7 @@ async fn attempt_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
+    view: &mut StockView,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
@@ -144,35 +167,100 @@ async fn attempt_batch(
         .iter()
         .flat_map(|s| s.order.items.iter().map(|it| it.id))
         .collect();
+
+    // 1. Without commodity locks: decide against the view (reading what it lacks, no
+    //    locks taken) and write the result rows.
+    let unseen: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| !view.0.contains_key(id))
+        .collect();
+    if !unseen.is_empty() {
+        let sql = format!(
+            "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({})",
+            join(unseen.iter())
+        );
+        view.0.extend(commodities(tx.query(sql).await?)?);
+    }
+    let mut guess: HashMap<u32, Commodity> = ids
+        .iter()
+        .filter_map(|id| view.0.get(id).map(|c| (*id, *c)))
+        .collect();
+    let settled_at = now_ms();
+    let mut guessed = Vec::with_capacity(todo.len());
+    for s in &todo {
+        let d = decide(s.order, &mut guess, s.rates)
+            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
+            .map_err(Failure::Fatal)?;
+        guessed.push(d);
+    }
+    for (chunk_s, chunk_d) in todo.chunks(500).zip(guessed.chunks(500)) {
+        let mut sql = String::with_capacity(chunk_s.len() * 200);
+        sql.push_str(
+            "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
+             epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
+        );
+        for (i, (s, d)) in chunk_s.iter().zip(chunk_d).enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let ord = s.order;
+            write!(
+                sql,
+                "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
+                ord.order_id,
+                hex(ord.user_id.as_bytes()),
+                ord.initiator,
+                d.reason.is_none() as u8,
+                reason_sql(d.reason),
+                d.paid,
+                s.rates.version,
+                s.epoch,
+                items_text(ord),
+                ord.time.map_or("NULL".into(), |t| t.to_string()),
+                ord.accepted_at,
+                settled_at,
+                partition,
+                s.offset
+            )
+            .unwrap();
+        }
+        tx.query_drop(sql).await?;
+    }
+
+    // 2. Lock the commodities (in id order) and decide again against the locked stock;
+    //    correct the results whose decision changed.
     let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
     if !ids.is_empty() {
         let sql = format!(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
             join(ids.iter())
         );
-        let rows: Vec<(u32, Decimal, String, u32)> = tx.query(sql).await?;
-        for (id, price, currency, inventory) in rows {
-            let currency = currency
-                .parse()
-                .map_err(|e| Failure::Fatal(anyhow::anyhow!("commodity {id}: {e}")))?;
-            stock.insert(
-                id,
-                Commodity {
-                    price,
-                    currency,
-                    inventory,
-                },
-            );
-        }
+        stock.extend(commodities(tx.query(sql).await?)?);
     }
     let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
-
-    let settled_at = now_ms();
     let mut outcomes = Vec::with_capacity(todo.len());
-    for s in &todo {
+    for (s, g) in todo.iter().zip(&guessed) {
         let d = decide(s.order, &mut stock, s.rates)
             .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
             .map_err(Failure::Fatal)?;
+        if d != *g {
+            tx.exec_drop(
+                format!(
+                    "UPDATE result SET success = ?, reason = {}, paid = ? WHERE order_id = ?",
+                    reason_sql(d.reason)
+                ),
+                (d.reason.is_none(), d.paid, s.order.order_id.to_string()),
+            )
+            .await?;
+            if tx.affected_rows() != 1 {
+                return Err(Failure::Fatal(anyhow::anyhow!(
+                    "correcting the result of order {} touched {} rows",
+                    s.order.order_id,
+                    tx.affected_rows()
+                )));
+            }
+        }
         outcomes.push(Outcome {
             order_id: s.order.order_id,
             initiator: s.order.initiator,
@@ -215,41 +303,6 @@ async fn attempt_batch(
         }
     }
 
-    for (chunk_s, chunk_o) in todo.chunks(500).zip(outcomes.chunks(500)) {
-        let mut sql = String::with_capacity(chunk_s.len() * 200);
-        sql.push_str(
-            "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
-             epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
-        );
-        for (i, (s, o)) in chunk_s.iter().zip(chunk_o).enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let ord = s.order;
-            write!(
-                sql,
-                "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
-                ord.order_id,
-                hex(ord.user_id.as_bytes()),
-                ord.initiator,
-                o.reason.is_none() as u8,
-                o.reason
-                    .map_or("NULL".into(), |r| format!("'{}'", r.as_str())),
-                o.paid,
-                s.rates.version,
-                s.epoch,
-                items_text(ord),
-                ord.time.map_or("NULL".into(), |t| t.to_string()),
-                ord.accepted_at,
-                settled_at,
-                partition,
-                s.offset
-            )
-            .unwrap();
-        }
-        tx.query_drop(sql).await?;
-    }
-
     let mut delta: BTreeMap<Currency, (Decimal, u64)> = BTreeMap::new();
     for o in outcomes.iter().filter(|o| o.reason.is_none()) {
         let e = delta.entry(o.initiator).or_default();
@@ -282,7 +335,30 @@ async fn attempt_batch(
     }
     *commit_sent = true;
     tx.commit().await?;
+    view.0.extend(stock);
     Ok(outcomes)
+}
+
+fn reason_sql(r: Option<Reason>) -> String {
+    r.map_or("NULL".into(), |r| format!("'{}'", r.as_str()))
+}
+
+fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commodity)>, Failure> {
+    rows.into_iter()
+        .map(|(id, price, currency, inventory)| {
+            let currency = currency
+                .parse()
+                .map_err(|e| Failure::Fatal(anyhow::anyhow!("commodity {id}: {e}")))?;
+            Ok((
+                id,
+                Commodity {
+                    price,
+                    currency,
+                    inventory,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// order_id, initiator, reason, paid, epoch, accepted_at, settled_at

@@ -1,0 +1,188 @@
+//! settle_batch against the real MariaDB (scripts/services.sh up): results written from
+//! a stale view of the stock are corrected under the lock before the commit.
+
+use std::str::FromStr;
+
+use dtss_sinks::{Settling, StockView};
+use model::{Currency, Decimal, Item, Order, OrderRequest, RateTable, Reason, Uuid};
+use mysql_async::prelude::*;
+
+fn settling<'a>(offset: i64, o: &'a Order, rates: &'a RateTable) -> Settling<'a> {
+    Settling {
+        offset,
+        epoch: 1,
+        order: o,
+        rates,
+    }
+}
+
+fn order(user: &str, id: u32, number: u32) -> Order {
+    OrderRequest {
+        user_id: user.into(),
+        initiator: Currency::from_str("RMB").unwrap(),
+        items: vec![Item { id, number }],
+        time: None,
+    }
+    .accept(Uuid::now_v7(), model::now_ms())
+}
+
+#[tokio::test]
+async fn a_stale_view_is_corrected_under_the_lock() {
+    let db = format!(
+        "dtss_t_settle_{}_{}",
+        std::process::id(),
+        model::now_ms() % 1_000_000
+    );
+    let url = format!("mysql://dtss:dtss@127.0.0.1:3306/{db}");
+    dtss_sinks::ensure_schema(&url).await.unwrap();
+    let pool = dtss_sinks::connect(&url, 2).unwrap();
+    let currencies = vec![Currency::from_str("RMB").unwrap()];
+    let dir = std::env::temp_dir().join(&db);
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("catalogue.csv");
+    std::fs::write(
+        &csv,
+        "id,name,price,currency,inventory\n1,one,2.50,RMB,5\n2,two,1.00,RMB,10\n",
+    )
+    .unwrap();
+    dtss_sinks::load_catalogue(&pool, Some(&csv), 0, 0, &currencies)
+        .await
+        .unwrap();
+    for p in [0, 1] {
+        dtss_sinks::prepare_partition(&pool, "orders", p, &currencies)
+            .await
+            .unwrap();
+    }
+    let rates = RateTable {
+        version: 1,
+        rates: vec![(currencies[0], Decimal::ONE)],
+    };
+
+    // Both views see 5 units of item 1 (and 10 of item 2).
+    let (mut view_a, mut view_b) = (StockView::default(), StockView::default());
+    let warm = order("u-0", 2, 1);
+    dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(0, &warm, &rates)],
+        1,
+        &mut view_a,
+    )
+    .await
+    .unwrap();
+    let warm_b = order("u-0", 1, 1);
+    // Partition 1 takes one unit of item 1, so both views know it: 4 left.
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        1,
+        &[settling(0, &warm_b, &rates)],
+        1,
+        &mut view_b,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out[0].reason, None);
+    let first = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(1, &order("u-a", 1, 1), &rates)],
+        2,
+        &mut view_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first[0].reason, None,
+        "view A was current: 4 units, 1 taken"
+    );
+
+    // Partition 0 takes the remaining 3; partition 1's view still says 4.
+    let a = order("u-a", 1, 3);
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(2, &a, &rates)],
+        3,
+        &mut view_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out[0].reason, None);
+    assert_eq!(out[0].paid, Decimal::from_str("7.50").unwrap());
+    // Partition 1 guesses success for 2 units and 4 units (4 in its view: the first fits,
+    // the second not), but the lock shows 0: both must end rejected, stock untouched.
+    let (b1, b2, b3) = (order("u-b", 1, 2), order("u-b", 1, 4), order("u-b", 2, 3));
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        1,
+        &[
+            settling(1, &b1, &rates),
+            settling(2, &b2, &rates),
+            settling(3, &b3, &rates),
+        ],
+        4,
+        &mut view_b,
+    )
+    .await
+    .unwrap();
+    let reasons: Vec<Option<Reason>> = out.iter().map(|o| o.reason).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            Some(Reason::InsufficientInventory),
+            Some(Reason::InsufficientInventory),
+            None
+        ]
+    );
+
+    let mut conn = pool.get_conn().await.unwrap();
+    let rows: Vec<(String, bool, Option<String>, Decimal)> = conn
+        .query("SELECT order_id, success, reason, paid FROM result")
+        .await
+        .unwrap();
+    let row = |o: &Order| {
+        rows.iter()
+            .find(|r| r.0 == o.order_id.to_string())
+            .cloned()
+            .unwrap_or_else(|| panic!("no result row for {}", o.order_id))
+    };
+    assert_eq!(rows.len(), 7);
+    for o in [&b1, &b2] {
+        let (_, ok, reason, paid) = row(o);
+        assert!(!ok);
+        assert_eq!(reason.as_deref(), Some("insufficient_inventory"));
+        assert_eq!(paid, Decimal::ZERO);
+    }
+    let (_, ok, reason, paid) = row(&b3);
+    assert!(ok && reason.is_none());
+    assert_eq!(paid, Decimal::from(3));
+    let stock: Vec<(u32, u32)> = conn
+        .query("SELECT id, inventory FROM commodity ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(stock, vec![(1, 0), (2, 6)]);
+    // A later batch on partition 1 decides from the corrected view: no stock left.
+    let b4 = order("u-b", 1, 1);
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        1,
+        &[settling(4, &b4, &rates)],
+        5,
+        &mut view_b,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out[0].reason, Some(Reason::InsufficientInventory));
+    conn.query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
+    drop(conn);
+    pool.disconnect().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
