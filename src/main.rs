@@ -53,6 +53,8 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Run timely process N of the cluster (its workers read partitions N*w .. N*w+w-1).
+    /// Exits 0 after SIGTERM (once what it read is settled), 5 when another process of
+    /// the cluster is lost: then restart them all; they resume from MySQL's offsets.
     Worker {
         /// Which entry of cluster.processes this is; default: the one entry whose
         /// address this host can bind.

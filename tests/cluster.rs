@@ -153,6 +153,70 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     c.check_invariants(&accepted);
 }
 
+#[test]
+fn a_killed_worker_process_stops_its_peer_and_the_restarted_cluster_loses_nothing() {
+    let c = Cluster::start(
+        "peerlost",
+        Spec {
+            processes: 2,
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let (mut stopped, mut recovery) = (None, Duration::ZERO);
+    let mut stopped_in = Duration::ZERO;
+    let accepted = c.post_while(4, || {
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 500
+        });
+        let killed = Instant::now();
+        c.kill_worker(1, libc::SIGKILL);
+        // Process 0 cannot go on without process 1: it must stop by itself.
+        let mut survivor = c.workers.lock().unwrap()[0].take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stopped.is_none() && Instant::now() < deadline {
+            stopped = survivor.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stopped_in = killed.elapsed();
+        if stopped.is_none() {
+            let _ = survivor.kill();
+        }
+        let _ = survivor.wait();
+        if stopped.is_none() {
+            return;
+        }
+        // The whole cluster again.
+        c.start_worker(0);
+        c.start_worker(1);
+        let before = c.count("SELECT COUNT(*) FROM result");
+        common::wait_for(
+            Duration::from_secs(60),
+            "settling again after the restart",
+            || c.count("SELECT COUNT(*) FROM result") > before + 200,
+        );
+        recovery = killed.elapsed();
+    });
+    let status = stopped.expect("process 0 did not stop within 30 s of losing process 1");
+    assert_eq!(
+        status.code(),
+        Some(dataflow::PEER_LOST_EXIT),
+        "process 0 exits with the peer-lost code: {status}"
+    );
+    let log = c.log("worker-0");
+    assert!(
+        log.contains("lost the connection to another process of the cluster"),
+        "{log}"
+    );
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!(
+        "{} orders accepted; process 0 stopped {stopped_in:?} after kill -9 of process 1; \
+         settling resumed {recovery:?} after the kill",
+        accepted.len()
+    );
+    c.check_invariants(&accepted);
+}
+
 /// The pid of the process whose command line holds all of `words`.
 fn find_process(words: &[&str]) -> Option<i32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -172,7 +236,15 @@ fn find_process(words: &[&str]) -> Option<i32> {
 
 #[test]
 fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
-    let c = Cluster::configure("supervise", Spec::default());
+    // Two worker processes: killing one must bring the other down and both up again.
+    let c = Cluster::configure(
+        "supervise",
+        Spec {
+            processes: 2,
+            workers: 1,
+            ..Spec::default()
+        },
+    );
     let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
     let mut up = std::process::Command::new(common::BIN)
         .args(["up", "--no-services", "--config"])
@@ -193,8 +265,8 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 500
         });
-        let pid =
-            find_process(&["worker", "--process", &config]).expect("the worker process of dtss up");
+        let pid = find_process(&["worker --process 1 --config", &config])
+            .expect("worker process 1 of dtss up");
         unsafe {
             libc::kill(pid, libc::SIGKILL);
         }
@@ -209,7 +281,7 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     });
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!(
-        "{} orders accepted; settling resumed {recovery:?} after kill -9 of the worker process",
+        "{} orders accepted; settling resumed {recovery:?} after kill -9 of worker process 1 of 2",
         accepted.len()
     );
     let up_log = std::fs::read_to_string(c.dir.join("up.log")).unwrap();

@@ -46,6 +46,9 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
             zerocopy: false,
         }
     };
+    if processes > 1 {
+        stop_when_a_peer_is_lost();
+    }
     let config = timely::Config {
         communication: comm,
         worker: timely::WorkerConfig::default(),
@@ -74,6 +77,40 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
         anyhow::bail!("a worker failed (see the log above)");
     }
     Ok(())
+}
+
+/// How a worker process exits when it lost the connection to another process of its
+/// cluster (killed, crashed, or its host gone).
+pub const PEER_LOST_EXIT: i32 = 5;
+
+/// Timely cannot lose a process and go on: its network threads panic when a peer's
+/// connection breaks, and the survivors would wait forever. Make that panic stop the
+/// whole process at once with `PEER_LOST_EXIT` and a message that says what to do.
+/// Nothing is lost by stopping here: a batch is one MySQL transaction with its offset,
+/// so an interrupted one is rolled back and read again from Kafka.
+fn stop_when_a_peer_is_lost() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("timely communication error") {
+            tracing::error!(
+                "lost the connection to another process of the cluster ({msg}); stopping this \
+                 process (exit {PEER_LOST_EXIT}). Restart every process of the cluster: each \
+                 worker resumes from the offsets committed in MySQL"
+            );
+            use std::io::Write as _;
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process without running destructors, which other
+            // threads (librdkafka's among them) may still be using.
+            unsafe { libc::_exit(PEER_LOST_EXIT) };
+        }
+        default(info)
+    }));
 }
 
 /// Create the topic with one partition per worker when it is missing (configured
