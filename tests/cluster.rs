@@ -121,12 +121,7 @@ fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
         });
         common::crash_and_restart_service("mariadb/mysqld.pid", Duration::from_secs(3));
         let restarted = Instant::now();
-        let before = c.count("SELECT COUNT(*) FROM result");
-        common::wait_for(
-            Duration::from_secs(60),
-            "settling after MariaDB is back",
-            || c.count("SELECT COUNT(*) FROM result") > before,
-        );
+        c.wait_more_results_than(0, "settling after MariaDB is back");
         eprintln!(
             "settling resumed {:?} after MariaDB answered again",
             restarted.elapsed()
@@ -189,12 +184,7 @@ fn a_killed_worker_process_stops_its_peer_and_the_restarted_cluster_loses_nothin
         // The whole cluster again.
         c.start_worker(0);
         c.start_worker(1);
-        let before = c.count("SELECT COUNT(*) FROM result");
-        common::wait_for(
-            Duration::from_secs(60),
-            "settling again after the restart",
-            || c.count("SELECT COUNT(*) FROM result") > before + 200,
-        );
+        c.wait_more_results_than(200, "settling again after the restart");
         recovery = killed.elapsed();
     });
     let status = stopped.expect("process 0 did not stop within 30 s of losing process 1");
@@ -271,12 +261,7 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
             libc::kill(pid, libc::SIGKILL);
         }
         let killed = Instant::now();
-        let before = c.count("SELECT COUNT(*) FROM result");
-        common::wait_for(
-            Duration::from_secs(60),
-            "settling again after the restart",
-            || c.count("SELECT COUNT(*) FROM result") > before + 200,
-        );
+        c.wait_more_results_than(200, "settling again after the restart");
         recovery = killed.elapsed();
     });
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
@@ -445,12 +430,7 @@ fn zookeeper_ensemble_leader_killed_orders_keep_settling() {
         child.kill().unwrap();
         child.wait().unwrap();
         let killed = Instant::now();
-        let before = c.count("SELECT COUNT(*) FROM result");
-        common::wait_for(
-            Duration::from_secs(60),
-            "settling after the leader died",
-            || c.count("SELECT COUNT(*) FROM result") > before + 200,
-        );
+        c.wait_more_results_than(200, "settling after the leader died");
         pause = killed.elapsed();
         // rates still flow: a change through the surviving quorum reaches the dataflow
         c.run(&["rates", "set", "USD=8.5"])

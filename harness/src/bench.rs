@@ -10,17 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use model::{Config, Currency, Decimal, Uuid};
 use mysql_async::prelude::*;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
+use crate::send::{Tally, Target};
 use crate::OrderGen;
 
 #[derive(Clone, Debug, Serialize)]
@@ -85,8 +82,10 @@ pub struct Counts {
     pub invalid: u64,
     /// 503 answers (backlog guard), each retried.
     pub busy_retried: u64,
-    /// Connection errors and other statuses, each retried.
+    /// No answer (connection errors; Kafka did not acknowledge), each retried.
     pub errors_retried: u64,
+    /// Other HTTP statuses (not retried; expect 0).
+    pub failed: u64,
     /// Accepted orders with a result row after the drain.
     pub settled: u64,
     pub succeeded: u64,
@@ -167,78 +166,6 @@ pub fn timetable_len(rate: f64, ramp: f64, steady: f64) -> u64 {
     (rate * ramp / 2.0 + rate * steady).floor() as u64
 }
 
-enum Target {
-    Http {
-        client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-        url: hyper::Uri,
-    },
-    Kafka {
-        producer: ingest::OrderProducer,
-        currencies: Vec<Currency>,
-    },
-}
-
-enum Outcome {
-    Accepted(Uuid),
-    Invalid,
-    Busy,
-    Error,
-}
-
-impl Target {
-    async fn send(&self, body: &str) -> Outcome {
-        match self {
-            Target::Http { client, url } => {
-                let req = hyper::Request::post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .expect("request");
-                let resp = match client.request(req).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!("request failed: {e}");
-                        return Outcome::Error;
-                    }
-                };
-                let status = resp.status().as_u16();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                match status {
-                    202 => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&bytes).unwrap_or_default();
-                        match v["order_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
-                            Some(id) => Outcome::Accepted(id),
-                            None => Outcome::Error,
-                        }
-                    }
-                    503 => Outcome::Busy,
-                    400 | 413 => Outcome::Invalid,
-                    _ => Outcome::Error,
-                }
-            }
-            Target::Kafka {
-                producer,
-                currencies,
-            } => {
-                let request = match model::validate_order(body.as_bytes(), currencies) {
-                    Ok(r) => r,
-                    Err(_) => return Outcome::Invalid,
-                };
-                match producer.send(request).await {
-                    Ok((id, _)) => Outcome::Accepted(id),
-                    Err(ingest::NotTaken::Backlog) => Outcome::Busy,
-                    Err(ingest::NotTaken::Kafka(_)) => Outcome::Error,
-                }
-            }
-        }
-    }
-}
-
 /// One order as the sender saw it.
 struct Sent {
     /// Milliseconds from the start to when it was due (open loop) or sent (closed).
@@ -279,18 +206,9 @@ pub async fn bench(
     let names: Vec<String> = currencies.iter().map(|c| c.to_string()).collect();
     let pool = sinks::connect(&cfg.mysql.url, 4)?;
     let target = Arc::new(if opts.direct_kafka {
-        Target::Kafka {
-            producer: ingest::OrderProducer::connect(cfg, pool.clone()).await?,
-            currencies: currencies.clone(),
-        }
+        Target::kafka(cfg, pool.clone()).await?
     } else {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(opts.connections)
-            .build_http();
-        let url: hyper::Uri = format!("{}/api/orders", opts.url.trim_end_matches('/'))
-            .parse()
-            .with_context(|| format!("--url {:?} is not a URL", opts.url))?;
-        Target::Http { client, url }
+        Target::http(&opts.url, opts.connections).context("--url")?
     });
     let bootstrap = {
         let c = cfg.clone();
@@ -415,7 +333,7 @@ pub async fn bench(
         let rate = opts.rate;
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            let (mut invalid, mut busy, mut errors) = (0u64, 0u64, 0u64);
+            let mut tally = Tally::default();
             // Closed loop: connection k joins at k/conns of the ramp.
             if rate.is_none() && ramp > 0.0 {
                 tokio::time::sleep(Duration::from_secs_f64(ramp * k as f64 / conns as f64)).await;
@@ -441,23 +359,7 @@ pub async fn bench(
                 };
                 let body = gen.next_body();
                 live.sent.fetch_add(1, Ordering::Relaxed);
-                let id = loop {
-                    match target.send(&body).await {
-                        Outcome::Accepted(id) => break Some(id),
-                        Outcome::Invalid => {
-                            invalid += 1;
-                            break None;
-                        }
-                        Outcome::Busy => {
-                            busy += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Outcome::Error => {
-                            errors += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                };
+                let id = target.place(&body, &mut tally).await;
                 let now = Instant::now();
                 if id.is_some() {
                     live.accepted.fetch_add(1, Ordering::Relaxed);
@@ -469,21 +371,22 @@ pub async fn bench(
                     id,
                 });
             }
-            (out, invalid, busy, errors)
+            (out, tally)
         }));
     }
     let mut sent = Vec::new();
     let mut counts = Counts::default();
+    let mut tally = Tally::default();
     for t in tasks {
-        let (out, invalid, busy, errors) = t.await.context("a sender panicked")?;
+        let (out, t) = t.await.context("a sender panicked")?;
         sent.extend(out);
-        counts.invalid += invalid;
-        counts.busy_retried += busy;
-        counts.errors_retried += errors;
+        tally.add(t);
     }
-    if let Target::Kafka { producer, .. } = &*target {
-        producer.flush(Duration::from_secs(10));
-    }
+    counts.invalid = tally.invalid;
+    counts.busy_retried = tally.busy;
+    counts.errors_retried = tally.errors;
+    counts.failed = tally.failed;
+    target.flush();
 
     // Drain: until a lag sample taken from now on sees every partition settled.
     live.drain_from_ms.store(elapsed_ms(), Ordering::Relaxed);

@@ -2,14 +2,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
 use mysql_async::prelude::*;
 
+use crate::send::{Tally, Target};
 use crate::OrderGen;
 
 /// What a load run saw from the HTTP side.
@@ -26,8 +23,9 @@ pub struct LoadReport {
 }
 
 /// Post `n` generated orders to `base_url` (e.g. http://127.0.0.1:8080) over
-/// `connections` keep-alive connections as fast as they are answered. A 503 is retried
-/// after its Retry-After, as a well-behaved client would, so every order gets placed.
+/// `connections` keep-alive connections as fast as they are answered. A 503 or a
+/// connection error is retried, as a well-behaved client would, so every order gets placed.
+/// The ack latency of an order includes its retries.
 pub async fn post_orders(
     base_url: &str,
     n: u64,
@@ -35,12 +33,7 @@ pub async fn post_orders(
     gen: OrderGen,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<LoadReport> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(connections)
-        .build_http();
-    let url: hyper::Uri = format!("{}/api/orders", base_url.trim_end_matches('/'))
-        .parse()
-        .context("load target URL")?;
+    let target = Arc::new(Target::http(base_url, connections)?);
     let gen = Arc::new(Mutex::new(gen));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress = Arc::new(progress);
@@ -48,16 +41,11 @@ pub async fn post_orders(
     let started_ms = model::now_ms();
     let mut tasks = vec![];
     for _ in 0..connections.max(1) {
-        let (client, url, gen, next, progress) = (
-            client.clone(),
-            url.clone(),
-            gen.clone(),
-            next.clone(),
-            progress.clone(),
-        );
+        let (target, gen, next, progress) =
+            (target.clone(), gen.clone(), next.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut accepted = vec![];
-            let (mut bad, mut busy, mut other) = (0u64, 0u64, 0u64);
+            let mut tally = Tally::default();
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -65,55 +53,14 @@ pub async fn post_orders(
                     break;
                 }
                 let body = gen.lock().expect("generator").next_body();
-                loop {
-                    let req = Request::post(url.clone())
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body.clone())))
-                        .expect("request");
-                    let t0 = Instant::now();
-                    let resp = match client.request(req).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!("request failed: {e}");
-                            other += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let status = resp.status().as_u16();
-                    let bytes = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    hist.saturating_record(t0.elapsed().as_micros() as u64);
-                    match status {
-                        202 => {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&bytes).unwrap_or_default();
-                            if let Some(id) = v["order_id"].as_str() {
-                                accepted.push(id.to_string());
-                            }
-                            break;
-                        }
-                        503 => {
-                            busy += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        400 | 413 => {
-                            bad += 1;
-                            break;
-                        }
-                        _ => {
-                            other += 1;
-                            break;
-                        }
-                    }
+                let t0 = Instant::now();
+                if let Some(id) = target.place(&body, &mut tally).await {
+                    accepted.push(id.to_string());
                 }
+                hist.saturating_record(t0.elapsed().as_micros() as u64);
                 progress(i + 1);
             }
-            (accepted, bad, busy, other, hist)
+            (accepted, tally, hist)
         }));
     }
     let mut report = LoadReport {
@@ -126,11 +73,11 @@ pub async fn post_orders(
         started_ms,
     };
     for t in tasks {
-        let (acc, bad, busy, other, hist) = t.await.context("load task panicked")?;
+        let (acc, tally, hist) = t.await.context("load task panicked")?;
         report.accepted.extend(acc);
-        report.rejected_400 += bad;
-        report.unavailable_503 += busy;
-        report.other += other;
+        report.rejected_400 += tally.invalid;
+        report.unavailable_503 += tally.busy;
+        report.other += tally.errors + tally.failed;
         report.ack_us.add(hist).expect("same bounds");
     }
     report.elapsed = started.elapsed();

@@ -44,7 +44,7 @@ pub fn table(r: &BenchReport) -> String {
     let reasons: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(
         s,
-        "orders: sent {}, accepted {}, settled {} (succeeded {}, rejected {}), unsettled {}, invalid {}, 503 retried {}, errors retried {}",
+        "orders: sent {}, accepted {}, settled {} (succeeded {}, rejected {}), unsettled {}, invalid {}, 503 retried {}, errors retried {}, other statuses {}",
         c.sent,
         c.accepted,
         c.settled,
@@ -53,7 +53,8 @@ pub fn table(r: &BenchReport) -> String {
         c.unsettled,
         c.invalid,
         c.busy_retried,
-        c.errors_retried
+        c.errors_retried,
+        c.failed
     );
     let t = &r.throughput;
     let _ = writeln!(

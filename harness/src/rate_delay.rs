@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
 use model::{Config, Currency, Decimal};
 use mysql_async::prelude::*;
 
+use crate::send::Target;
 use crate::OrderGen;
 
 pub struct RateDelayReport {
@@ -42,22 +40,15 @@ pub async fn rate_delay(
 
     // Background orders: 4 connections, one order every 2 ms each.
     let stop = Arc::new(AtomicBool::new(false));
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url: hyper::Uri = format!("{}/api/orders", base_url.trim_end_matches('/')).parse()?;
+    let target = Arc::new(Target::http(base_url, 4)?);
     let currencies: Vec<String> = cfg.currencies()?.iter().map(|c| c.to_string()).collect();
     let mut loaders = vec![];
     for t in 0..4u64 {
-        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        let (target, stop) = (target.clone(), stop.clone());
         let mut gen = OrderGen::new(1000 + t, cfg.catalogue.items, currencies.clone());
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let req = hyper::Request::post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(gen.next_body())))
-                    .expect("request");
-                if let Ok(r) = client.request(req).await {
-                    let _ = r.into_body().collect().await;
-                }
+                let _ = target.send(&gen.next_body()).await;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));

@@ -356,6 +356,14 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         child.wait().unwrap()
     }
 
+    /// Wait (up to 60 s) until more than `more` further results are settled.
+    pub fn wait_more_results_than(&self, more: u64, what: &str) {
+        let before = self.count("SELECT COUNT(*) FROM result");
+        wait_for(Duration::from_secs(60), what, || {
+            self.count("SELECT COUNT(*) FROM result") > before + more
+        });
+    }
+
     pub fn count(&self, sql: &str) -> u64 {
         self.query::<u64>(sql)[0]
     }
