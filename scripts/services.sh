@@ -12,6 +12,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DTSS_HOME=${DTSS_HOME:-$ROOT/.dtss}
+# Absolute: mariadb-install-db would take a relative datadir from its own basedir.
+mkdir -p "$DTSS_HOME"
+DTSS_HOME=$(cd "$DTSS_HOME" && pwd)
 SVC=$DTSS_HOME/services
 MYSQL_PORT=${DTSS_MYSQL_PORT:-3306}
 ZK_PORT=${DTSS_ZK_PORT:-2181}

@@ -343,3 +343,74 @@ fn dtss_up_serves_and_settles_a_load() {
     assert!(stdout.contains("settled 3000/3000"), "{stdout}");
     assert_eq!(c.count("SELECT COUNT(*) FROM result"), 3000);
 }
+
+#[test]
+fn dtss_services_up_starts_fresh_services_under_a_relative_data_dir() {
+    // What `cargo run --release -- up` does first on a fresh machine: cluster.toml in the
+    // working folder, `data_dir` relative to it. Own ports, so the shared services stay.
+    let dir = std::env::temp_dir().join(format!(
+        "dtss-test-fresh-{}-{}",
+        std::process::id(),
+        model::now_ms() % 1_000_000
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (my, zk) = (common::free_port(), common::free_port());
+    std::fs::write(
+        dir.join("cluster.toml"),
+        format!(
+            "[cluster]\nprocesses = [\"127.0.0.1:{}\"]\nworkers_per_process = 1\ndata_dir = \".dtss\"\n\
+             [zookeeper]\nconnect = \"127.0.0.1:{zk}\"\n\
+             [mysql]\nurl = \"mysql://dtss:dtss@127.0.0.1:{my}/dtss\"\n\
+             [currencies]\nbase = \"RMB\"\ninitial = {{ RMB = \"1\", USD = \"7.12\" }}\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let services = |action: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["services", action])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let up = services("up");
+    let down = || services("down");
+    if !up.status.success() {
+        down();
+        panic!(
+            "dtss services up failed:\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    assert!(dir.join(".dtss/services/mariadb/data/mysql").is_dir());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let one: Option<u32> = rt.block_on(async {
+        let pool = mysql_async::Pool::new(format!("mysql://dtss:dtss@127.0.0.1:{my}").as_str());
+        let mut conn = pool.get_conn().await.unwrap();
+        let v = mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT 1")
+            .await
+            .unwrap();
+        drop(conn);
+        pool.disconnect().await.unwrap();
+        v
+    });
+    assert_eq!(one, Some(1), "the new MariaDB answers as dtss");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", zk)).is_ok(),
+        "ZooKeeper listens"
+    );
+    let stopped = down();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", my)).is_err(),
+        "MariaDB stopped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
