@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use model::{decide, now_ms, Commodity, Currency, Decimal, Order, RateTable, Reason};
+use model::{decide, now_ms, Commodity, Currency, Decimal, Decision, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 use mysql_async::{IsolationLevel, Pool, TxOpts};
 
@@ -194,38 +194,38 @@ async fn attempt_batch(
             .map_err(Failure::Fatal)?;
         guessed.push(d);
     }
-    for (chunk_s, chunk_d) in todo.chunks(500).zip(guessed.chunks(500)) {
-        let mut sql = String::with_capacity(chunk_s.len() * 200);
-        sql.push_str(
-            "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
-             epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
-        );
-        for (i, (s, d)) in chunk_s.iter().zip(chunk_d).enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
+    // Prepared multi-row inserts of a few fixed sizes (each parsed once per connection).
+    let mut rest: &[&Settling] = &todo;
+    let mut decided: &[Decision] = &guessed;
+    while !rest.is_empty() {
+        let n = INSERT_SIZES
+            .iter()
+            .copied()
+            .find(|n| *n <= rest.len())
+            .expect("1 is a size");
+        let mut params: Vec<mysql_async::Value> = Vec::with_capacity(n * 14);
+        for (s, d) in rest[..n].iter().zip(&decided[..n]) {
             let ord = s.order;
-            write!(
-                sql,
-                "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
-                ord.order_id,
-                hex(ord.user_id.as_bytes()),
-                ord.initiator,
-                d.reason.is_none() as u8,
-                reason_sql(d.reason),
-                d.paid,
-                s.rates.version,
-                s.epoch,
-                items_text(ord),
-                ord.time.map_or("NULL".into(), |t| t.to_string()),
-                ord.accepted_at,
-                settled_at,
-                partition,
-                s.offset
-            )
-            .unwrap();
+            params.extend([
+                ord.order_id.to_string().into(),
+                ord.user_id.as_bytes().into(),
+                ord.initiator.as_str().into(),
+                d.reason.is_none().into(),
+                d.reason.map(|r| r.as_str()).into(),
+                d.paid.into(),
+                s.rates.version.into(),
+                s.epoch.into(),
+                items_text(ord).into(),
+                ord.time.into(),
+                ord.accepted_at.into(),
+                settled_at.into(),
+                partition.into(),
+                s.offset.into(),
+            ]);
         }
-        tx.query_drop(sql).await?;
+        tx.exec_drop(insert_results_sql(n), params).await?;
+        rest = &rest[n..];
+        decided = &decided[n..];
     }
 
     // 2. Lock the commodities (in id order) and decide again against the locked stock;
@@ -339,6 +339,18 @@ async fn attempt_batch(
     Ok(outcomes)
 }
 
+/// Rows per prepared result insert, largest first.
+const INSERT_SIZES: [usize; 3] = [256, 16, 1];
+
+fn insert_results_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
+         epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
+    );
+    sql.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
+    sql
+}
+
 fn reason_sql(r: Option<Reason>) -> String {
     r.map_or("NULL".into(), |r| format!("'{}'", r.as_str()))
 }
@@ -431,14 +443,6 @@ fn join<T: std::fmt::Display>(it: impl Iterator<Item = T>) -> String {
             s.push(',');
         }
         write!(s, "{v}").unwrap();
-    }
-    s
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        write!(s, "{b:02x}").unwrap();
     }
     s
 }
