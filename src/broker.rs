@@ -1,12 +1,16 @@
-//! `dtss broker`: the embedded Kafka-protocol broker (librdkafka's mock cluster) in a
-//! process of its own, so worker crashes lose nothing. It keeps ~5 MiB per partition in
-//! memory and nothing across its own restart: production uses a real Kafka cluster.
+//! `dtss broker`: the embedded Kafka-protocol broker (the `broker` crate) in a process of
+//! its own, so worker crashes lose nothing. Its log lives in `{data_dir}/broker` and
+//! survives restarts; segments are deleted once MySQL records every order in them as
+//! settled. Production may use a real Kafka cluster instead (`kafka.brokers`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use model::Config;
-use rdkafka::mocking::MockCluster;
+
+/// How often settled log segments are looked for and deleted.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 pub fn run(cfg: &Config) -> Result<()> {
     anyhow::ensure!(
@@ -17,42 +21,92 @@ pub fn run(cfg: &Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        sinks::ensure_schema(&cfg.mysql.url).await?;
-        let pool = sinks::connect(&cfg.mysql.url, 1)?;
-        let n = sinks::reset_offsets(&pool, &cfg.kafka.topic).await?;
-        if n > 0 {
-            tracing::warn!(
-                "the embedded broker starts with an empty log: forgot {n} stored offsets of topic {}",
-                cfg.kafka.topic
-            );
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: &Config) -> Result<()> {
+    let topic = &cfg.kafka.topic;
+    let dir = cfg.data_dir().join("broker");
+    let broker = broker::Broker::open(&dir, topic, cfg.partitions())
+        .with_context(|| format!("opening the broker log in {}", dir.display()))?;
+    sinks::ensure_schema(&cfg.mysql.url).await?;
+    let pool = sinks::connect(&cfg.mysql.url, 1)?;
+    let settled = sinks::load_offsets(&pool, topic).await?;
+    let offsets = broker.offsets();
+    let lost = offsets
+        .iter()
+        .enumerate()
+        .any(|(p, &(_, end))| settled.get(&(p as i32)).is_some_and(|&s| s > end));
+    if lost {
+        // MySQL has settled further than the log goes: the log was deleted or is not
+        // the one these orders went through. Settle what comes next from the start.
+        let n = sinks::reset_offsets(&pool, topic).await?;
+        tracing::warn!(
+            "the broker log in {} ends before the offsets MySQL settled ({offsets:?} vs {settled:?}): \
+             forgot {n} stored offsets of topic {topic}",
+            dir.display()
+        );
+    }
+    // The port of the last run if it is free: clients of a crashed broker (ingest's
+    // producer, the workers' consumers) reconnect to the address they know.
+    let port_file = dir.join("port");
+    let last_port: u16 = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", last_port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::info!("port {last_port} of the last run is taken ({e}): taking another");
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the embedded broker to 127.0.0.1")?
         }
-        pool.disconnect().await.ok();
-        anyhow::Ok(())
-    })?;
-    let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
-    cluster
-        .create_topic(&cfg.kafka.topic, cfg.partitions() as i32, 1)
-        .with_context(|| format!("creating topic {}", cfg.kafka.topic))?;
-    let addr = cluster.bootstrap_servers();
+    };
+    let addr = listener.local_addr()?;
+    std::fs::write(&port_file, addr.port().to_string())
+        .with_context(|| format!("writing {}", port_file.display()))?;
     let file = cfg.broker_addr_file();
     std::fs::create_dir_all(file.parent().expect("has a parent"))?;
     let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, &addr).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, addr.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &file)?;
     tracing::info!(
-        "embedded Kafka broker at {addr}, topic {} with {} partitions (address in {})",
-        cfg.kafka.topic,
+        "embedded Kafka broker at {addr}, topic {topic} with {} partitions, offsets {offsets:?}, \
+         log in {} (address in {})",
         cfg.partitions(),
+        dir.display(),
         file.display()
     );
-    let stop = crate::signals::stop_flag();
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if std::fs::read_to_string(&file).is_ok_and(|a| a == addr) {
+    let server = tokio::spawn(broker.clone().serve(listener, addr));
+    let trim = {
+        let (broker, topic, partitions) = (broker.clone(), topic.clone(), cfg.partitions());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TRIM_EVERY).await;
+                match sinks::load_offsets(&pool, &topic).await {
+                    Ok(settled) => {
+                        if let Err(e) = broker.trim(&first_unsettled(&settled, partitions)) {
+                            tracing::warn!("deleting settled log segments: {e:#}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("reading settled offsets from MySQL: {e:#}"),
+                }
+            }
+        })
+    };
+    crate::signals::shutdown_signal().await;
+    server.abort();
+    trim.abort();
+    if std::fs::read_to_string(&file).is_ok_and(|a| a == addr.to_string()) {
         let _ = std::fs::remove_file(&file);
     }
     tracing::info!("embedded broker stopped");
     Ok(())
+}
+
+fn first_unsettled(settled: &HashMap<i32, i64>, partitions: usize) -> Vec<i64> {
+    (0..partitions as i32)
+        .map(|p| settled.get(&p).copied().unwrap_or(0))
+        .collect()
 }

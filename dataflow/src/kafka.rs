@@ -30,6 +30,8 @@ pub fn consumer(bootstrap: &str) -> Result<BaseConsumer> {
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.min.bytes", "1")
+        // Back within a second of a broker restart (the default backs off up to 10 s).
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .context("creating Kafka consumer")
 }
@@ -54,7 +56,7 @@ pub fn spawn_reader(
     if start > high {
         bail!(
             "MySQL says partition {partition} is settled up to offset {start}, but Kafka's {topic}/{partition} \
-             ends at {high}: the broker lost its log (an embedded broker keeps nothing across its restart). \
+             ends at {high}: the broker lost its log (was the embedded broker's log folder deleted?). \
              Settle against the broker the orders went to, or start from a fresh database."
         );
     }

@@ -2,8 +2,8 @@
 //! and hand it to Kafka with acks=all on an idempotent producer. Used by the HTTP
 //! intake and by `dtss bench --direct-kafka`, which skips only the HTTP part.
 //!
-//! The embedded broker keeps only ~5 MiB per partition in memory and silently drops
-//! older messages, so with it orders are refused while too many are unsettled.
+//! With the embedded broker, orders are refused while too many are unsettled
+//! (`kafka.max_backlog_per_partition`): backpressure instead of an ever longer log.
 //! Unsettled = last offset Kafka acknowledged − next offset committed in MySQL.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -45,6 +45,8 @@ impl OrderProducer {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
+            // Back within a second of a broker restart (the default backs off up to 10 s).
+            .set("reconnect.backoff.max.ms", "1000")
             .set("message.timeout.ms", "5000")
             .set("queue.buffering.max.messages", "200000")
             .create()

@@ -53,7 +53,7 @@ pub struct KafkaSection {
     pub brokers: Vec<String>,
     pub topic: String,
     /// With the embedded broker: refuse orders (503) when this many are unsettled in a
-    /// partition, well before its ~5 MiB in-memory log starts dropping messages.
+    /// partition (backpressure while the workers or MySQL are behind or down).
     pub max_backlog_per_partition: u64,
 }
 

@@ -155,7 +155,7 @@ pub async fn record_rates(
 }
 
 /// Forget the stored offsets of `topic`: its log was started afresh (the embedded
-/// broker keeps nothing across its restart), so they no longer name anything.
+/// broker's log was deleted), so they no longer name anything.
 pub async fn reset_offsets(pool: &Pool, topic: &str) -> Result<u64> {
     let mut conn = pool.get_conn().await?;
     conn.exec_drop("DELETE FROM offsets WHERE topic = ?", (topic,))

@@ -192,7 +192,8 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
-    fn spawn(&self, what: &str, args: &[&str]) -> Child {
+    /// Start `dtss ARGS --config …`, logging to `{what}.log`.
+    pub fn spawn(&self, what: &str, args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,421 @@
+//! The embedded Kafka-protocol broker: one topic whose partitions are file logs
+//! ([`log`]), served over enough of the Kafka protocol for librdkafka's idempotent
+//! producer and for consumers that assign partitions themselves (ApiVersions, Metadata,
+//! InitProducerId, Produce, Fetch with long polling, ListOffsets, FindCoordinator).
+//! Fetches find their batch by binary search, so their cost does not grow with the log.
+
+mod log;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::log::PartitionLog;
+
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const UNSUPPORTED_VERSION: i16 = 35;
+/// Largest request accepted (librdkafka's message.max.bytes is 1 MB by default).
+const MAX_REQUEST: usize = 64 << 20;
+
+/// The API versions served: what librdkafka uses, within what kafka-protocol codes.
+/// Fetch stays below v13 and Metadata below v10 so topics go by name, not by id.
+const APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 9),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+/// One topic's partitions, their logs and the address clients are told to use.
+pub struct Broker {
+    topic: String,
+    partitions: Vec<Mutex<PartitionLog>>,
+    appended: watch::Sender<u64>,
+    next_producer_id: AtomicI64,
+}
+
+impl Broker {
+    /// Open the logs of `topic` under `dir` (one folder per partition), creating them.
+    pub fn open(dir: &Path, topic: &str, partitions: usize) -> Result<Arc<Broker>> {
+        anyhow::ensure!(partitions > 0, "a topic needs at least one partition");
+        let partitions = (0..partitions)
+            .map(|p| PartitionLog::open(&dir.join(format!("{topic}-{p}"))).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Arc::new(Broker {
+            topic: topic.to_string(),
+            partitions,
+            appended: watch::channel(0).0,
+            // Distinct across restarts: a producer id is never handed out twice.
+            next_producer_id: AtomicI64::new(now.as_millis() as i64 * 1000),
+        }))
+    }
+
+    /// (first offset held, next offset) of every partition.
+    pub fn offsets(&self) -> Vec<(i64, i64)> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let p = p.lock().expect("log lock");
+                (p.start(), p.end())
+            })
+            .collect()
+    }
+
+    /// Delete log segments below `settled[p]`, the first unsettled offset of partition p.
+    pub fn trim(&self, settled: &[i64]) -> Result<()> {
+        for (p, &s) in self.partitions.iter().zip(settled) {
+            p.lock().expect("log lock").trim(s)?;
+        }
+        Ok(())
+    }
+
+    /// Answer clients on `listener` until the task is dropped; `advertised` is the
+    /// address given out in metadata.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, advertised: SocketAddr) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accepting a Kafka client: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let broker = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = broker.connection(stream, advertised).await {
+                    tracing::warn!("Kafka client {peer}: {e:#}");
+                }
+            });
+        }
+    }
+
+    /// Requests of one connection, answered in order (as Kafka does).
+    async fn connection(&self, stream: TcpStream, advertised: SocketAddr) -> Result<()> {
+        let (r, w) = stream.into_split();
+        let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
+        let mut out = BytesMut::new();
+        loop {
+            let len = match r.read_i32().await {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&n| (4..=MAX_REQUEST).contains(&n));
+            let Some(len) = len else {
+                bail!("bad request length {len:?}");
+            };
+            let mut buf = BytesMut::zeroed(len);
+            r.read_exact(&mut buf).await?;
+            let mut body = buf.freeze();
+            out.clear();
+            out.put_i32(0); // length, filled in below
+            self.handle(&mut body, &mut out, advertised).await?;
+            let n = (out.len() - 4) as i32;
+            out[..4].copy_from_slice(&n.to_be_bytes());
+            w.write_all(&out).await?;
+            if r.buffer().is_empty() {
+                w.flush().await?;
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        body: &mut Bytes,
+        out: &mut BytesMut,
+        advertised: SocketAddr,
+    ) -> Result<()> {
+        let (key, version) = (
+            i16::from_be_bytes([body[0], body[1]]),
+            i16::from_be_bytes([body[2], body[3]]),
+        );
+        let Ok(api) = ApiKey::try_from(key) else {
+            bail!("unknown API key {key}");
+        };
+        let served = APIS.iter().find(|(k, _, _)| *k == api);
+        if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
+            // Tell the client what we speak, in version 0 of the answer (as Kafka does).
+            let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let mut res = api_versions();
+            res.error_code = UNSUPPORTED_VERSION;
+            ResponseHeader::default()
+                .with_correlation_id(correlation_id)
+                .encode(out, 0)?;
+            res.encode(out, 0)?;
+            return Ok(());
+        }
+        let Some(&(_, min, max)) = served.filter(|(_, min, max)| (*min..=*max).contains(&version))
+        else {
+            bail!("{api:?} version {version} is not served");
+        };
+        let _ = (min, max);
+        let header = RequestHeader::decode(body, api.request_header_version(version))?;
+        let request = RequestKind::decode(api, body, version)
+            .with_context(|| format!("decoding {api:?} v{version}"))?;
+        let response = match request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
+            RequestKind::Metadata(req) => ResponseKind::Metadata(self.metadata(req, advertised)),
+            RequestKind::InitProducerId(_) => {
+                let mut res = InitProducerIdResponse::default();
+                res.producer_id = ProducerId(self.next_producer_id.fetch_add(1, Ordering::Relaxed));
+                res.producer_epoch = 0;
+                ResponseKind::InitProducerId(res)
+            }
+            RequestKind::Produce(req) => ResponseKind::Produce(self.produce(req)),
+            RequestKind::Fetch(req) => ResponseKind::Fetch(self.fetch(req).await),
+            RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(self.list_offsets(req)),
+            RequestKind::FindCoordinator(req) => {
+                let mut res = FindCoordinatorResponse::default();
+                let host = StrBytes::from_string(advertised.ip().to_string());
+                res.node_id = BrokerId(0);
+                res.host = host.clone();
+                res.port = advertised.port() as i32;
+                res.coordinators = req
+                    .coordinator_keys
+                    .into_iter()
+                    .map(|key| {
+                        let mut c = Coordinator::default();
+                        c.key = key;
+                        c.node_id = BrokerId(0);
+                        c.host = host.clone();
+                        c.port = advertised.port() as i32;
+                        c
+                    })
+                    .collect();
+                ResponseKind::FindCoordinator(res)
+            }
+            other => bail!("{:?} is not served", other),
+        };
+        ResponseHeader::default()
+            .with_correlation_id(header.correlation_id)
+            .encode(out, api.response_header_version(version))?;
+        response.encode(out, version)?;
+        Ok(())
+    }
+
+    fn partition(&self, topic: &str, p: i32) -> Option<&Mutex<PartitionLog>> {
+        if topic != self.topic {
+            return None;
+        }
+        usize::try_from(p).ok().and_then(|p| self.partitions.get(p))
+    }
+
+    fn metadata(&self, req: MetadataRequest, advertised: SocketAddr) -> MetadataResponse {
+        let mut res = MetadataResponse::default();
+        let mut broker = MetadataResponseBroker::default();
+        broker.node_id = BrokerId(0);
+        broker.host = StrBytes::from_string(advertised.ip().to_string());
+        broker.port = advertised.port() as i32;
+        res.brokers = vec![broker];
+        res.cluster_id = Some(StrBytes::from_static_str("dtss-embedded"));
+        res.controller_id = BrokerId(0);
+        let names: Vec<String> = match req.topics {
+            None => vec![self.topic.clone()],
+            Some(ts) => ts
+                .into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .collect(),
+        };
+        res.topics = names
+            .into_iter()
+            .map(|name| {
+                let mut t = MetadataResponseTopic::default();
+                if name == self.topic {
+                    t.partitions = (0..self.partitions.len() as i32)
+                        .map(|i| {
+                            let mut p = MetadataResponsePartition::default();
+                            p.partition_index = i;
+                            p.leader_id = BrokerId(0);
+                            p.leader_epoch = 0;
+                            p.replica_nodes = vec![BrokerId(0)];
+                            p.isr_nodes = vec![BrokerId(0)];
+                            p
+                        })
+                        .collect();
+                } else {
+                    t.error_code = UNKNOWN_TOPIC_OR_PARTITION;
+                }
+                t.name = Some(TopicName(StrBytes::from_string(name)));
+                t
+            })
+            .collect();
+        res
+    }
+
+    fn produce(&self, req: ProduceRequest) -> ProduceResponse {
+        let mut res = ProduceResponse::default();
+        let mut appended = false;
+        for topic in req.topic_data {
+            let mut tr = TopicProduceResponse::default();
+            for pd in topic.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = pd.index;
+                pr.log_append_time_ms = -1;
+                match self.partition(&topic.name.0, pd.index) {
+                    None => {
+                        pr.error_code = UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.base_offset = -1;
+                    }
+                    Some(log) => {
+                        let mut log = log.lock().expect("log lock");
+                        let records = pd.records.unwrap_or_default();
+                        match log.append(&records) {
+                            Ok(base) => {
+                                pr.base_offset = base;
+                                appended = true;
+                            }
+                            Err(e) => {
+                                pr.error_code = e as i16;
+                                pr.base_offset = -1;
+                            }
+                        }
+                        pr.log_start_offset = log.start();
+                    }
+                }
+                tr.partition_responses.push(pr);
+            }
+            tr.name = topic.name;
+            res.responses.push(tr);
+        }
+        if appended {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        res
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> FetchResponse {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
+        let mut appended = self.appended.subscribe();
+        loop {
+            appended.borrow_and_update();
+            let (res, bytes) = self.fetch_now(&req);
+            if bytes > 0 || req.min_bytes <= 0 {
+                return res;
+            }
+            if tokio::time::timeout_at(deadline, appended.changed())
+                .await
+                .is_err()
+            {
+                return res;
+            }
+        }
+    }
+
+    /// What a fetch gets now, and how many bytes of records that is.
+    fn fetch_now(&self, req: &FetchRequest) -> (FetchResponse, usize) {
+        let mut res = FetchResponse::default();
+        let mut budget = req.max_bytes.max(1) as usize;
+        let mut total = 0;
+        for topic in &req.topics {
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = topic.topic.clone();
+            for fp in &topic.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = fp.partition;
+                pd.last_stable_offset = -1;
+                match self.partition(&topic.topic.0, fp.partition) {
+                    None => pd.error_code = UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(log) => {
+                        let log = log.lock().expect("log lock");
+                        pd.high_watermark = log.end();
+                        pd.last_stable_offset = log.end();
+                        pd.log_start_offset = log.start();
+                        let max = (fp.partition_max_bytes.max(1) as usize).min(budget.max(1));
+                        match log.read(fp.fetch_offset, max) {
+                            None => pd.error_code = OFFSET_OUT_OF_RANGE,
+                            Some(records) => {
+                                budget = budget.saturating_sub(records.len());
+                                total += records.len();
+                                pd.records = Some(records);
+                            }
+                        }
+                    }
+                }
+                pd.aborted_transactions = Some(Vec::new());
+                pd.preferred_read_replica = BrokerId(-1);
+                tr.partitions.push(pd);
+            }
+            res.responses.push(tr);
+        }
+        (res, total)
+    }
+
+    fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+        let mut res = ListOffsetsResponse::default();
+        for topic in req.topics {
+            let mut tr = ListOffsetsTopicResponse::default();
+            for lp in topic.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = lp.partition_index;
+                pr.timestamp = -1;
+                match self.partition(&topic.name.0, lp.partition_index) {
+                    None => {
+                        pr.error_code = UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.offset = -1;
+                    }
+                    Some(log) => {
+                        let log = log.lock().expect("log lock");
+                        // -2: earliest; -1 (latest) and any timestamp: the end.
+                        pr.offset = if lp.timestamp == -2 {
+                            log.start()
+                        } else {
+                            log.end()
+                        };
+                        pr.leader_epoch = 0;
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            tr.name = topic.name;
+            res.topics.push(tr);
+        }
+        res
+    }
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    let mut res = ApiVersionsResponse::default();
+    res.api_keys = APIS
+        .iter()
+        .map(|&(k, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = k as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    res
+}

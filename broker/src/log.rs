@@ -1,0 +1,443 @@
+//! One partition's log: record batches (Kafka's v2 format, kept as the producer sent
+//! them, with the base offset filled in) appended to segment files and held in memory
+//! for fetches. A batch is written to its file before the producer's ack, so a crash of
+//! the broker process loses nothing acked; a torn batch at the end of the last segment
+//! is cut off when the log is opened again.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::{Bytes, BytesMut};
+
+/// A new segment file starts once the current one holds this many bytes.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Record batch v2 header: the fixed part before the records.
+const HEADER: usize = 61;
+/// How many recent batches per producer are remembered to recognise a retried one.
+const RECENT: usize = 5;
+
+/// Why a produce was refused, as a Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    CorruptMessage = 2,
+    OutOfOrderSequence = 45,
+}
+
+struct Batch {
+    base: i64,
+    last: i64,
+    bytes: Bytes,
+}
+
+struct Segment {
+    base: i64,
+    path: PathBuf,
+}
+
+/// Idempotent producer state: the sequence of the last batch and the recent batches,
+/// so a retried batch is answered with its original offset instead of written twice.
+struct Producer {
+    epoch: i16,
+    last_seq: i32,
+    recent: VecDeque<(i32, i64)>,
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    batches: VecDeque<Batch>,
+    segments: VecDeque<Segment>,
+    file: File,
+    file_len: u64,
+    end: i64,
+    producers: HashMap<i64, Producer>,
+}
+
+/// The fields of a v2 record batch header that the broker needs.
+struct Header {
+    len: usize,
+    last_delta: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_seq: i32,
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The header of the batch at the start of `b`, if a whole v2 batch is there.
+fn header(b: &[u8]) -> Option<Header> {
+    if b.len() < HEADER || b[16] != 2 {
+        return None;
+    }
+    let batch_len = be_i32(b, 8);
+    let len = 12 + usize::try_from(batch_len).ok()?;
+    let last_delta = be_i32(b, 23);
+    if len < HEADER || len > b.len() || last_delta < 0 {
+        return None;
+    }
+    Some(Header {
+        len,
+        last_delta,
+        producer_id: be_i64(b, 43),
+        producer_epoch: be_i16(b, 51),
+        base_seq: be_i32(b, 53),
+    })
+}
+
+/// Remember that `h`'s producer wrote the batch at `base` (as the log is written, and
+/// again as it is read back on open, so a producer's retry after a broker crash is
+/// still recognised).
+fn note_producer(producers: &mut HashMap<i64, Producer>, h: &Header, base: i64) {
+    if h.producer_id < 0 {
+        return;
+    }
+    let p = producers.entry(h.producer_id).or_insert(Producer {
+        epoch: h.producer_epoch,
+        last_seq: -1,
+        recent: VecDeque::new(),
+    });
+    if p.epoch != h.producer_epoch {
+        p.epoch = h.producer_epoch;
+        p.recent.clear();
+    }
+    p.last_seq = h.base_seq.wrapping_add(h.last_delta);
+    p.recent.push_back((h.base_seq, base));
+    if p.recent.len() > RECENT {
+        p.recent.pop_front();
+    }
+}
+
+fn segment_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+impl PartitionLog {
+    /// Open (or create) the log in `dir`, reading back every segment.
+    pub fn open(dir: &Path) -> Result<PartitionLog> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut batches = VecDeque::new();
+        let mut segments = VecDeque::new();
+        let mut producers = HashMap::new();
+        let mut end = bases[0];
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(dir, base);
+            let mut data = Vec::new();
+            if path.exists() {
+                File::open(&path)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .with_context(|| format!("reading {}", path.display()))?;
+            }
+            end = end.max(base);
+            let data = Bytes::from(data);
+            let mut at = 0;
+            while let Some(h) = header(&data[at..]) {
+                let first = be_i64(&data, at);
+                let last = first + h.last_delta as i64;
+                note_producer(&mut producers, &h, first);
+                batches.push_back(Batch {
+                    base: first,
+                    last,
+                    bytes: data.slice(at..at + h.len),
+                });
+                end = last + 1;
+                at += h.len;
+            }
+            if at < data.len() {
+                anyhow::ensure!(
+                    i == bases.len() - 1,
+                    "{} is damaged at byte {at} and is not the last segment: move the broker's \
+                     log away to start it empty (orders not yet settled are lost then)",
+                    path.display()
+                );
+                tracing::warn!(
+                    "{}: cutting off a torn batch at byte {at} ({} bytes) left by a crash",
+                    path.display(),
+                    data.len() - at
+                );
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(at as u64))
+                    .with_context(|| format!("truncating {}", path.display()))?;
+            }
+            segments.push_back(Segment { base, path });
+        }
+        let active = segments.back().expect("at least one segment");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&active.path)
+            .with_context(|| format!("opening {}", active.path.display()))?;
+        let file_len = file.metadata()?.len();
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            batches,
+            segments,
+            file,
+            file_len,
+            end,
+            producers,
+        })
+    }
+
+    /// The first offset still held.
+    pub fn start(&self) -> i64 {
+        self.batches.front().map_or(self.end, |b| b.base)
+    }
+
+    /// The offset the next message will get (the high watermark).
+    pub fn end(&self) -> i64 {
+        self.end
+    }
+
+    /// Append the batches in `records`; returns the offset of the first message.
+    pub fn append(&mut self, records: &[u8]) -> Result<i64, Refused> {
+        // Check every batch before writing any.
+        let mut headers = Vec::new();
+        let mut at = 0;
+        while at < records.len() {
+            let h = header(&records[at..]).ok_or(Refused::CorruptMessage)?;
+            at += h.len;
+            headers.push(h);
+        }
+        let first = headers.first().ok_or(Refused::CorruptMessage)?;
+        if first.producer_id >= 0 {
+            if let Some(p) = self.producers.get(&first.producer_id) {
+                if p.epoch == first.producer_epoch {
+                    if let Some(&(_, offset)) =
+                        p.recent.iter().find(|(seq, _)| *seq == first.base_seq)
+                    {
+                        return Ok(offset); // a retry of a batch already written
+                    }
+                    if first.base_seq != p.last_seq.wrapping_add(1) {
+                        return Err(Refused::OutOfOrderSequence);
+                    }
+                }
+            }
+        }
+        let base = self.end;
+        let mut buf = BytesMut::from(records);
+        let mut at = 0;
+        let mut next = base;
+        let mut spans = Vec::with_capacity(headers.len());
+        for h in &headers {
+            buf[at..at + 8].copy_from_slice(&next.to_be_bytes());
+            buf[at + 12..at + 16].copy_from_slice(&0i32.to_be_bytes()); // leader epoch
+            spans.push((next, next + h.last_delta as i64, at, h.len));
+            next += h.last_delta as i64 + 1;
+            at += h.len;
+        }
+        if let Err(e) = self.write(&buf) {
+            tracing::error!("writing the broker log in {}: {e:#}", self.dir.display());
+            return Err(Refused::CorruptMessage);
+        }
+        let buf = buf.freeze();
+        for (b, l, at, len) in spans {
+            self.batches.push_back(Batch {
+                base: b,
+                last: l,
+                bytes: buf.slice(at..at + len),
+            });
+        }
+        self.end = next;
+        for h in &headers {
+            note_producer(&mut self.producers, h, base);
+        }
+        Ok(base)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<()> {
+        if self.file_len >= SEGMENT_BYTES {
+            let path = segment_path(&self.dir, self.end);
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            self.file_len = 0;
+            self.segments.push_back(Segment {
+                base: self.end,
+                path,
+            });
+        }
+        self.file.write_all(buf)?;
+        self.file_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Whole batches from the one holding `offset`, at least one and then up to
+    /// `max_bytes`; empty at the end of the log; `None` when `offset` is outside it.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Option<Bytes> {
+        if offset < self.start() || offset > self.end {
+            return None;
+        }
+        let from = self.batches.partition_point(|b| b.last < offset);
+        let mut out = BytesMut::new();
+        for b in self.batches.range(from..) {
+            if !out.is_empty() && out.len() + b.bytes.len() > max_bytes {
+                break;
+            }
+            out.extend_from_slice(&b.bytes);
+        }
+        Some(out.freeze())
+    }
+
+    /// Forget whole segments that end at or before `settled` (every message before it
+    /// is settled): delete their files and drop their batches from memory.
+    pub fn trim(&mut self, settled: i64) -> Result<()> {
+        while self.segments.len() > 1 && self.segments[1].base <= settled {
+            let old = self.segments.pop_front().expect("len > 1");
+            let next = self.segments[0].base;
+            while self.batches.front().is_some_and(|b| b.base < next) {
+                self.batches.pop_front();
+            }
+            std::fs::remove_file(&old.path)
+                .with_context(|| format!("deleting {}", old.path.display()))?;
+            tracing::info!(
+                "deleted {} (offsets {}..{next}, all settled)",
+                old.path.display(),
+                old.base
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v2 batch of `n` messages from `producer` (-1: not idempotent) at `seq`.
+    fn batch(n: i32, producer: i64, seq: i32) -> Vec<u8> {
+        let records = vec![7u8; 10 * n as usize];
+        let mut b = Vec::new();
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&((HEADER - 12 + records.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&0u32.to_be_bytes()); // crc (not checked here)
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(n - 1).to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&producer.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&records);
+        b
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dtss-broker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn offsets_reads_and_reopen_after_a_torn_write() {
+        let dir = tmp("reopen");
+        let mut log = PartitionLog::open(&dir).unwrap();
+        assert_eq!(log.append(&batch(3, -1, 0)).unwrap(), 0);
+        assert_eq!(log.append(&batch(2, -1, 0)).unwrap(), 3);
+        assert_eq!((log.start(), log.end()), (0, 5));
+        let from4 = log.read(4, 1 << 20).unwrap();
+        assert_eq!(
+            be_i64(&from4, 0),
+            3,
+            "the batch holding offset 4 starts at 3"
+        );
+        assert_eq!(log.read(5, 1 << 20).unwrap().len(), 0, "end of the log");
+        assert!(log.read(6, 1 << 20).is_none());
+        let one = log.read(0, 1).unwrap();
+        assert_eq!(
+            header(&one).unwrap().len,
+            one.len(),
+            "at least one whole batch"
+        );
+        drop(log);
+        // A crash in the middle of a write leaves half a batch behind.
+        let seg = segment_path(&dir, 0);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&batch(4, -1, 0)[..30]).unwrap();
+        drop(f);
+        let mut log = PartitionLog::open(&dir).unwrap();
+        assert_eq!((log.start(), log.end()), (0, 5));
+        assert_eq!(log.append(&batch(1, -1, 0)).unwrap(), 5);
+        assert_eq!(be_i64(&log.read(5, 1 << 20).unwrap(), 0), 5);
+        drop(log);
+        assert_eq!(PartitionLog::open(&dir).unwrap().end(), 6);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_retried_batch_gets_its_first_offset_and_is_not_written_twice() {
+        let dir = tmp("idem");
+        let mut log = PartitionLog::open(&dir).unwrap();
+        assert_eq!(log.append(&batch(2, 9, 0)).unwrap(), 0);
+        assert_eq!(log.append(&batch(3, 9, 2)).unwrap(), 2);
+        assert_eq!(log.append(&batch(2, 9, 0)).unwrap(), 0, "retry");
+        assert_eq!(log.end(), 5);
+        assert_eq!(
+            log.append(&batch(1, 9, 9)).unwrap_err(),
+            Refused::OutOfOrderSequence
+        );
+        assert_eq!(log.append(&batch(1, 9, 5)).unwrap(), 5);
+        assert_eq!(log.append(&[1, 2, 3]).unwrap_err(), Refused::CorruptMessage);
+        // The broker crashes after writing a batch but before its ack: the producer
+        // sends it again to the restarted broker.
+        drop(log);
+        let mut log = PartitionLog::open(&dir).unwrap();
+        assert_eq!(
+            log.append(&batch(1, 9, 5)).unwrap(),
+            5,
+            "retry after a restart"
+        );
+        assert_eq!(log.end(), 6);
+        assert_eq!(log.append(&batch(2, 9, 6)).unwrap(), 6);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn trim_drops_only_settled_segments() {
+        let dir = tmp("trim");
+        let mut log = PartitionLog::open(&dir).unwrap();
+        log.append(&batch(2, -1, 0)).unwrap();
+        log.file_len = SEGMENT_BYTES; // force a new segment at offset 2
+        log.append(&batch(2, -1, 0)).unwrap();
+        log.file_len = SEGMENT_BYTES; // and one at 4
+        log.append(&batch(2, -1, 0)).unwrap();
+        log.trim(3).unwrap();
+        assert_eq!(log.start(), 2, "segment 2..4 holds an unsettled offset");
+        log.trim(4).unwrap();
+        assert_eq!((log.start(), log.end()), (4, 6));
+        log.trim(100).unwrap();
+        assert_eq!(log.start(), 4, "the segment being written stays");
+        drop(log);
+        let log = PartitionLog::open(&dir).unwrap();
+        assert_eq!((log.start(), log.end()), (4, 6));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
