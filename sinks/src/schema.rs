@@ -2,12 +2,27 @@ use anyhow::{Context, Result};
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
-/// A pool for `url` holding at most `max` connections.
+/// A pool for `url` holding at most `max` connections, which it keeps open while in use
+/// (idle ones close after a minute). Every session reads committed data (no gap locks;
+/// see settle.rs). Connections go back to the pool without a COM_RESET_CONNECTION: that
+/// costs a round trip and throws away the connection's prepared statements, which
+/// settlement relies on keeping; every transaction here ends in a commit or a rollback
+/// (mysql_async rolls back one left open).
 pub fn connect(url: &str, max: usize) -> Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
+    // With min 0 and no idle TTL, mysql_async closes every connection handed back: a new
+    // connection (TCP, authentication, setup) per transaction.
     let pool_opts = PoolOpts::default()
-        .with_constraints(PoolConstraints::new(0, max.max(1)).expect("0 <= max"));
-    Ok(Pool::new(OptsBuilder::from_opts(opts).pool_opts(pool_opts)))
+        .with_constraints(PoolConstraints::new(0, max.max(1)).expect("0 <= max"))
+        .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
+        .with_reset_connection(false);
+    Ok(Pool::new(
+        OptsBuilder::from_opts(opts)
+            .pool_opts(pool_opts)
+            .setup(vec![
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            ]),
+    ))
 }
 
 const TABLES: &[&str] = &[

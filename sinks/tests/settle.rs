@@ -26,16 +26,20 @@ fn order(user: &str, id: u32, number: u32) -> Order {
     .accept(Uuid::now_v7(), model::now_ms())
 }
 
-#[tokio::test]
-async fn a_stale_view_is_corrected_under_the_lock() {
+/// A fresh database with items 1 (5 units at 2.50) and 2 (10 units at 1.00), partitions
+/// 0 and 1 prepared, and a pool of at most `conns` connections.
+async fn fresh_db(
+    tag: &str,
+    conns: usize,
+) -> (String, mysql_async::Pool, std::path::PathBuf, RateTable) {
     let db = format!(
-        "dtss_t_settle_{}_{}",
+        "dtss_t_{tag}_{}_{}",
         std::process::id(),
         model::now_ms() % 1_000_000
     );
     let url = format!("mysql://dtss:dtss@127.0.0.1:3306/{db}");
     dtss_sinks::ensure_schema(&url).await.unwrap();
-    let pool = dtss_sinks::connect(&url, 2).unwrap();
+    let pool = dtss_sinks::connect(&url, conns).unwrap();
     let currencies = vec![Currency::from_str("RMB").unwrap()];
     let dir = std::env::temp_dir().join(&db);
     std::fs::create_dir_all(&dir).unwrap();
@@ -57,7 +61,74 @@ async fn a_stale_view_is_corrected_under_the_lock() {
         version: 1,
         rates: vec![(currencies[0], Decimal::ONE)],
     };
+    (db, pool, dir, rates)
+}
 
+async fn drop_db(db: &str, pool: mysql_async::Pool, dir: std::path::PathBuf) {
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
+    drop(conn);
+    pool.disconnect().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn settlement_keeps_its_connection_and_prepared_statements() {
+    let (db, pool, dir, rates) = fresh_db("keep", 1).await;
+    let probe = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get_conn().await.unwrap();
+            conn.query_first::<(u64, Option<u64>, u64), _>(sql)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (id_before, _, prepared_before) = probe(
+        "SELECT CONNECTION_ID(), (@probe := 1), \
+         (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_PREPARE')",
+    )
+    .await;
+    let mut view = StockView::default();
+    let orders: Vec<Order> = (0..60).map(|i| order("u-k", 2 - i % 2, 1)).collect();
+    for (b, chunk) in orders.chunks(3).enumerate() {
+        let batch: Vec<Settling> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, o)| settling((3 * b + i) as i64, o, &rates))
+            .collect();
+        let next = (3 * b + chunk.len()) as i64;
+        dtss_sinks::settle_batch(&pool, "orders", 0, &batch, next, &mut view)
+            .await
+            .unwrap();
+    }
+    let (id_after, probe_var, prepared_after) = probe(
+        "SELECT CONNECTION_ID(), @probe, \
+         (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_PREPARE')",
+    )
+    .await;
+    assert_eq!(
+        id_before, id_after,
+        "20 transactions on the one pooled connection"
+    );
+    assert_eq!(
+        probe_var,
+        Some(1),
+        "the session was not reset between transactions"
+    );
+    assert!(
+        prepared_after - prepared_before <= 4,
+        "statements prepared once, not per transaction: {prepared_before} → {prepared_after}"
+    );
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
+async fn a_stale_view_is_corrected_under_the_lock() {
+    let (db, pool, dir, rates) = fresh_db("settle", 2).await;
     // Both views see 5 units of item 1 (and 10 of item 2).
     let (mut view_a, mut view_b) = (StockView::default(), StockView::default());
     let warm = order("u-0", 2, 1);
@@ -179,10 +250,6 @@ async fn a_stale_view_is_corrected_under_the_lock() {
     .await
     .unwrap();
     assert_eq!(out[0].reason, Some(Reason::InsufficientInventory));
-    conn.query_drop(format!("DROP DATABASE {db}"))
-        .await
-        .unwrap();
     drop(conn);
-    pool.disconnect().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    drop_db(&db, pool, dir).await;
 }
