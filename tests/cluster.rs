@@ -322,15 +322,8 @@ struct Ensemble {
 
 impl Ensemble {
     fn start(dir: &std::path::Path) -> Ensemble {
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| {
-                (
-                    common::free_port(),
-                    common::free_port(),
-                    common::free_port(),
-                )
-            })
-            .collect();
+        let free = common::free_ports(9);
+        let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let servers: String = ports
             .iter()
             .enumerate()

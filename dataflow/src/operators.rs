@@ -86,17 +86,10 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         let (orders, order_wake) = order_source(scope, &cfg, order_rx, ctx.stop.clone());
         let (rates, rate_wake) =
             rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
-        let outcomes = settle(
-            orders,
-            rates.broadcast(),
-            &cfg,
-            partition,
-            db.clone(),
-            stats.clone(),
-        );
+        let outcomes = settle(orders, rates.broadcast(), &cfg, partition, stats.clone())?;
         crate::totals::totals(outcomes, &cfg, index, peers, initial_totals);
-        (order_wake, rate_wake)
-    });
+        anyhow::Ok((order_wake, rate_wake))
+    })?;
 
     let reader = spawn_reader(
         ctx.bootstrap.clone(),
@@ -311,21 +304,29 @@ fn show(rates: &[(Currency, Decimal)]) -> String {
 }
 
 /// Settle every epoch that both the orders and the rates have passed, as one
-/// transaction per (at most MAX_BATCH) orders, in offset order.
+/// transaction per (at most MAX_BATCH) orders, in offset order, on the worker's
+/// settlement thread. The timely worker never waits for MySQL: while a job is out it
+/// keeps reading and closing epochs (other workers' frontiers depend on it), and the
+/// epochs that close meanwhile make up the next job. Outcomes leave at the job's
+/// least epoch when it is committed; until then its capabilities hold the totals back.
 fn settle<'s>(
     orders: StreamVec<'s, u64, Read>,
     rates: StreamVec<'s, u64, RateTable>,
     cfg: &Config,
     partition: i32,
-    db: Rc<Db>,
     stats: Rc<RefCell<Stats>>,
-) -> StreamVec<'s, u64, Outcome> {
+) -> Result<StreamVec<'s, u64, Outcome>> {
     let topic = cfg.kafka.topic.clone();
-    orders
-        .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, _info| {
+    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let scope = orders.scope();
+    Ok(orders
+        .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let settler = Settler::spawn(pool, topic, partition, wake)
+                .unwrap_or_else(|e| die("starting the settlement thread", e));
+            let mut out: Option<Vec<Capability<u64>>> = None;
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
-            let mut tables: BTreeMap<u64, RateTable> = BTreeMap::new();
-            let mut view = sinks::StockView::default();
+            let mut tables: BTreeMap<u64, Arc<RateTable>> = BTreeMap::new();
             move |(in_orders, f_orders), (in_rates, f_rates), output| {
                 in_orders.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
@@ -341,10 +342,22 @@ fn settle<'s>(
                 in_rates.for_each(|cap, data| {
                     if let Some(&t) = cap.least() {
                         for table in data.drain(..) {
-                            tables.insert(t, table);
+                            tables.insert(t, Arc::new(table));
                         }
                     }
                 });
+                if let Some(caps) = &out {
+                    let Some((outcomes, batches)) = settler.done() else {
+                        return; // still in MySQL
+                    };
+                    {
+                        let mut s = stats.borrow_mut();
+                        s.orders += outcomes.len() as u64;
+                        s.batches += batches;
+                    }
+                    output.session(&caps[0]).give_iterator(outcomes.into_iter());
+                    out = None;
+                }
                 let closed = |e: &u64| {
                     !f_orders.frontier().less_equal(e) && !f_rates.frontier().less_equal(e)
                 };
@@ -362,13 +375,6 @@ fn settle<'s>(
                     );
                     return;
                 }
-                let mut batch: Vec<(u64, Read)> = Vec::new();
-                let mut caps = Vec::new();
-                for e in &ready {
-                    let (cap, reads) = pending.remove(e).expect("key from map");
-                    batch.extend(reads.into_iter().map(|r| (*e, r)));
-                    caps.push(cap);
-                }
                 // The newest table at or before the epoch; orders older than the first
                 // table observed (a backlog read after a restart) use that first table:
                 // it is the rate that was in force when this run started.
@@ -377,44 +383,27 @@ fn settle<'s>(
                         .range(..=e)
                         .next_back()
                         .or_else(|| tables.iter().next())
-                        .map(|(_, t)| t)
+                        .map(|(_, t)| t.clone())
                         .expect("tables is not empty")
                 };
                 let first_epoch = *tables.keys().next().expect("tables is not empty");
-                for chunk in batch.chunks(MAX_BATCH) {
-                    let next_offset = chunk.last().expect("non-empty").1 .0 + 1;
-                    let settling: Vec<Settling> = chunk
-                        .iter()
-                        .filter_map(|(e, (offset, order))| {
-                            // Read after its epoch closed in an earlier run: it belongs to
-                            // the current epoch (SPEC §5), the first of this run's rates.
-                            let epoch = (*e).max(first_epoch);
-                            Some(Settling {
-                                offset: *offset,
-                                epoch,
-                                order: order.as_ref()?,
-                                rates: table_for(*e),
-                            })
-                        })
-                        .collect();
-                    let outcomes = db
-                        .block_on(sinks::settle_batch(
-                            &db.pool,
-                            &topic,
-                            partition,
-                            &settling,
-                            next_offset,
-                            &mut view,
-                        ))
-                        .unwrap_or_else(|e| die("settling a batch", e));
-                    {
-                        let mut s = stats.borrow_mut();
-                        s.orders += outcomes.len() as u64;
-                        s.batches += 1;
-                    }
-                    // Outcomes leave at the batch's least epoch (downstream only sums them).
-                    output.session(&caps[0]).give_iterator(outcomes.into_iter());
+                let mut job: Vec<Owned> = Vec::new();
+                let mut caps = Vec::new();
+                for e in &ready {
+                    let (cap, reads) = pending.remove(e).expect("key from map");
+                    let rates = table_for(*e);
+                    job.extend(reads.into_iter().map(|(offset, order)| Owned {
+                        offset,
+                        // Read after its epoch closed in an earlier run: it belongs to
+                        // the current epoch (SPEC §5), the first of this run's rates.
+                        epoch: (*e).max(first_epoch),
+                        order,
+                        rates: rates.clone(),
+                    }));
+                    caps.push(cap);
                 }
+                settler.send(job);
+                out = Some(caps);
                 // Keep only the newest table at or below what is still open.
                 if let Some(&open) = f_orders.frontier().first() {
                     let keep = tables.range(..=open).next_back().map(|(k, _)| *k);
@@ -424,5 +413,99 @@ fn settle<'s>(
                 }
             }
         })
-        .container::<Vec<Outcome>>()
+        .container::<Vec<Outcome>>())
+}
+
+/// An order read from Kafka, with what settles it, owned so it can cross threads.
+struct Owned {
+    offset: i64,
+    epoch: u64,
+    /// `None`: the message did not decode; its offset still counts as settled.
+    order: Option<model::Order>,
+    rates: Arc<RateTable>,
+}
+
+/// The worker's settlement thread: one job at a time, each as transactions of at most
+/// MAX_BATCH orders in offset order, against its own view of the stock. A failure
+/// that retrying does not cure ends the process (see `die`).
+struct Settler {
+    jobs: crossbeam_channel::Sender<Vec<Owned>>,
+    done: crossbeam_channel::Receiver<(Vec<Outcome>, u64)>,
+}
+
+impl Settler {
+    fn spawn(
+        pool: Pool,
+        topic: String,
+        partition: i32,
+        wake: timely::scheduling::SyncActivator,
+    ) -> Result<Settler> {
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Vec<Owned>>(1);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("settle-p{partition}"))
+            .spawn(move || {
+                let mut view = sinks::StockView::default();
+                for job in job_rx {
+                    let mut outcomes = Vec::with_capacity(job.len());
+                    let mut batches = 0;
+                    for chunk in job.chunks(MAX_BATCH) {
+                        let next_offset = chunk.last().expect("non-empty").offset + 1;
+                        let settling: Vec<Settling> = chunk
+                            .iter()
+                            .filter_map(|o| {
+                                Some(Settling {
+                                    offset: o.offset,
+                                    epoch: o.epoch,
+                                    order: o.order.as_ref()?,
+                                    rates: &o.rates,
+                                })
+                            })
+                            .collect();
+                        let out = rt
+                            .block_on(sinks::settle_batch(
+                                &pool,
+                                &topic,
+                                partition,
+                                &settling,
+                                next_offset,
+                                &mut view,
+                            ))
+                            .unwrap_or_else(|e| die("settling a batch", e));
+                        outcomes.extend(out);
+                        batches += 1;
+                    }
+                    if done_tx.send((outcomes, batches)).is_err() || wake.activate().is_err() {
+                        break;
+                    }
+                }
+                rt.block_on(pool.disconnect()).ok();
+            })?;
+        Ok(Settler { jobs, done })
+    }
+
+    fn send(&self, job: Vec<Owned>) {
+        if self.jobs.send(job).is_err() {
+            die(
+                "handing a batch to the settlement thread",
+                anyhow::anyhow!("the thread is gone"),
+            );
+        }
+    }
+
+    /// The outcomes of the job sent last (and how many transactions it took), once
+    /// committed.
+    fn done(&self) -> Option<(Vec<Outcome>, u64)> {
+        match self.done.try_recv() {
+            Ok(d) => Some(d),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => die(
+                "waiting for the settlement thread",
+                anyhow::anyhow!("the thread is gone"),
+            ),
+        }
+    }
 }
