@@ -19,7 +19,7 @@ use timely::worker::Worker;
 use crate::kafka::{spawn_reader, Read};
 
 /// Most orders settled in one MySQL transaction.
-const MAX_BATCH: usize = 2000;
+const MAX_BATCH: usize = 5000;
 
 pub struct WorkerContext {
     pub cfg: Config,

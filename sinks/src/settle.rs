@@ -276,24 +276,32 @@ async fn attempt_batch(
         .map(|(id, c)| (*id, c.inventory))
         .collect();
     // Stock: UPDATE by primary key, a CASE choosing each row's new value. Every row is
-    // locked by the SELECT … FOR UPDATE above. (An INSERT … ON DUPLICATE KEY UPDATE does
-    // the same in one statement, but tries an insert first: measured slower.) The CASE
-    // is a linear search, so at most STOCK_CHUNK rows per statement.
-    for chunk in changed.chunks(STOCK_CHUNK) {
-        let mut sql = String::with_capacity(chunk.len() * 40 + 100);
-        sql.push_str("UPDATE commodity SET inventory = CASE id");
-        for (id, inv) in chunk {
-            write!(sql, " WHEN {id} THEN {inv}").unwrap();
+    // locked by the SELECT … FOR UPDATE above and changes. (An INSERT … ON DUPLICATE KEY
+    // UPDATE tries an insert first, and a JOIN with JSON_TABLE measured slower.) The
+    // CASE is a linear search, so STOCK_CHUNK rows per statement, all statements sent
+    // at once (this runs while the rows are locked: no round trip per chunk).
+    if !changed.is_empty() {
+        let mut sql = String::with_capacity(changed.len() * 40);
+        for chunk in changed.chunks(STOCK_CHUNK) {
+            sql.push_str("UPDATE commodity SET inventory = CASE id");
+            for (id, inv) in chunk {
+                write!(sql, " WHEN {id} THEN {inv}").unwrap();
+            }
+            sql.push_str(" END WHERE id IN (");
+            sql.push_str(&join(chunk.iter().map(|(id, _)| id)));
+            sql.push_str(");");
         }
-        sql.push_str(" END WHERE id IN (");
-        sql.push_str(&join(chunk.iter().map(|(id, _)| id)));
-        sql.push(')');
-        tx.query_drop(sql).await?;
-        if tx.affected_rows() != chunk.len() as u64 {
+        let mut result = tx.query_iter(sql).await?;
+        let mut updated = result.affected_rows();
+        while !result.is_empty() {
+            result.collect::<mysql_async::Row>().await?;
+            updated += result.affected_rows();
+        }
+        drop(result);
+        if updated != changed.len() as u64 {
             return Err(Failure::Fatal(anyhow::anyhow!(
-                "stock update changed {} rows for {} changed commodities",
-                tx.affected_rows(),
-                chunk.len()
+                "stock update changed {updated} rows for {} changed commodities",
+                changed.len()
             )));
         }
     }

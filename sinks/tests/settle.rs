@@ -120,7 +120,7 @@ async fn settlement_keeps_its_connection_and_prepared_statements() {
         "the session was not reset between transactions"
     );
     assert!(
-        prepared_after - prepared_before <= 4,
+        prepared_after - prepared_before <= 6, // 5 distinct statements; 20+ if per transaction
         "statements prepared once, not per transaction: {prepared_before} → {prepared_after}"
     );
     drop_db(&db, pool, dir).await;
