@@ -139,6 +139,9 @@ pub struct BenchReport {
     /// Steady phase: accepted_at → result committed (settled_at).
     pub e2e_ms: Percentiles,
     pub rate_changes: u64,
+    /// How busy this machine's CPUs were in the steady phase (everything on it, the
+    /// bench included), and how much time the hypervisor took (steal); Linux only.
+    pub cpu: Option<CpuUse>,
     pub timeline: Vec<Second>,
     pub lag: Vec<LagSample>,
     /// (quantile, ms) points of the steady-phase distributions, for plotting.
@@ -147,6 +150,28 @@ pub struct BenchReport {
     /// The ids that got a 202 (for `dtss check --accepted`).
     #[serde(skip)]
     pub accepted_ids: Vec<Uuid>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CpuUse {
+    pub busy_pct: f64,
+    pub steal_pct: f64,
+}
+
+/// The aggregate `cpu` line of /proc/stat: (busy, steal, total) in ticks.
+fn cpu_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?; // idle + iowait
+    let steal = *v.get(7)?;
+    Some((total - idle - steal, steal, total))
 }
 
 /// When order `i` is due, in seconds from the start: the rate rises linearly from 0 to
@@ -237,6 +262,17 @@ pub async fn bench(
         .values()
         .sum();
     let lag_samples = Arc::new(Mutex::new(Vec::<LagSample>::new()));
+    let cpu_watch = tokio::spawn(async move {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(ramp)).into()).await;
+        let a = cpu_ticks()?;
+        tokio::time::sleep_until((start + Duration::from_secs_f64(end_of_load)).into()).await;
+        let b = cpu_ticks()?;
+        let total = (b.2 - a.2).max(1) as f64;
+        Some(CpuUse {
+            busy_pct: 100.0 * (b.0 - a.0) as f64 / total,
+            steal_pct: 100.0 * (b.1 - a.1) as f64 / total,
+        })
+    });
     let sampler = {
         let (pool, topic, live, done, samples, wm) = (
             pool.clone(),
@@ -396,6 +432,7 @@ pub async fn bench(
     }
     done.store(true, Ordering::Relaxed);
     let _ = sampler.await;
+    let cpu = cpu_watch.await.ok().flatten();
     if let Some(c) = changer {
         c.await.context("the rate changer panicked")??;
     }
@@ -505,6 +542,7 @@ pub async fn bench(
         ack_ms: Percentiles::of_us(&ack),
         e2e_ms: Percentiles::of_us(&e2e),
         rate_changes: changes.load(Ordering::Relaxed),
+        cpu,
         timeline,
         lag,
         ack_distribution: distribution(&ack),

@@ -81,6 +81,13 @@ pub fn table(r: &BenchReport) -> String {
     };
     row(&mut s, ack_name, &r.ack_ms);
     row(&mut s, "accepted → settled", &r.e2e_ms);
+    if let Some(c) = r.cpu {
+        let _ = writeln!(
+            s,
+            "CPU in the steady phase (whole machine): {:.0} % busy, {:.0} % taken by the hypervisor (steal)",
+            c.busy_pct, c.steal_pct
+        );
+    }
     s
 }
 
