@@ -138,6 +138,10 @@ impl Broker {
             let mut buf = BytesMut::zeroed(len);
             r.read_exact(&mut buf).await?;
             let mut body = buf.freeze();
+            if body[..2] == (ApiKey::Fetch as i16).to_be_bytes() {
+                // A fetch may wait for data: answers held back for pipelining go first.
+                w.flush().await?;
+            }
             out.clear();
             out.put_i32(0); // length, filled in below
             self.handle(&mut body, &mut out, advertised).await?;
@@ -175,11 +179,9 @@ impl Broker {
             res.encode(out, 0)?;
             return Ok(());
         }
-        let Some(&(_, min, max)) = served.filter(|(_, min, max)| (*min..=*max).contains(&version))
-        else {
+        if !served.is_some_and(|(_, min, max)| (*min..=*max).contains(&version)) {
             bail!("{api:?} version {version} is not served");
-        };
-        let _ = (min, max);
+        }
         let header = RequestHeader::decode(body, api.request_header_version(version))?;
         let request = RequestKind::decode(api, body, version)
             .with_context(|| format!("decoding {api:?} v{version}"))?;
