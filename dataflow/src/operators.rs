@@ -324,7 +324,8 @@ fn settle<'s>(
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
             let settler = Settler::spawn(pool, topic, partition, wake)
                 .unwrap_or_else(|e| die("starting the settlement thread", e));
-            let mut out: Option<Vec<Capability<u64>>> = None;
+            // The least epoch of the job in MySQL: it holds the outcomes' frontier.
+            let mut out: Option<Capability<u64>> = None;
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
             let mut tables: BTreeMap<u64, Arc<RateTable>> = BTreeMap::new();
             move |(in_orders, f_orders), (in_rates, f_rates), output| {
@@ -346,7 +347,7 @@ fn settle<'s>(
                         }
                     }
                 });
-                if let Some(caps) = &out {
+                if let Some(cap) = &out {
                     let Some((outcomes, batches)) = settler.done() else {
                         return; // still in MySQL
                     };
@@ -355,7 +356,7 @@ fn settle<'s>(
                         s.orders += outcomes.len() as u64;
                         s.batches += batches;
                     }
-                    output.session(&caps[0]).give_iterator(outcomes.into_iter());
+                    output.session(cap).give_iterator(outcomes.into_iter());
                     out = None;
                 }
                 let closed = |e: &u64| {
@@ -388,7 +389,6 @@ fn settle<'s>(
                 };
                 let first_epoch = *tables.keys().next().expect("tables is not empty");
                 let mut job: Vec<Owned> = Vec::new();
-                let mut caps = Vec::new();
                 for e in &ready {
                     let (cap, reads) = pending.remove(e).expect("key from map");
                     let rates = table_for(*e);
@@ -400,10 +400,10 @@ fn settle<'s>(
                         order,
                         rates: rates.clone(),
                     }));
-                    caps.push(cap);
+                    // Epochs are in order: the first capability is the least.
+                    out.get_or_insert(cap);
                 }
                 settler.send(job);
-                out = Some(caps);
                 // Keep only the newest table at or below what is still open.
                 if let Some(&open) = f_orders.frontier().first() {
                     let keep = tables.range(..=open).next_back().map(|(k, _)| *k);

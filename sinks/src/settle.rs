@@ -350,12 +350,11 @@ async fn attempt_batch(
     Ok(outcomes)
 }
 
-/// Rows per prepared result insert, largest first.
 /// Commodities per stock UPDATE statement.
 const STOCK_CHUNK: usize = 128;
 
-/// Powers of two: a batch of n results takes at most log2(n) + 1 statements, each
-/// prepared once per connection.
+/// Rows per prepared result insert, largest first. Powers of two: a batch of n results
+/// takes at most log2(n) + 1 statements, each prepared once per connection.
 const INSERT_SIZES: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 fn insert_results_sql(rows: usize) -> String {
