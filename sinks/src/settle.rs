@@ -275,27 +275,30 @@ async fn attempt_batch(
         .filter(|(id, c)| before[id] != c.inventory)
         .map(|(id, c)| (*id, c.inventory))
         .collect();
-    // Stock: UPDATE by primary key, a CASE choosing each row's new value. Every row is
-    // locked by the SELECT … FOR UPDATE above and changes. (An INSERT … ON DUPLICATE KEY
-    // UPDATE tries an insert first, and a JOIN with JSON_TABLE measured slower.) The
-    // CASE is a linear search, so STOCK_CHUNK rows per statement, all statements sent
-    // at once (this runs while the rows are locked: no round trip per chunk).
+    // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
+    // it by primary key. Every row is locked by the SELECT … FOR UPDATE above and
+    // changes. All three statements go in one round trip (this runs while the rows are
+    // locked). Measured per row: half the cost of `UPDATE … SET inventory = CASE id …`
+    // (its CASE is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert
+    // first, and a join with JSON_TABLE was slower still.
     if !changed.is_empty() {
-        let mut sql = String::with_capacity(changed.len() * 40);
-        for chunk in changed.chunks(STOCK_CHUNK) {
-            sql.push_str("UPDATE commodity SET inventory = CASE id");
-            for (id, inv) in chunk {
-                write!(sql, " WHEN {id} THEN {inv}").unwrap();
+        let mut sql = String::with_capacity(changed.len() * 16 + 256);
+        sql.push_str(STOCK_TABLE);
+        sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, inventory) VALUES ");
+        for (i, (id, inv)) in changed.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
             }
-            sql.push_str(" END WHERE id IN (");
-            sql.push_str(&join(chunk.iter().map(|(id, _)| id)));
-            sql.push_str(");");
+            write!(sql, "({id},{inv})").unwrap();
         }
+        sql.push_str(
+            "; UPDATE commodity c JOIN settle_stock s ON c.id = s.id SET c.inventory = s.inventory",
+        );
         let mut result = tx.query_iter(sql).await?;
         let mut updated = result.affected_rows();
         while !result.is_empty() {
             result.collect::<mysql_async::Row>().await?;
-            updated += result.affected_rows();
+            updated = result.affected_rows();
         }
         drop(result);
         if updated != changed.len() as u64 {
@@ -350,8 +353,11 @@ async fn attempt_batch(
     Ok(outcomes)
 }
 
-/// Commodities per stock UPDATE statement.
-const STOCK_CHUNK: usize = 128;
+/// The scratch table of a connection's stock update (temporary: private to the
+/// connection; MEMORY: no undo or redo log). Creating a temporary table does not end
+/// the transaction.
+const STOCK_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS settle_stock \
+    (id INT UNSIGNED NOT NULL PRIMARY KEY, inventory INT UNSIGNED NOT NULL) ENGINE=MEMORY;";
 
 /// Rows per prepared result insert, largest first. Powers of two: a batch of n results
 /// takes at most log2(n) + 1 statements, each prepared once per connection.
