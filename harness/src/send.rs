@@ -95,11 +95,13 @@ impl Target {
                     .unwrap_or_default();
                 match status {
                     202 => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&bytes).unwrap_or_default();
-                        match v["order_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
-                            Some(id) => Answer::Accepted(id),
-                            None => Answer::Failed,
+                        #[derive(serde::Deserialize)]
+                        struct Accepted {
+                            order_id: Uuid,
+                        }
+                        match serde_json::from_slice::<Accepted>(&bytes) {
+                            Ok(a) => Answer::Accepted(a.order_id),
+                            Err(_) => Answer::Failed,
                         }
                     }
                     503 => Answer::Busy,
