@@ -277,7 +277,9 @@ async fn attempt_batch(
         .collect();
     // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
     // it by primary key. Every row is locked by the SELECT … FOR UPDATE above and
-    // changes. All three statements go in one round trip (this runs while the rows are
+    // changes. STRAIGHT_JOIN: for large batches the optimizer would rather scan all of
+    // commodity, and an UPDATE locks what it scans, other workers' rows included: that
+    // made ~12 deadlocks (and retried batches) per 30 s at full speed; now none. All three statements go in one round trip (this runs while the rows are
     // locked). Measured per row: half the cost of `UPDATE … SET inventory = CASE id …`
     // (its CASE is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert
     // first, and a join with JSON_TABLE was slower still.
@@ -292,7 +294,7 @@ async fn attempt_batch(
             write!(sql, "({id},{inv})").unwrap();
         }
         sql.push_str(
-            "; UPDATE commodity c JOIN settle_stock s ON c.id = s.id SET c.inventory = s.inventory",
+            "; UPDATE settle_stock s STRAIGHT_JOIN commodity c ON c.id = s.id SET c.inventory = s.inventory",
         );
         let mut result = tx.query_iter(sql).await?;
         let mut updated = result.affected_rows();
