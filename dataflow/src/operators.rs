@@ -538,3 +538,64 @@ impl Settler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A source woken from outside many times within an epoch still runs about once per
+    /// epoch afterwards: one pending timer, not one per wake-up.
+    #[test]
+    fn a_source_woken_often_keeps_one_timer() {
+        timely::execute_directly(|worker| {
+            let runs = Rc::new(Cell::new(0u32));
+            let counted = runs.clone();
+            let finished = Rc::new(Cell::new(false));
+            let done = finished.clone();
+            let wake = worker.dataflow::<u64, _, _>(|scope| {
+                let mut wake = None;
+                source::<_, CapacityContainerBuilder<Vec<()>>, _, _>(
+                    scope,
+                    "Ticked",
+                    |cap, info| {
+                        wake = Some(scope.activator_for(info.address.clone()));
+                        let mut tick = Tick::new(scope.activator_for(info.address.clone()));
+                        let mut cap = Some(cap);
+                        move |_output| {
+                            if done.get() {
+                                cap = None;
+                                return;
+                            }
+                            let _held = &cap; // the dataflow lives until the test is done
+                            counted.set(counted.get() + 1);
+                            tick.arm(Duration::from_millis(10));
+                        }
+                    },
+                );
+                wake.expect("constructor ran")
+            });
+            // 50 wake-ups spread over one epoch, as a Kafka reader makes them.
+            for _ in 0..50 {
+                wake.activate();
+                worker.step();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let before = runs.get();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(200) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            let ran = runs.get() - before;
+            finished.set(true);
+            wake.activate();
+            // One timer: ~20 runs in 200 ms. A timer per wake-up: several hundred.
+            assert!(ran <= 40, "the source ran {ran} times in 200 ms");
+            assert!(
+                ran >= 5,
+                "the source stopped running ({ran} times in 200 ms)"
+            );
+        });
+    }
+}
