@@ -120,12 +120,10 @@ fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config).context(
         "loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)",
     )?;
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting tokio")
+    let runtime = |mut builder: tokio::runtime::Builder| {
+        builder.enable_all().build().context("starting tokio")
     };
+    let rt = || runtime(tokio::runtime::Builder::new_multi_thread());
     match cli.command {
         Command::Up(args) => rt()?.block_on(up::up(cfg, args)),
         Command::Services { action } => services::run(&cfg, &action),
@@ -140,11 +138,11 @@ fn run(cli: Cli) -> Result<()> {
             // it. With a worker per core they hand off between threads (futex wake-ups,
             // context switches), and over HTTP the whole machine took ~45 % more CPU
             // per order (on 2 cores; 10k → 15k orders/s).
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting tokio")?
-                .block_on(ingest::serve(cfg, listen, signals::shutdown_signal()))
+            runtime(tokio::runtime::Builder::new_current_thread())?.block_on(ingest::serve(
+                cfg,
+                listen,
+                signals::shutdown_signal(),
+            ))
         }
         Command::Worker { process } => {
             let process = match process {

@@ -276,13 +276,13 @@ async fn attempt_batch(
         .map(|(id, c)| (*id, c.inventory))
         .collect();
     // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
-    // it by primary key. Every row is locked by the SELECT … FOR UPDATE above and
-    // changes. STRAIGHT_JOIN: for large batches the optimizer would rather scan all of
-    // commodity, and an UPDATE locks what it scans, other workers' rows included: that
-    // made ~12 deadlocks (and retried batches) per 30 s at full speed; now none. All three statements go in one round trip (this runs while the rows are
-    // locked). Measured per row: half the cost of `UPDATE … SET inventory = CASE id …`
-    // (its CASE is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert
-    // first, and a join with JSON_TABLE was slower still.
+    // it by primary key; the three statements go in one round trip (the rows are locked
+    // meanwhile). Every row is locked by the SELECT … FOR UPDATE above and changes.
+    // STRAIGHT_JOIN: for large batches the optimizer would rather scan all of commodity,
+    // and an UPDATE locks what it scans, other workers' rows included (deadlocks).
+    // Measured per row: half the cost of `UPDATE … SET inventory = CASE id …` (its CASE
+    // is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert first, and
+    // a join with JSON_TABLE was slower still.
     if !changed.is_empty() {
         let mut sql = String::with_capacity(changed.len() * 16 + 256);
         sql.push_str(STOCK_TABLE);
@@ -300,7 +300,7 @@ async fn attempt_batch(
         let mut updated = result.affected_rows();
         while !result.is_empty() {
             result.collect::<mysql_async::Row>().await?;
-            updated = result.affected_rows();
+            updated = result.affected_rows(); // the last statement's: the UPDATE
         }
         drop(result);
         if updated != changed.len() as u64 {
