@@ -51,6 +51,33 @@ install_missing() {
   fi
 }
 
+# wait_until_up NAME PID CHECK LOG: wait until CHECK succeeds, saying so every
+# 10 s; fail at once if process PID has exited, or after DTSS_SERVICE_WAIT seconds
+# (default 180: a JVM on a loaded machine, or a host name that has to be looked up
+# in DNS, can take tens of seconds before ZooKeeper listens).
+wait_until_up() {
+  local name=$1 pid=$2 check=$3 logfile=$4
+  local limit=${DTSS_SERVICE_WAIT:-180} start=$SECONDS next=10
+  until "$check"; do
+    if [ ! -d "/proc/$pid" ]; then
+      tail -n 40 "$logfile" >&2
+      log "$name (pid $pid) exited while starting (log above: $logfile)"
+      exit 1
+    fi
+    if ((SECONDS - start >= limit)); then
+      tail -n 40 "$logfile" >&2
+      log "$name did not answer within $limit s (log above: $logfile)"
+      exit 1
+    fi
+    if ((SECONDS - start >= next)); then
+      log "still waiting for $name ($((SECONDS - start)) s)"
+      next=$((next + 10))
+    fi
+    sleep 0.2
+  done
+  log "$name answers after $((SECONDS - start)) s"
+}
+
 mysql_ping() { mariadb-admin --no-defaults --socket="$MY/mysqld.sock" -uroot ping >/dev/null 2>&1; }
 
 mysql_up() {
@@ -73,15 +100,7 @@ mysql_up() {
     --log-error="$MY/error.log" --skip-name-resolve --max-connections=1000 \
     --innodb-buffer-pool-size=1G --innodb-log-file-size=256M \
     </dev/null >/dev/null 2>&1 9>&- &
-  for _ in $(seq 1 300); do
-    mysql_ping && break
-    sleep 0.1
-  done
-  mysql_ping || {
-    tail -n 30 "$MY/error.log" >&2
-    log "MariaDB did not answer within 30 s"
-    exit 1
-  }
+  wait_until_up MariaDB $! mysql_ping "$MY/error.log"
   mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot <<'SQL'
 CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY 'dtss';
 CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY 'dtss';
@@ -90,9 +109,12 @@ GRANT ALL PRIVILEGES ON *.* TO 'dtss'@'localhost';
 SQL
 }
 
+# ZooKeeper answers "imok" to "ruok". Read exactly those 4 bytes rather than up to
+# EOF: a ruok that arrives while the server is still loading its database is
+# answered, but its socket is never closed (an NPE in ZooKeeper's close path).
 zk_ruok() {
   local reply
-  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null) || return 1
+  reply=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf ruok >&3 && head -c 4 <&3' _ "$ZK_PORT" 2>/dev/null) || return 1
   [ "$reply" = imok ]
 }
 
@@ -116,18 +138,11 @@ minSessionTimeout=1000
 maxSessionTimeout=30000
 EOF
   log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (log: $ZK/zk.log)"
-  setsid nohup java -Xmx512m -cp "$ZK_CP" org.apache.zookeeper.server.quorum.QuorumPeerMain \
+  setsid nohup java -Xmx512m -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS -cp "$ZK_CP" org.apache.zookeeper.server.quorum.QuorumPeerMain \
     "$ZK/zoo.cfg" </dev/null >"$ZK/zk.log" 2>&1 9>&- &
   echo $! >"$ZK/zk.pid"
-  for _ in $(seq 1 300); do
-    zk_ruok && break
-    sleep 0.1
-  done
-  zk_ruok || {
-    tail -n 30 "$ZK/zk.log" >&2
-    log "ZooKeeper did not answer within 30 s"
-    exit 1
-  }
+  wait_until_up ZooKeeper $! zk_ruok "$ZK/zk.log"
 }
 
 stop_pid() {
