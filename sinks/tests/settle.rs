@@ -253,3 +253,58 @@ async fn a_stale_view_is_corrected_under_the_lock() {
     drop(conn);
     drop_db(&db, pool, dir).await;
 }
+
+#[tokio::test]
+async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
+    let (db, pool, dir, rates) = fresh_db("restock", 2).await;
+    let mut view = StockView::default();
+    // 4 of item 1's 5 units: the view says 1 is left.
+    let first = order("u-r", 1, 4);
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(0, &first, &rates)],
+        1,
+        &mut view,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out[0].reason, None);
+    // Restocked behind the view's back: 10 units.
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop("UPDATE commodity SET inventory = 10 WHERE id = 1")
+        .await
+        .unwrap();
+    // The view rejects 3 units (1 left) and the second order's 1 unit fits in it; the
+    // real stock takes both.
+    let (a, b) = (order("u-r", 1, 3), order("u-r", 1, 1));
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(1, &a, &rates), settling(2, &b, &rates)],
+        3,
+        &mut view,
+    )
+    .await
+    .unwrap();
+    let reasons: Vec<Option<Reason>> = out.iter().map(|o| o.reason).collect();
+    assert_eq!(reasons, vec![None, None]);
+    assert_eq!(out[0].paid, Decimal::from_str("7.50").unwrap());
+    let rows: Vec<(bool, Decimal)> = conn
+        .query(format!(
+            "SELECT success, paid FROM result WHERE order_id = '{}'",
+            a.order_id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(true, Decimal::from_str("7.50").unwrap())]);
+    let inv: Option<u32> = conn
+        .query_first("SELECT inventory FROM commodity WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(inv, Some(6));
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
