@@ -14,6 +14,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use model::Config;
 
+/// mimalloc rather than glibc's malloc: every process of the pipeline allocates per
+/// order (HTTP bodies, JSON, Kafka records, rows), and glibc's malloc/free took ~11 %
+/// of ingest's CPU at full load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "dtss",
