@@ -365,7 +365,7 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         s.succeeded
     );
     println!(
-        "latency: HTTP ack p50 {:.2} ms, p99 {:.2} ms; accepted→settled p50 {} ms, p99 {} ms, max {} ms",
+        "latency: HTTP ack p50 {:.2} ms, p99 {:.2} ms; accepted→decided (settled_at) p50 {} ms, p99 {} ms, max {} ms",
         report.ack_us.value_at_quantile(0.5) as f64 / 1000.0,
         report.ack_us.value_at_quantile(0.99) as f64 / 1000.0,
         s.e2e_ms.0,

@@ -457,6 +457,10 @@ struct Owned {
 /// The worker's settlement thread: one job at a time, each as transactions of at most
 /// MAX_BATCH orders in offset order, against its own view of the stock. A failure
 /// that retrying does not cure ends the process (see `die`).
+/// How long the settlement thread waits for a next batch before writing the last
+/// batch's commit record on its own.
+const RECORD_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct Settler {
     jobs: crossbeam_channel::Sender<Vec<Owned>>,
     done: crossbeam_channel::Receiver<(Vec<Outcome>, u64)>,
@@ -477,8 +481,20 @@ impl Settler {
         std::thread::Builder::new()
             .name(format!("settle-p{partition}"))
             .spawn(move || {
-                let mut view = sinks::StockView::default();
-                for job in job_rx {
+                let mut view = sinks::SettleState::default();
+                loop {
+                    // A batch's commit record is written with the next batch; when none
+                    // follows soon, on its own.
+                    let job = match job_rx.recv_timeout(RECORD_IDLE) {
+                        Ok(job) => job,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = rt.block_on(view.flush(&pool)) {
+                                tracing::warn!(partition, "{e:#}");
+                            }
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
                     let mut outcomes = Vec::with_capacity(job.len());
                     let mut batches = 0;
                     for chunk in job.chunks(MAX_BATCH) {
@@ -510,6 +526,9 @@ impl Settler {
                     if done_tx.send((outcomes, batches)).is_err() || wake.activate().is_err() {
                         break;
                     }
+                }
+                if let Err(e) = rt.block_on(view.flush(&pool)) {
+                    tracing::warn!(partition, "{e:#}");
                 }
                 rt.block_on(pool.disconnect()).ok();
             })?;

@@ -92,6 +92,9 @@ pub struct Counts {
     pub rejected: BTreeMap<String, u64>,
     /// Accepted orders with no result after the drain (expect 0).
     pub unsettled: u64,
+    /// Settled orders whose batch had no commit record in `settle_batches` (expect 0):
+    /// their end-to-end latency is taken to `settled_at`, which is earlier.
+    pub commit_time_unknown: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -442,7 +445,8 @@ pub async fn bench(
     let ids: Vec<Uuid> = sent.iter().filter_map(|s| s.id).collect();
     counts.sent = sent.len() as u64;
     counts.accepted = ids.len() as u64;
-    let results = read_results(&pool, &ids).await?;
+    let mut results = read_results(&pool, &ids).await?;
+    counts.commit_time_unknown = commit_times(&pool, &mut results, started_at_ms).await?;
     drop(target);
     pool.disconnect().await.ok();
 
@@ -479,10 +483,13 @@ pub async fn bench(
             None => counts.succeeded += 1,
             Some(reason) => *counts.rejected.entry(reason.clone()).or_default() += 1,
         }
-        let (acc, set) = (r.accepted_at - started_at_ms, r.settled_at - started_at_ms);
+        let (acc, set) = (
+            r.accepted_at - started_at_ms,
+            r.committed_at - started_at_ms,
+        );
         first_acc = first_acc.min(r.accepted_at);
-        last_set = last_set.max(r.settled_at);
-        let us = ((r.settled_at - r.accepted_at).max(0) as u64 * 1000).max(1);
+        last_set = last_set.max(r.committed_at);
+        let us = ((r.committed_at - r.accepted_at).max(0) as u64 * 1000).max(1);
         timeline[sec(set)].settled += 1;
         e2e_by_s[sec(acc)].saturating_record(us);
         if in_steady(acc.max(0) as u32) {
@@ -573,7 +580,49 @@ fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 struct ResultRow {
     reason: Option<String>,
     accepted_at: i64,
-    settled_at: i64,
+    /// When its batch committed (from `settle_batches`; `settled_at` until known).
+    committed_at: i64,
+    partition: i32,
+    offset: i64,
+}
+
+/// Each result's commit time: that of the batch holding its offset, from the sink's
+/// `settle_batches` log. A batch's record is written with the partition's next batch,
+/// or on its own after ~100 ms without one, so wait a little for the last ones.
+/// Returns how many results still have none (they keep their `settled_at`).
+async fn commit_times(pool: &sinks::Pool, results: &mut [ResultRow], since_ms: i64) -> Result<u64> {
+    let mut conn = pool.get_conn().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Per partition: (next_offset, committed_at), ascending.
+        let rows: Vec<(i32, i64, i64)> = conn
+            .exec(
+                "SELECT `partition`, next_offset, committed_at FROM settle_batches \
+                 WHERE committed_at >= ? ORDER BY `partition`, next_offset",
+                (since_ms,),
+            )
+            .await
+            .context("reading the settlement batches' commit times")?;
+        let mut batches: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+        for (p, next, at) in rows {
+            batches.entry(p).or_default().push((next, at));
+        }
+        let find = |r: &ResultRow| {
+            let b = batches.get(&r.partition)?;
+            let i = b.partition_point(|(next, _)| *next <= r.offset);
+            b.get(i).map(|(_, at)| *at)
+        };
+        let unknown = results.iter().filter(|r| find(r).is_none()).count() as u64;
+        if unknown == 0 || Instant::now() >= deadline {
+            for r in results.iter_mut() {
+                if let Some(at) = find(r) {
+                    r.committed_at = at;
+                }
+            }
+            return Ok(unknown);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn read_results(pool: &sinks::Pool, ids: &[Uuid]) -> Result<Vec<ResultRow>> {
@@ -585,21 +634,26 @@ async fn read_results(pool: &sinks::Pool, ids: &[Uuid]) -> Result<Vec<ResultRow>
             .map(|id| format!("'{}'", id.hyphenated()))
             .collect::<Vec<_>>()
             .join(",");
-        let rows: Vec<(bool, Option<String>, i64, i64)> = conn
+        let rows: Vec<(bool, Option<String>, i64, i64, i32, i64)> = conn
             .query(format!(
-                "SELECT success, reason, accepted_at, settled_at FROM result WHERE order_id IN ({list})"
+                "SELECT success, reason, accepted_at, settled_at, `partition`, `offset` FROM result WHERE order_id IN ({list})"
             ))
             .await
             .context("reading the results of the bench's orders")?;
-        out.extend(rows.into_iter().map(|(ok, reason, a, s)| ResultRow {
-            reason: if ok {
-                None
-            } else {
-                Some(reason.unwrap_or_default())
-            },
-            accepted_at: a,
-            settled_at: s,
-        }));
+        out.extend(
+            rows.into_iter()
+                .map(|(ok, reason, a, s, partition, offset)| ResultRow {
+                    reason: if ok {
+                        None
+                    } else {
+                        Some(reason.unwrap_or_default())
+                    },
+                    accepted_at: a,
+                    committed_at: s,
+                    partition,
+                    offset,
+                }),
+        );
     }
     Ok(out)
 }

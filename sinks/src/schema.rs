@@ -61,6 +61,19 @@ const TABLES: &[&str] = &[
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (topic, `partition`)
     ) ENGINE=InnoDB",
+    // One row per settlement transaction: when it began and when its COMMIT returned
+    // (written with the partition's next transaction). `dtss bench` reads an order's
+    // end-to-end latency from here: `result.settled_at` is stamped before the batch's
+    // rows are written.
+    "CREATE TABLE IF NOT EXISTS settle_batches (
+        `partition` INT NOT NULL,
+        next_offset BIGINT NOT NULL,
+        first_offset BIGINT NOT NULL,
+        orders INT UNSIGNED NOT NULL,
+        started_at BIGINT NOT NULL,
+        committed_at BIGINT NOT NULL,
+        PRIMARY KEY (`partition`, next_offset)
+    ) ENGINE=InnoDB",
     // Every rate snapshot the dataflow applied: all currencies at `version`,
     // in force for orders of epoch >= from_epoch until the next version.
     "CREATE TABLE IF NOT EXISTS rate_history (

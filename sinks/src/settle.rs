@@ -5,7 +5,7 @@
 //!
 //! Workers of different partitions touch the same commodities, so their transactions
 //! queue on those row locks. To keep the locked part short, the result rows are written
-//! first, from decisions against the worker's last view of the stock (`StockView`);
+//! first, from decisions against the worker's last view of the stock (`SettleState`);
 //! then the rows are locked, every order is decided again against the locked stock,
 //! and the few results whose decision changed are corrected, all before the commit.
 
@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use model::{decide, now_ms, Commodity, Currency, Decimal, Decision, Order, RateTable, Reason};
+use model::{decide, now_ms, Commodity, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 use mysql_async::{Pool, TxOpts};
 
@@ -38,10 +38,61 @@ pub struct Outcome {
     pub settled_at: i64,
 }
 
-/// A worker's last view of the commodities it settled against (as of its last commit,
-/// or as read without locks): only a guess, checked under the lock.
+/// What a partition's settlement carries from one batch to the next: its last view of
+/// the commodities it settled against (as of its last commit, or as read without
+/// locks: only a guess, checked under the lock), and the commit record of its last
+/// batch, written with the next batch (or by `flush`).
 #[derive(Default)]
-pub struct StockView(HashMap<u32, Commodity>);
+pub struct SettleState {
+    stock: HashMap<u32, Commodity>,
+    unrecorded: Option<Committed>,
+}
+
+/// One settlement transaction, as kept in `settle_batches`: its partition's offsets
+/// `first_offset..next_offset`, its number of orders, when it began (the `settled_at`
+/// of its results, stamped before their rows are written) and when its COMMIT
+/// returned. An order's end-to-end latency is `committed_at − accepted_at` of the batch
+/// holding its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Committed {
+    partition: i32,
+    first_offset: i64,
+    next_offset: i64,
+    orders: u32,
+    started_at: i64,
+    committed_at: i64,
+}
+
+const RECORD_BATCH: &str = "INSERT IGNORE INTO settle_batches \
+    (`partition`, next_offset, first_offset, orders, started_at, committed_at) VALUES (?,?,?,?,?,?)";
+
+impl Committed {
+    fn params(&self) -> (i32, i64, i64, u32, i64, i64) {
+        (
+            self.partition,
+            self.next_offset,
+            self.first_offset,
+            self.orders,
+            self.started_at,
+            self.committed_at,
+        )
+    }
+}
+
+impl SettleState {
+    /// Write the last batch's commit record now: the settlement thread calls this when
+    /// no batch has followed for a while, and before it stops.
+    pub async fn flush(&mut self, pool: &Pool) -> Result<()> {
+        if let Some(c) = self.unrecorded {
+            let mut conn = pool.get_conn().await?;
+            conn.exec_drop(RECORD_BATCH, c.params())
+                .await
+                .context("recording a batch's commit time")?;
+            self.unrecorded = None;
+        }
+        Ok(())
+    }
+}
 
 /// Create the partition's `offsets` row and its `totals` rows (one per currency) if
 /// missing, so the settlement transaction only ever updates rows that exist.
@@ -79,8 +130,9 @@ pub async fn settle_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
-    view: &mut StockView,
+    view: &mut SettleState,
 ) -> Result<Vec<Outcome>> {
+    let started_at = now_ms();
     let mut backoff = Duration::from_millis(20);
     // Set once an attempt has sent COMMIT: if that attempt then failed, the commit may
     // still have landed, and the next attempt must report what it committed.
@@ -97,7 +149,19 @@ pub async fn settle_batch(
         )
         .await
         {
-            Ok(out) => return Ok(out),
+            Ok(out) => {
+                if commit_sent {
+                    view.unrecorded = Some(Committed {
+                        partition,
+                        first_offset: batch.first().map_or(next_offset, |s| s.offset),
+                        next_offset,
+                        orders: batch.len() as u32,
+                        started_at,
+                        committed_at: now_ms(),
+                    });
+                }
+                return Ok(out);
+            }
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e)) => {
                 tracing::warn!(
@@ -133,7 +197,7 @@ async fn attempt_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
-    view: &mut StockView,
+    view: &mut SettleState,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
@@ -171,18 +235,18 @@ async fn attempt_batch(
     let unseen: Vec<u32> = ids
         .iter()
         .copied()
-        .filter(|id| !view.0.contains_key(id))
+        .filter(|id| !view.stock.contains_key(id))
         .collect();
     if !unseen.is_empty() {
         let sql = format!(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({})",
             join(unseen.iter())
         );
-        view.0.extend(commodities(tx.query(sql).await?)?);
+        view.stock.extend(commodities(tx.query(sql).await?)?);
     }
     let mut guess: HashMap<u32, Commodity> = ids
         .iter()
-        .filter_map(|id| view.0.get(id).map(|c| (*id, *c)))
+        .filter_map(|id| view.stock.get(id).map(|c| (*id, *c)))
         .collect();
     let settled_at = now_ms();
     let mut guessed = Vec::with_capacity(todo.len());
@@ -192,38 +256,45 @@ async fn attempt_batch(
             .map_err(Failure::Fatal)?;
         guessed.push(d);
     }
-    // Prepared multi-row inserts of a few fixed sizes (each parsed once per connection).
-    let mut rest: &[&Settling] = &todo;
-    let mut decided: &[Decision] = &guessed;
-    while !rest.is_empty() {
-        let n = INSERT_SIZES
-            .iter()
-            .copied()
-            .find(|n| *n <= rest.len())
-            .expect("1 is a size");
-        let mut params: Vec<mysql_async::Value> = Vec::with_capacity(n * 14);
-        for (s, d) in rest[..n].iter().zip(&decided[..n]) {
-            let ord = s.order;
-            params.extend([
-                ord.order_id.to_string().into(),
-                ord.user_id.as_bytes().into(),
-                ord.initiator.as_str().into(),
-                d.reason.is_none().into(),
-                d.reason.map(|r| r.as_str()).into(),
-                d.paid.into(),
-                s.rates.version.into(),
-                s.epoch.into(),
-                items_text(ord).into(),
-                ord.time.into(),
-                ord.accepted_at.into(),
-                settled_at.into(),
-                partition.into(),
-                s.offset.into(),
-            ]);
+    // One multi-row insert, in text: one round trip whatever the batch's size (on a busy
+    // machine each round trip waits for both ends to be scheduled). Every value is a
+    // number, a validated code, or hex: nothing to escape.
+    let mut sql = String::with_capacity(256 + todo.len() * 220);
+    sql.push_str(INSERT_RESULTS);
+    for (i, (s, d)) in todo.iter().zip(&guessed).enumerate() {
+        let ord = s.order;
+        if i > 0 {
+            sql.push(',');
         }
-        tx.exec_drop(insert_results_sql(n), params).await?;
-        rest = &rest[n..];
-        decided = &decided[n..];
+        write!(
+            sql,
+            "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
+            ord.order_id.hyphenated(),
+            Hex(ord.user_id.as_bytes()),
+            ord.initiator.as_str(),
+            d.reason.is_none(),
+            reason_sql(d.reason),
+            d.paid,
+            s.rates.version,
+            s.epoch,
+            items_text(ord),
+            ord.time.map_or("NULL".into(), |t| t.to_string()),
+            ord.accepted_at,
+            settled_at,
+            partition,
+            s.offset,
+        )
+        .unwrap();
+    }
+    if !todo.is_empty() {
+        tx.query_drop(sql).await?;
+        if tx.affected_rows() != todo.len() as u64 {
+            return Err(Failure::Retry(anyhow::anyhow!(
+                "inserting {} results inserted {}",
+                todo.len(),
+                tx.affected_rows()
+            )));
+        }
     }
 
     // 2. Lock the commodities (in id order) and decide again against the locked stock;
@@ -349,9 +420,13 @@ async fn attempt_batch(
             "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
         )));
     }
+    if let Some(c) = view.unrecorded {
+        tx.exec_drop(RECORD_BATCH, c.params()).await?;
+    }
     *commit_sent = true;
     tx.commit().await?;
-    view.0.extend(stock);
+    view.unrecorded = None;
+    view.stock.extend(stock);
     Ok(outcomes)
 }
 
@@ -361,17 +436,16 @@ async fn attempt_batch(
 const STOCK_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS settle_stock \
     (id INT UNSIGNED NOT NULL PRIMARY KEY, inventory INT UNSIGNED NOT NULL) ENGINE=MEMORY;";
 
-/// Rows per prepared result insert, largest first. Powers of two: a batch of n results
-/// takes at most log2(n) + 1 statements, each prepared once per connection.
-const INSERT_SIZES: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
+const INSERT_RESULTS: &str = "INSERT INTO result (order_id, user_id, initiator, success, reason, \
+    paid, rate_version, epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ";
 
-fn insert_results_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO result (order_id, user_id, initiator, success, reason, paid, rate_version, \
-         epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ",
-    );
-    sql.push_str(&vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(","));
-    sql
+/// Bytes as hex digits, for an `X'…'` literal.
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02X}"))
+    }
 }
 
 fn reason_sql(r: Option<Reason>) -> String {

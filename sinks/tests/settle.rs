@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use dtss_sinks::{Settling, StockView};
+use dtss_sinks::{SettleState, Settling};
 use model::{Currency, Decimal, Item, Order, OrderRequest, RateTable, Reason, Uuid};
 use mysql_async::prelude::*;
 
@@ -92,7 +92,7 @@ async fn settlement_keeps_its_connection_and_prepared_statements() {
          (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_PREPARE')",
     )
     .await;
-    let mut view = StockView::default();
+    let mut view = SettleState::default();
     let orders: Vec<Order> = (0..60).map(|i| order("u-k", 2 - i % 2, 1)).collect();
     for (b, chunk) in orders.chunks(3).enumerate() {
         let batch: Vec<Settling> = chunk
@@ -130,7 +130,7 @@ async fn settlement_keeps_its_connection_and_prepared_statements() {
 async fn a_stale_view_is_corrected_under_the_lock() {
     let (db, pool, dir, rates) = fresh_db("settle", 2).await;
     // Both views see 5 units of item 1 (and 10 of item 2).
-    let (mut view_a, mut view_b) = (StockView::default(), StockView::default());
+    let (mut view_a, mut view_b) = (SettleState::default(), SettleState::default());
     let warm = order("u-0", 2, 1);
     dtss_sinks::settle_batch(
         &pool,
@@ -257,7 +257,7 @@ async fn a_stale_view_is_corrected_under_the_lock() {
 #[tokio::test]
 async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
     let (db, pool, dir, rates) = fresh_db("restock", 2).await;
-    let mut view = StockView::default();
+    let mut view = SettleState::default();
     // 4 of item 1's 5 units: the view says 1 is left.
     let first = order("u-r", 1, 4);
     let out = dtss_sinks::settle_batch(
@@ -305,6 +305,35 @@ async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
         .await
         .unwrap();
     assert_eq!(inv, Some(6));
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
+async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
+    let (db, pool, dir, rates) = fresh_db("quote", 1).await;
+    let mut state = SettleState::default();
+    let user = "o'brien\\\"; DROP TABLE result; -- ü";
+    let o = order(user, 2, 1);
+    dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(0, &o, &rates)],
+        1,
+        &mut state,
+    )
+    .await
+    .unwrap();
+    let mut conn = pool.get_conn().await.unwrap();
+    let stored: Option<Vec<u8>> = conn
+        .query_first(format!(
+            "SELECT user_id FROM result WHERE order_id = '{}'",
+            o.order_id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(user.as_bytes()));
     drop(conn);
     drop_db(&db, pool, dir).await;
 }
