@@ -367,13 +367,11 @@ async fn attempt_batch(
         sql.push_str(
             "; UPDATE settle_stock s STRAIGHT_JOIN commodity c ON c.id = s.id SET c.inventory = s.inventory",
         );
-        let mut result = tx.query_iter(sql).await?;
-        let mut updated = result.affected_rows();
-        while !result.is_empty() {
-            result.collect::<mysql_async::Row>().await?;
-            updated = result.affected_rows(); // the last statement's: the UPDATE
-        }
-        drop(result);
+        // query_drop, not query_iter: iterating a multi-statement result loses an error
+        // of a later statement (mysql_async 0.37); query_drop returns it, and the server
+        // runs none of the statements after it.
+        tx.query_drop(sql).await?;
+        let updated = tx.affected_rows(); // the last statement's: the UPDATE
         if updated != changed.len() as u64 {
             return Err(Failure::Fatal(anyhow::anyhow!(
                 "stock update changed {updated} rows for {} changed commodities",
@@ -388,11 +386,14 @@ async fn attempt_batch(
         e.0 += o.paid;
         e.1 += 1;
     }
+    // Totals delta, the last batch's commit record and the partition's next offset: one
+    // round trip (query_drop: an error in any statement is returned, and stops the
+    // rest). The totals rows exist (prepare_partition), and if one did not, inserting it
+    // would still be right. The offsets row must exist: its UPDATE goes last, and its
+    // affected-row count is the one the server reports.
+    let mut sql = String::with_capacity(512);
     if !delta.is_empty() {
-        // One statement for every currency. The rows exist (prepare_partition created
-        // them), so each is an update: 2 affected rows apiece.
-        let mut sql =
-            String::from("INSERT INTO totals (`partition`, currency, total, orders) VALUES ");
+        sql.push_str("INSERT INTO totals (`partition`, currency, total, orders) VALUES ");
         for (i, (c, (t, n))) in delta.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
@@ -400,28 +401,30 @@ async fn attempt_batch(
             write!(sql, "({partition},'{c}',{t},{n})").unwrap();
         }
         sql.push_str(
-            " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders)",
+            " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders); ",
         );
-        tx.query_drop(sql).await?;
-        if tx.affected_rows() != 2 * delta.len() as u64 {
-            return Err(Failure::Fatal(anyhow::anyhow!(
-                "totals rows of partition {partition} are missing: run prepare_partition first"
-            )));
-        }
     }
-
-    tx.exec_drop(
-        "UPDATE offsets SET next_offset = ?, updated_at = ? WHERE topic = ? AND `partition` = ?",
-        (next_offset, settled_at, topic, partition),
+    if let Some(c) = view.unrecorded {
+        write!(
+            sql,
+            "INSERT IGNORE INTO settle_batches (`partition`, next_offset, first_offset, orders, started_at, committed_at) \
+             VALUES ({},{},{},{},{},{}); ",
+            c.partition, c.next_offset, c.first_offset, c.orders, c.started_at, c.committed_at
+        )
+        .unwrap();
+    }
+    write!(
+        sql,
+        "UPDATE offsets SET next_offset = {next_offset}, updated_at = {settled_at} \
+         WHERE topic = X'{}' AND `partition` = {partition}",
+        Hex(topic.as_bytes())
     )
-    .await?;
+    .unwrap();
+    tx.query_drop(sql).await?;
     if tx.affected_rows() != 1 {
         return Err(Failure::Fatal(anyhow::anyhow!(
             "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
         )));
-    }
-    if let Some(c) = view.unrecorded {
-        tx.exec_drop(RECORD_BATCH, c.params()).await?;
     }
     *commit_sent = true;
     tx.commit().await?;

@@ -337,3 +337,56 @@ async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
     drop(conn);
     drop_db(&db, pool, dir).await;
 }
+
+#[tokio::test]
+async fn each_batch_is_logged_with_its_commit_time() {
+    let (db, pool, dir, rates) = fresh_db("log", 2).await;
+    let mut state = SettleState::default();
+    let orders: Vec<Order> = (0..5).map(|_| order("u-l", 2, 1)).collect();
+    let t0 = model::now_ms();
+    let first: Vec<Settling> = (0..3)
+        .map(|i| settling(i, &orders[i as usize], &rates))
+        .collect();
+    dtss_sinks::settle_batch(&pool, "orders", 1, &first, 3, &mut state)
+        .await
+        .unwrap();
+    let mut conn = pool.get_conn().await.unwrap();
+    assert!(
+        batches(&mut conn).await.unwrap().is_empty(),
+        "written with the next batch"
+    );
+    let second: Vec<Settling> = (3..5)
+        .map(|i| settling(i, &orders[i as usize], &rates))
+        .collect();
+    dtss_sinks::settle_batch(&pool, "orders", 1, &second, 5, &mut state)
+        .await
+        .unwrap();
+    let rows = batches(&mut conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let (p, first_offset, next, n, started, committed) = rows[0];
+    assert_eq!((p, first_offset, next, n), (1, 0, 3, 3));
+    assert!(t0 <= started && started <= committed && committed <= model::now_ms());
+    state.flush(&pool).await.unwrap();
+    let rows = batches(&mut conn).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[1].1, rows[1].2, rows[1].3), (3, 5, 2));
+    assert!(rows[1].5 >= rows[0].5);
+    // Every result's offset falls in a logged batch of its partition.
+    let offsets: Vec<i64> = conn
+        .query("SELECT `offset` FROM result WHERE `partition` = 1 ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
+type BatchRow = (i32, i64, i64, u32, i64, i64);
+
+async fn batches(conn: &mut mysql_async::Conn) -> mysql_async::Result<Vec<BatchRow>> {
+    conn.query(
+        "SELECT `partition`, first_offset, next_offset, orders, started_at, committed_at \
+         FROM settle_batches ORDER BY next_offset",
+    )
+    .await
+}
