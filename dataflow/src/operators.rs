@@ -454,13 +454,13 @@ struct Owned {
     rates: Arc<RateTable>,
 }
 
-/// The worker's settlement thread: one job at a time, each as transactions of at most
-/// MAX_BATCH orders in offset order, against its own view of the stock. A failure
-/// that retrying does not cure ends the process (see `die`).
 /// How long the settlement thread waits for a next batch before writing the last
 /// batch's commit record on its own.
 const RECORD_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The worker's settlement thread: one job at a time, each as transactions of at most
+/// MAX_BATCH orders in offset order, against its own view of the stock. A failure
+/// that retrying does not cure ends the process (see `die`).
 struct Settler {
     jobs: crossbeam_channel::Sender<Vec<Owned>>,
     done: crossbeam_channel::Receiver<(Vec<Outcome>, u64)>,
@@ -481,16 +481,19 @@ impl Settler {
         std::thread::Builder::new()
             .name(format!("settle-p{partition}"))
             .spawn(move || {
-                let mut view = sinks::SettleState::default();
+                let mut state = sinks::SettleState::default();
+                let flush = |state: &mut sinks::SettleState| {
+                    if let Err(e) = rt.block_on(state.flush(&pool)) {
+                        tracing::warn!(partition, "{e:#}");
+                    }
+                };
                 loop {
                     // A batch's commit record is written with the next batch; when none
                     // follows soon, on its own.
                     let job = match job_rx.recv_timeout(RECORD_IDLE) {
                         Ok(job) => job,
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = rt.block_on(view.flush(&pool)) {
-                                tracing::warn!(partition, "{e:#}");
-                            }
+                            flush(&mut state);
                             continue;
                         }
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -517,7 +520,7 @@ impl Settler {
                                 partition,
                                 &settling,
                                 next_offset,
-                                &mut view,
+                                &mut state,
                             ))
                             .unwrap_or_else(|e| die("settling a batch", e));
                         outcomes.extend(out);
@@ -527,9 +530,7 @@ impl Settler {
                         break;
                     }
                 }
-                if let Err(e) = rt.block_on(view.flush(&pool)) {
-                    tracing::warn!(partition, "{e:#}");
-                }
+                flush(&mut state);
                 rt.block_on(pool.disconnect()).ok();
             })?;
         Ok(Settler { jobs, done })

@@ -607,18 +607,17 @@ async fn commit_times(pool: &sinks::Pool, results: &mut [ResultRow], since_ms: i
         for (p, next, at) in rows {
             batches.entry(p).or_default().push((next, at));
         }
-        let find = |r: &ResultRow| {
-            let b = batches.get(&r.partition)?;
-            let i = b.partition_point(|(next, _)| *next <= r.offset);
-            b.get(i).map(|(_, at)| *at)
-        };
-        let unknown = results.iter().filter(|r| find(r).is_none()).count() as u64;
-        if unknown == 0 || Instant::now() >= deadline {
-            for r in results.iter_mut() {
-                if let Some(at) = find(r) {
-                    r.committed_at = at;
-                }
+        // Found again on each pass (a batch's commit time never changes), counted once.
+        let mut unknown = 0;
+        for r in results.iter_mut() {
+            let b = batches.get(&r.partition);
+            let i = b.map(|b| b.partition_point(|(next, _)| *next <= r.offset));
+            match b.zip(i).and_then(|(b, i)| b.get(i)) {
+                Some((_, at)) => r.committed_at = *at,
+                None => unknown += 1,
             }
+        }
+        if unknown == 0 || Instant::now() >= deadline {
             return Ok(unknown);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -63,18 +63,20 @@ struct Committed {
     committed_at: i64,
 }
 
-const RECORD_BATCH: &str = "INSERT IGNORE INTO settle_batches \
-    (`partition`, next_offset, first_offset, orders, started_at, committed_at) VALUES (?,?,?,?,?,?)";
-
 impl Committed {
-    fn params(&self) -> (i32, i64, i64, u32, i64, i64) {
-        (
+    /// The statement that records it (numbers only; INSERT IGNORE: a retry after an
+    /// ambiguous commit may write it twice).
+    fn insert_sql(&self) -> String {
+        format!(
+            "INSERT IGNORE INTO settle_batches \
+             (`partition`, next_offset, first_offset, orders, started_at, committed_at) \
+             VALUES ({},{},{},{},{},{})",
             self.partition,
             self.next_offset,
             self.first_offset,
             self.orders,
             self.started_at,
-            self.committed_at,
+            self.committed_at
         )
     }
 }
@@ -85,7 +87,7 @@ impl SettleState {
     pub async fn flush(&mut self, pool: &Pool) -> Result<()> {
         if let Some(c) = self.unrecorded {
             let mut conn = pool.get_conn().await?;
-            conn.exec_drop(RECORD_BATCH, c.params())
+            conn.query_drop(c.insert_sql())
                 .await
                 .context("recording a batch's commit time")?;
             self.unrecorded = None;
@@ -130,7 +132,7 @@ pub async fn settle_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
-    view: &mut SettleState,
+    state: &mut SettleState,
 ) -> Result<Vec<Outcome>> {
     let started_at = now_ms();
     let mut backoff = Duration::from_millis(20);
@@ -144,14 +146,14 @@ pub async fn settle_batch(
             partition,
             batch,
             next_offset,
-            view,
+            state,
             &mut commit_sent,
         )
         .await
         {
             Ok(out) => {
                 if commit_sent {
-                    view.unrecorded = Some(Committed {
+                    state.unrecorded = Some(Committed {
                         partition,
                         first_offset: batch.first().map_or(next_offset, |s| s.offset),
                         next_offset,
@@ -197,7 +199,7 @@ async fn attempt_batch(
     partition: i32,
     batch: &[Settling<'_>],
     next_offset: i64,
-    view: &mut SettleState,
+    state: &mut SettleState,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
@@ -235,18 +237,18 @@ async fn attempt_batch(
     let unseen: Vec<u32> = ids
         .iter()
         .copied()
-        .filter(|id| !view.stock.contains_key(id))
+        .filter(|id| !state.stock.contains_key(id))
         .collect();
     if !unseen.is_empty() {
         let sql = format!(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({})",
             join(unseen.iter())
         );
-        view.stock.extend(commodities(tx.query(sql).await?)?);
+        state.stock.extend(commodities(tx.query(sql).await?)?);
     }
     let mut guess: HashMap<u32, Commodity> = ids
         .iter()
-        .filter_map(|id| view.stock.get(id).map(|c| (*id, *c)))
+        .filter_map(|id| state.stock.get(id).map(|c| (*id, *c)))
         .collect();
     let settled_at = now_ms();
     let mut guessed = Vec::with_capacity(todo.len());
@@ -404,14 +406,9 @@ async fn attempt_batch(
             " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders); ",
         );
     }
-    if let Some(c) = view.unrecorded {
-        write!(
-            sql,
-            "INSERT IGNORE INTO settle_batches (`partition`, next_offset, first_offset, orders, started_at, committed_at) \
-             VALUES ({},{},{},{},{},{}); ",
-            c.partition, c.next_offset, c.first_offset, c.orders, c.started_at, c.committed_at
-        )
-        .unwrap();
+    if let Some(c) = state.unrecorded {
+        sql.push_str(&c.insert_sql());
+        sql.push_str("; ");
     }
     write!(
         sql,
@@ -428,8 +425,8 @@ async fn attempt_batch(
     }
     *commit_sent = true;
     tx.commit().await?;
-    view.unrecorded = None;
-    view.stock.extend(stock);
+    state.unrecorded = None;
+    state.stock.extend(stock);
     Ok(outcomes)
 }
 
