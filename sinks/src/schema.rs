@@ -4,7 +4,7 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 /// A pool for `url` holding at most `max` connections, which it keeps open while in use
 /// (idle ones close after a minute). Every session reads committed data (no gap locks;
-/// see settle.rs). Connections go back to the pool without a COM_RESET_CONNECTION: that
+/// see settle.rs) in strict mode. Connections go back to the pool without a COM_RESET_CONNECTION: that
 /// costs a round trip and throws away the connection's prepared statements, which
 /// settlement relies on keeping; every transaction here ends in a commit or a rollback
 /// (mysql_async rolls back one left open).
@@ -21,6 +21,8 @@ pub fn connect(url: &str, max: usize) -> Result<Pool> {
             .pool_opts(pool_opts)
             .setup(vec![
                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                // Strict: settlement relies on NULL in a NOT NULL column being an error.
+                "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
             ]),
     ))
 }

@@ -1,13 +1,16 @@
-//! One MySQL transaction per batch: lock the batch's commodity rows in id order, decide
-//! every order in offset order, write stock, results, the totals delta and the
-//! partition's next offset, commit. Retried on any failure; the stored offset makes a
-//! retry after an ambiguous commit a no-op, so nothing is applied twice.
+//! One MySQL transaction per batch: lock the partition's offsets row, write the
+//! results, lock the batch's commodity rows in id order, decide every order in offset
+//! order, write stock, the totals delta and the partition's next offset, commit.
+//! Retried on any failure; the stored offset makes a retry after an ambiguous commit a
+//! no-op, so nothing is applied twice.
 //!
 //! Workers of different partitions touch the same commodities, so their transactions
 //! queue on those row locks. To keep the locked part short, the result rows are written
 //! first, from decisions against the worker's last view of the stock (`SettleState`);
 //! then the rows are locked, every order is decided again against the locked stock,
 //! and the few results whose decision changed are corrected, all before the commit.
+//! The whole transaction is three round trips (see `settle_on`), and the commodity
+//! locks are held for one of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use model::{decide, now_ms, Commodity, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
-use mysql_async::{Pool, TxOpts};
+use mysql_async::Pool;
 
 /// An order ready to settle: where it was read, its epoch and the rates of that epoch.
 pub struct Settling<'a> {
@@ -203,37 +206,64 @@ async fn attempt_batch(
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = pool.get_conn().await?;
-    // READ COMMITTED (the session's level, set by `connect`): no gap locks; FOR UPDATE
-    // still locks every row it reads, and rows are always locked offsets → commodities
-    // (by id) → own totals, so two workers can wait on each other but never deadlock.
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
-
-    let stored: Option<i64> = tx
-        .exec_first(
-            "SELECT next_offset FROM offsets WHERE topic = ? AND `partition` = ? FOR UPDATE",
-            (topic, partition),
-        )
-        .await?;
-    let done_below = stored.unwrap_or(0);
-    let todo: Vec<&Settling> = batch.iter().filter(|s| s.offset >= done_below).collect();
-    if next_offset <= done_below {
-        tx.rollback().await?;
-        // Committed already. By an earlier attempt of this call whose answer was lost:
-        // its outcomes were never reported, so read them back. Otherwise it was
-        // reported before (or by another run), and reporting it again would count twice.
-        if !*commit_sent {
-            return Ok(vec![]);
+    // The transaction is begun and ended by statements inside multi-statements, which
+    // mysql_async does not track: should this future be dropped half way, the pool must
+    // reset the connection (rolling back) rather than hand on an open transaction.
+    conn.reset_connection(true);
+    let out = settle_on(
+        &mut conn,
+        topic,
+        partition,
+        batch,
+        next_offset,
+        state,
+        commit_sent,
+    )
+    .await;
+    match &out {
+        Ok(_) => conn.reset_connection(false),
+        Err(_) => {
+            if conn.query_drop("ROLLBACK").await.is_ok() {
+                conn.reset_connection(false);
+            } else {
+                conn.disconnect().await.ok();
+            }
         }
-        return committed_outcomes(&mut conn, batch).await;
     }
+    out
+}
 
-    let ids: BTreeSet<u32> = todo
+/// The transaction, in three round trips:
+///
+/// 1. `START TRANSACTION`, lock the partition's offsets row (its value kept in `@o`),
+///    insert the result rows as decided against the worker's view: none of these rows
+///    exists unless part of the batch was committed before, and then the insert fails
+///    on a duplicate key and the batch goes the slow way (`resume`);
+/// 2. lock and read the batch's commodities;
+/// 3. correct the results whose decision changed under the lock, write stock, the
+///    totals delta, the last batch's commit record and the next offset, `COMMIT`.
+///
+/// The commodity locks are held from 2 to the end of 3: one round trip. Checks that
+/// need a row count are made by the server (strict mode: writing NULL into a NOT NULL
+/// column is an error, and no statement after it runs): the next offset is written
+/// only if the stored offset was at most the batch's first, and every correction and
+/// stock update touched one row.
+#[allow(clippy::too_many_arguments)]
+async fn settle_on(
+    conn: &mut mysql_async::Conn,
+    topic: &str,
+    partition: i32,
+    batch: &[Settling<'_>],
+    next_offset: i64,
+    state: &mut SettleState,
+    commit_sent: &mut bool,
+) -> Result<Vec<Outcome>, Failure> {
+    let topic_hex = Hex(topic.as_bytes()).to_string();
+    let ids: BTreeSet<u32> = batch
         .iter()
         .flat_map(|s| s.order.items.iter().map(|it| it.id))
         .collect();
-
-    // 1. Without commodity locks: decide against the view (reading what it lacks, no
-    //    locks taken) and write the result rows.
+    // Commodities the view lacks are read without locks (first batches only).
     let unseen: Vec<u32> = ids
         .iter()
         .copied()
@@ -244,26 +274,229 @@ async fn attempt_batch(
             "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({})",
             join(unseen.iter())
         );
-        state.stock.extend(commodities(tx.query(sql).await?)?);
+        state.stock.extend(commodities(conn.query(sql).await?)?);
     }
-    let mut guess: HashMap<u32, Commodity> = ids
+    let settled_at = now_ms();
+
+    // 1. Begin, lock the offsets row, insert the results as guessed.
+    let mut todo: &[Settling] = batch;
+    let mut guessed = guess(todo, &ids, state)?;
+    let begin = format!(
+        "START TRANSACTION; SET @o = NULL, @n = 0, @c = 0; \
+         SELECT next_offset INTO @o FROM offsets WHERE topic = X'{topic_hex}' AND `partition` = {partition} FOR UPDATE"
+    );
+    let fast = if todo.is_empty() {
+        Err(None)
+    } else {
+        let sql = format!(
+            "{begin}; {}",
+            results_sql(todo, &guessed, partition, settled_at)
+        );
+        match conn.query_drop(sql).await {
+            Ok(()) => Ok(()),
+            // Some of these results exist: part of the batch was committed before.
+            Err(mysql_async::Error::Server(e)) if e.code == ER_DUP_ENTRY => Err(Some(e)),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Err(dup) = fast {
+        if let Some(e) = dup {
+            tracing::debug!(partition, "part of the batch was committed before: {e}");
+            conn.query_drop("ROLLBACK").await?;
+        }
+        // The slow way: read the stored offset, settle only what lies at or above it.
+        conn.query_drop(begin).await?;
+        let done_below: Option<i64> = conn.query_first("SELECT @o").await?;
+        let Some(done_below) = done_below else {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
+            )));
+        };
+        if next_offset <= done_below {
+            conn.query_drop("ROLLBACK").await?;
+            // Committed already. By an earlier attempt of this call whose answer was
+            // lost: its outcomes were never reported, so read them back. Otherwise it
+            // was reported before (or by another run), and reporting it again would
+            // count twice.
+            if !*commit_sent {
+                return Ok(vec![]);
+            }
+            return committed_outcomes(conn, batch).await;
+        }
+        todo = &batch[batch.partition_point(|s| s.offset < done_below)..];
+        guessed = guess(todo, &ids, state)?;
+        if !todo.is_empty() {
+            conn.query_drop(results_sql(todo, &guessed, partition, settled_at))
+                .await?;
+        }
+    }
+    let first_todo = todo.first().map_or(next_offset, |s| s.offset);
+
+    // 2. Lock the commodities (in id order) and decide again against the locked stock.
+    let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
+    if !ids.is_empty() {
+        let sql = format!(
+            "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            join(ids.iter())
+        );
+        stock.extend(commodities(conn.query(sql).await?)?);
+    }
+    let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
+    let mut outcomes = Vec::with_capacity(todo.len());
+    let mut sql = String::with_capacity(1024);
+    let mut corrected = 0;
+    for (s, g) in todo.iter().zip(&guessed) {
+        let d = decide(s.order, &mut stock, s.rates)
+            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
+            .map_err(Failure::Fatal)?;
+        if d != *g {
+            write!(
+                sql,
+                "UPDATE result SET success = {}, reason = {}, paid = {} WHERE order_id = '{}'; \
+                 SET @c = @c + ROW_COUNT(); ",
+                d.reason.is_none(),
+                reason_sql(d.reason),
+                d.paid,
+                s.order.order_id.hyphenated()
+            )
+            .unwrap();
+            corrected += 1;
+        }
+        outcomes.push(Outcome {
+            order_id: s.order.order_id,
+            initiator: s.order.initiator,
+            epoch: s.epoch,
+            reason: d.reason,
+            paid: d.paid,
+            accepted_at: s.order.accepted_at,
+            settled_at,
+        });
+    }
+
+    // 3. Everything else and COMMIT, in one round trip.
+    let changed: Vec<(u32, u32)> = stock
+        .iter()
+        .filter(|(id, c)| before[id] != c.inventory)
+        .map(|(id, c)| (*id, c.inventory))
+        .collect();
+    // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
+    // it by primary key. Every row is locked by the SELECT … FOR UPDATE above and
+    // changes. STRAIGHT_JOIN: for large batches the optimizer would rather scan all of
+    // commodity, and an UPDATE locks what it scans, other workers' rows included
+    // (deadlocks). Measured per row: half the cost of `UPDATE … SET inventory = CASE id
+    // …` (its CASE is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an
+    // insert first, and a join with JSON_TABLE was slower still.
+    if !changed.is_empty() {
+        sql.push_str(STOCK_TABLE);
+        sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, inventory) VALUES ");
+        for (i, (id, inv)) in changed.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            write!(sql, "({id},{inv})").unwrap();
+        }
+        sql.push_str(
+            "; UPDATE settle_stock s STRAIGHT_JOIN commodity c ON c.id = s.id SET c.inventory = s.inventory; \
+             SET @n = ROW_COUNT(); ",
+        );
+    }
+    let mut delta: BTreeMap<Currency, (Decimal, u64)> = BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.reason.is_none()) {
+        let e = delta.entry(o.initiator).or_default();
+        e.0 += o.paid;
+        e.1 += 1;
+    }
+    // The totals rows exist (prepare_partition); if one did not, inserting it would
+    // still be right.
+    if !delta.is_empty() {
+        sql.push_str("INSERT INTO totals (`partition`, currency, total, orders) VALUES ");
+        for (i, (c, (t, n))) in delta.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            write!(sql, "({partition},'{c}',{t},{n})").unwrap();
+        }
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders); ",
+        );
+    }
+    if let Some(c) = state.unrecorded {
+        sql.push_str(&c.insert_sql());
+        sql.push_str("; ");
+    }
+    // The next offset, written only if the checks hold (else NULL: an error). An INSERT,
+    // so that a missing row (@o NULL) fails too instead of updating nothing.
+    write!(
+        sql,
+        "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES \
+         (X'{topic_hex}', {partition}, IF(@o <= {first_todo} AND @c = {corrected} AND @n = {}, {next_offset}, NULL), {settled_at}) \
+         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at); \
+         COMMIT",
+        changed.len()
+    )
+    .unwrap();
+    *commit_sent = true;
+    match conn.query_drop(sql).await {
+        Ok(()) => {}
+        Err(mysql_async::Error::Server(e)) => {
+            // The server stopped at the failing statement: COMMIT did not run.
+            *commit_sent = false;
+            if e.code == ER_BAD_NULL_ERROR {
+                conn.query_drop("ROLLBACK").await?;
+                let (o, c, n): (Option<i64>, Option<i64>, Option<i64>) = conn
+                    .query_first("SELECT @o, @c, @n")
+                    .await?
+                    .unwrap_or_default();
+                return Err(Failure::Fatal(anyhow::anyhow!(
+                    "settlement checks failed for partition {partition}: stored offset {o:?} \
+                     (expected at most {first_todo}; none: run prepare_partition first), \
+                     {c:?} results corrected of {corrected}, {n:?} stock rows updated of {}",
+                    changed.len()
+                )));
+            }
+            return Err(Failure::Retry(e.into()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.unrecorded = None;
+    state.stock.extend(stock);
+    Ok(outcomes)
+}
+
+/// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
+const ER_DUP_ENTRY: u16 = 1062;
+const ER_BAD_NULL_ERROR: u16 = 1048;
+
+/// Decide `todo` in order against the worker's view of the stock (not changing it).
+fn guess(
+    todo: &[Settling<'_>],
+    ids: &BTreeSet<u32>,
+    state: &SettleState,
+) -> Result<Vec<model::Decision>, Failure> {
+    let mut view: HashMap<u32, Commodity> = ids
         .iter()
         .filter_map(|id| state.stock.get(id).map(|c| (*id, *c)))
         .collect();
-    let settled_at = now_ms();
-    let mut guessed = Vec::with_capacity(todo.len());
-    for s in &todo {
-        let d = decide(s.order, &mut guess, s.rates)
-            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
-            .map_err(Failure::Fatal)?;
-        guessed.push(d);
-    }
-    // One multi-row insert, in text: one round trip whatever the batch's size (on a busy
-    // machine each round trip waits for both ends to be scheduled). Every value is a
-    // number, a validated code, or hex: nothing to escape.
+    todo.iter()
+        .map(|s| {
+            decide(s.order, &mut view, s.rates)
+                .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
+                .map_err(Failure::Fatal)
+        })
+        .collect()
+}
+
+/// One multi-row insert of `todo`'s results, in text: one round trip whatever the
+/// batch's size. Every value is a number, a validated code, or hex: nothing to escape.
+fn results_sql(
+    todo: &[Settling<'_>],
+    decisions: &[model::Decision],
+    partition: i32,
+    settled_at: i64,
+) -> String {
     let mut sql = String::with_capacity(256 + todo.len() * 220);
     sql.push_str(INSERT_RESULTS);
-    for (i, (s, d)) in todo.iter().zip(&guessed).enumerate() {
+    for (i, (s, d)) in todo.iter().zip(decisions).enumerate() {
         let ord = s.order;
         if i > 0 {
             sql.push(',');
@@ -288,146 +521,7 @@ async fn attempt_batch(
         )
         .unwrap();
     }
-    if !todo.is_empty() {
-        tx.query_drop(sql).await?;
-        if tx.affected_rows() != todo.len() as u64 {
-            return Err(Failure::Retry(anyhow::anyhow!(
-                "inserting {} results inserted {}",
-                todo.len(),
-                tx.affected_rows()
-            )));
-        }
-    }
-
-    // 2. Lock the commodities (in id order) and decide again against the locked stock;
-    //    correct the results whose decision changed.
-    let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
-    if !ids.is_empty() {
-        let sql = format!(
-            "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
-            join(ids.iter())
-        );
-        stock.extend(commodities(tx.query(sql).await?)?);
-    }
-    let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
-    let mut outcomes = Vec::with_capacity(todo.len());
-    for (s, g) in todo.iter().zip(&guessed) {
-        let d = decide(s.order, &mut stock, s.rates)
-            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
-            .map_err(Failure::Fatal)?;
-        if d != *g {
-            tx.exec_drop(
-                format!(
-                    "UPDATE result SET success = ?, reason = {}, paid = ? WHERE order_id = ?",
-                    reason_sql(d.reason)
-                ),
-                (d.reason.is_none(), d.paid, s.order.order_id.to_string()),
-            )
-            .await?;
-            if tx.affected_rows() != 1 {
-                return Err(Failure::Fatal(anyhow::anyhow!(
-                    "correcting the result of order {} touched {} rows",
-                    s.order.order_id,
-                    tx.affected_rows()
-                )));
-            }
-        }
-        outcomes.push(Outcome {
-            order_id: s.order.order_id,
-            initiator: s.order.initiator,
-            epoch: s.epoch,
-            reason: d.reason,
-            paid: d.paid,
-            accepted_at: s.order.accepted_at,
-            settled_at,
-        });
-    }
-
-    let changed: Vec<(u32, u32)> = stock
-        .iter()
-        .filter(|(id, c)| before[id] != c.inventory)
-        .map(|(id, c)| (*id, c.inventory))
-        .collect();
-    // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
-    // it by primary key; the three statements go in one round trip (the rows are locked
-    // meanwhile). Every row is locked by the SELECT … FOR UPDATE above and changes.
-    // STRAIGHT_JOIN: for large batches the optimizer would rather scan all of commodity,
-    // and an UPDATE locks what it scans, other workers' rows included (deadlocks).
-    // Measured per row: half the cost of `UPDATE … SET inventory = CASE id …` (its CASE
-    // is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert first, and
-    // a join with JSON_TABLE was slower still.
-    if !changed.is_empty() {
-        let mut sql = String::with_capacity(changed.len() * 16 + 256);
-        sql.push_str(STOCK_TABLE);
-        sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, inventory) VALUES ");
-        for (i, (id, inv)) in changed.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            write!(sql, "({id},{inv})").unwrap();
-        }
-        sql.push_str(
-            "; UPDATE settle_stock s STRAIGHT_JOIN commodity c ON c.id = s.id SET c.inventory = s.inventory",
-        );
-        // query_drop, not query_iter: iterating a multi-statement result loses an error
-        // of a later statement (mysql_async 0.37); query_drop returns it, and the server
-        // runs none of the statements after it.
-        tx.query_drop(sql).await?;
-        let updated = tx.affected_rows(); // the last statement's: the UPDATE
-        if updated != changed.len() as u64 {
-            return Err(Failure::Fatal(anyhow::anyhow!(
-                "stock update changed {updated} rows for {} changed commodities",
-                changed.len()
-            )));
-        }
-    }
-
-    let mut delta: BTreeMap<Currency, (Decimal, u64)> = BTreeMap::new();
-    for o in outcomes.iter().filter(|o| o.reason.is_none()) {
-        let e = delta.entry(o.initiator).or_default();
-        e.0 += o.paid;
-        e.1 += 1;
-    }
-    // Totals delta, the last batch's commit record and the partition's next offset: one
-    // round trip (query_drop: an error in any statement is returned, and stops the
-    // rest). The totals rows exist (prepare_partition), and if one did not, inserting it
-    // would still be right. The offsets row must exist: its UPDATE goes last, and its
-    // affected-row count is the one the server reports.
-    let mut sql = String::with_capacity(512);
-    if !delta.is_empty() {
-        sql.push_str("INSERT INTO totals (`partition`, currency, total, orders) VALUES ");
-        for (i, (c, (t, n))) in delta.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            write!(sql, "({partition},'{c}',{t},{n})").unwrap();
-        }
-        sql.push_str(
-            " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders); ",
-        );
-    }
-    if let Some(c) = state.unrecorded {
-        sql.push_str(&c.insert_sql());
-        sql.push_str("; ");
-    }
-    write!(
-        sql,
-        "UPDATE offsets SET next_offset = {next_offset}, updated_at = {settled_at} \
-         WHERE topic = X'{}' AND `partition` = {partition}",
-        Hex(topic.as_bytes())
-    )
-    .unwrap();
-    tx.query_drop(sql).await?;
-    if tx.affected_rows() != 1 {
-        return Err(Failure::Fatal(anyhow::anyhow!(
-            "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
-        )));
-    }
-    *commit_sent = true;
-    tx.commit().await?;
-    state.unrecorded = None;
-    state.stock.extend(stock);
-    Ok(outcomes)
+    sql
 }
 
 /// The scratch table of a connection's stock update (temporary: private to the

@@ -381,6 +381,103 @@ async fn each_batch_is_logged_with_its_commit_time() {
     drop_db(&db, pool, dir).await;
 }
 
+#[tokio::test]
+async fn a_replayed_batch_settles_only_what_was_not_committed() {
+    let (db, pool, dir, rates) = fresh_db("replay", 1).await;
+    let orders: Vec<Order> = (0..6).map(|_| order("u-p", 2, 1)).collect();
+    let batch = |from: usize, to: usize| -> Vec<Settling> {
+        (from..to)
+            .map(|i| settling(i as i64, &orders[i], &rates))
+            .collect()
+    };
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &batch(0, 3),
+        3,
+        &mut SettleState::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.len(), 3);
+    // After a restart, Kafka is read again from an earlier offset: 1 and 2 are settled
+    // already, 3–5 are new.
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &batch(1, 6),
+        6,
+        &mut SettleState::default(),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<Uuid> = out.iter().map(|o| o.order_id).collect();
+    let new: Vec<Uuid> = orders[3..].iter().map(|o| o.order_id).collect();
+    assert_eq!(
+        ids, new,
+        "only the orders not committed before are reported"
+    );
+    // A batch wholly committed before: nothing done, nothing reported.
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &batch(0, 3),
+        3,
+        &mut SettleState::default(),
+    )
+    .await
+    .unwrap();
+    assert!(out.is_empty());
+    let mut conn = pool.get_conn().await.unwrap();
+    let (results, inventory, next, orders_total): (u64, u32, i64, u64) = conn
+        .query_first(
+            "SELECT (SELECT COUNT(*) FROM result), \
+             (SELECT inventory FROM commodity WHERE id = 2), \
+             (SELECT next_offset FROM offsets WHERE `partition` = 0), \
+             (SELECT orders FROM totals WHERE `partition` = 0)",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((results, inventory, next, orders_total), (6, 10 - 6, 6, 6));
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
+async fn a_partition_without_an_offsets_row_settles_nothing() {
+    let (db, pool, dir, rates) = fresh_db("nooffsets", 1).await;
+    let o = order("u-n", 2, 1);
+    let err = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        7, // not prepared
+        &[settling(0, &o, &rates)],
+        1,
+        &mut SettleState::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("prepare_partition"),
+        "the error says what to do: {err:#}"
+    );
+    let mut conn = pool.get_conn().await.unwrap();
+    let (results, inventory): (u64, u32) = conn
+        .query_first(
+            "SELECT (SELECT COUNT(*) FROM result), (SELECT inventory FROM commodity WHERE id = 2)",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((results, inventory), (0, 10), "rolled back");
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
 type BatchRow = (i32, i64, i64, u32, i64, i64);
 
 async fn batches(conn: &mut mysql_async::Conn) -> mysql_async::Result<Vec<BatchRow>> {
