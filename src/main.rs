@@ -179,7 +179,10 @@ fn run(cli: Cli) -> Result<()> {
             ))?;
             harness::report(&verdicts, "")
         }
-        Command::Bench(args) => rt()?.block_on(bench::run(&cfg, args)),
+        // One thread, like ingest: the load generator's requests and their answers meet
+        // on it instead of handing off between threads.
+        Command::Bench(args) => runtime(tokio::runtime::Builder::new_current_thread())?
+            .block_on(bench::run(&cfg, args)),
     }
 }
 
