@@ -181,8 +181,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         // One thread, like ingest: the load generator's requests and their answers meet
         // on it instead of handing off between threads.
-        Command::Bench(args) => runtime(tokio::runtime::Builder::new_current_thread())?
-            .block_on(bench::run(&cfg, args)),
+        Command::Bench(args) => {
+            runtime(tokio::runtime::Builder::new_current_thread())?.block_on(bench::run(&cfg, args))
+        }
     }
 }
 

@@ -323,7 +323,8 @@ impl Broker {
         loop {
             appended.borrow_and_update();
             let (res, bytes) = self.fetch_now(&req);
-            if bytes > 0 || req.min_bytes <= 0 {
+            // min_bytes of records, or whatever there is at the deadline.
+            if bytes >= req.min_bytes.max(0) as usize {
                 return res;
             }
             if tokio::time::timeout_at(deadline, appended.changed())

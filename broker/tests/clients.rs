@@ -53,13 +53,21 @@ async fn produce(addr: SocketAddr, range: std::ops::Range<u32>) -> Vec<(i32, i64
     out
 }
 
-/// Read `n` messages of `partition` from `from`: (offset, payload).
-fn consume(addr: SocketAddr, partition: i32, from: i64, n: usize) -> Vec<(i64, String)> {
+/// Read `n` messages of `partition` from `from`: (offset, payload), fetching with
+/// `min_bytes`.
+fn consume(
+    addr: SocketAddr,
+    partition: i32,
+    from: i64,
+    n: usize,
+    min_bytes: u32,
+) -> Vec<(i64, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr.to_string())
         .set("group.id", "test")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.min.bytes", min_bytes.to_string())
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -95,7 +103,7 @@ async fn produce_consume_and_restart() {
         offsets.sort_unstable();
         assert_eq!(offsets, (0..500).collect::<Vec<_>>(), "partition {p}");
     }
-    let read = tokio::task::spawn_blocking(move || consume(addr, 1, 0, 500))
+    let read = tokio::task::spawn_blocking(move || consume(addr, 1, 0, 500, 1))
         .await
         .unwrap();
     let want: Vec<(i64, String)> = (0..500).map(|k| (k, format!("m{}", 2 * k + 1))).collect();
@@ -113,7 +121,8 @@ async fn produce_consume_and_restart() {
         acks.iter().all(|&(_, o)| (500..505).contains(&o)),
         "{acks:?}"
     );
-    let read = tokio::task::spawn_blocking(move || consume(addr, 0, 498, 7))
+    // Fewer bytes than the fetch's minimum: they come when its wait is over.
+    let read = tokio::task::spawn_blocking(move || consume(addr, 0, 498, 7, 1 << 20))
         .await
         .unwrap();
     let want: Vec<(i64, String)> = [996, 998, 1000, 1002, 1004, 1006, 1008]
