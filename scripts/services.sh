@@ -99,7 +99,7 @@ mysql_up() {
     --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user=root \
     --log-error="$MY/error.log" --skip-name-resolve --max-connections=1000 \
     --innodb-buffer-pool-size=2G --innodb-log-file-size=2G \
-    --innodb-io-capacity=2000 --innodb-io-capacity-max=8000 \
+    --innodb-io-capacity=2000 --innodb-io-capacity-max=8000 --local-infile=1 \
     </dev/null >/dev/null 2>&1 9>&- &
   wait_until_up MariaDB $! mysql_ping "$MY/error.log"
   mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot <<'SQL'

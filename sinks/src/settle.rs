@@ -49,6 +49,8 @@ pub struct Outcome {
 pub struct SettleState {
     stock: HashMap<u32, Commodity>,
     unrecorded: Option<Committed>,
+    /// Results go in as INSERTs: the server refused LOAD DATA LOCAL.
+    insert_results: bool,
 }
 
 /// One settlement transaction, as kept in `settle_batches`: its partition's offsets
@@ -285,27 +287,25 @@ async fn settle_on(
         "START TRANSACTION; SET @o = NULL, @n = 0, @c = 0; \
          SELECT next_offset INTO @o FROM offsets WHERE topic = X'{topic_hex}' AND `partition` = {partition} FOR UPDATE"
     );
-    let fast = if todo.is_empty() {
-        Err(None)
-    } else {
-        let sql = format!(
-            "{begin}; {}",
-            results_sql(todo, &guessed, partition, settled_at)
-        );
-        match conn.query_drop(sql).await {
-            Ok(()) => Ok(()),
+    let fast = !todo.is_empty()
+        && write_results(
+            conn,
+            &format!("{begin}; "),
+            todo,
+            &guessed,
+            partition,
+            settled_at,
+            state,
+        )
+        .await?;
+    if !fast {
+        if !todo.is_empty() {
             // Some of these results exist: part of the batch was committed before.
-            Err(mysql_async::Error::Server(e)) if e.code == ER_DUP_ENTRY => Err(Some(e)),
-            Err(e) => return Err(e.into()),
-        }
-    };
-    if let Err(dup) = fast {
-        if let Some(e) = dup {
-            tracing::debug!(partition, "part of the batch was committed before: {e}");
+            tracing::debug!(partition, "part of the batch was committed before");
             conn.query_drop("ROLLBACK").await?;
         }
         // The slow way: read the stored offset, settle only what lies at or above it.
-        conn.query_drop(begin).await?;
+        conn.query_drop(&begin).await?;
         let done_below: Option<i64> = conn.query_first("SELECT @o").await?;
         let Some(done_below) = done_below else {
             return Err(Failure::Fatal(anyhow::anyhow!(
@@ -325,9 +325,12 @@ async fn settle_on(
         }
         todo = &batch[batch.partition_point(|s| s.offset < done_below)..];
         guessed = guess(todo, &ids, state)?;
-        if !todo.is_empty() {
-            conn.query_drop(results_sql(todo, &guessed, partition, settled_at))
-                .await?;
+        if !todo.is_empty()
+            && !write_results(conn, "", todo, &guessed, partition, settled_at, state).await?
+        {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "partition {partition}: results exist for orders at or above the stored offset {done_below}"
+            )));
         }
     }
     let first_todo = todo.first().map_or(next_offset, |s| s.offset);
@@ -466,6 +469,118 @@ async fn settle_on(
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
 const ER_DUP_ENTRY: u16 = 1062;
 const ER_BAD_NULL_ERROR: u16 = 1048;
+/// What a server with `local_infile` off answers LOAD DATA LOCAL (MariaDB 10.11 gives
+/// 4166, MySQL 8 3948, older servers 1148).
+const LOCAL_INFILE_REFUSED: [u16; 3] = [4166, 3948, 1148];
+
+/// Write `todo`'s results, after the statements `prefix`, in one round trip. Ok(false)
+/// when some of them exist already (part of the batch was committed before): the
+/// caller rolls back.
+///
+/// As LOAD DATA LOCAL: the server parses tab-separated lines instead of SQL, about a
+/// third less of its CPU per result than a multi-row INSERT (measured: 108,000 rows in
+/// batches of 108). A server that refuses it (`local_infile` off) gets INSERTs from
+/// then on.
+async fn write_results(
+    conn: &mut mysql_async::Conn,
+    prefix: &str,
+    todo: &[Settling<'_>],
+    decisions: &[model::Decision],
+    partition: i32,
+    settled_at: i64,
+    state: &mut SettleState,
+) -> Result<bool, Failure> {
+    let n = todo.len() as u64;
+    if state.insert_results {
+        return match conn
+            .query_drop(format!(
+                "{prefix}{}",
+                results_sql(todo, decisions, partition, settled_at)
+            ))
+            .await
+        {
+            Ok(()) => Ok(conn.affected_rows() == n),
+            Err(mysql_async::Error::Server(e)) if e.code == ER_DUP_ENTRY => Ok(false),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let data = bytes::Bytes::from(results_tsv(todo, decisions, partition, settled_at));
+    conn.set_infile_handler(async move {
+        use futures_util::StreamExt as _;
+        Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
+    });
+    match conn.query_drop(format!("{prefix}{LOAD_RESULTS}")).await {
+        Ok(()) => {}
+        Err(mysql_async::Error::Server(e)) if LOCAL_INFILE_REFUSED.contains(&e.code) => {
+            tracing::warn!("the server refuses LOAD DATA LOCAL ({e}): results go in as INSERTs");
+            state.insert_results = true;
+            return Err(Failure::Retry(e.into()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // LOCAL: the server cannot stop the client's upload half way, so a row with a
+    // duplicate key is skipped with a warning rather than failing the statement.
+    if conn.affected_rows() < n {
+        return Ok(false);
+    }
+    if conn.get_warnings() > 0 {
+        let warnings: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await?;
+        return Err(Failure::Fatal(anyhow::anyhow!(
+            "writing {n} results: {warnings:?}"
+        )));
+    }
+    Ok(true)
+}
+
+/// Reads the rows of `results_tsv` (MySQL's defaults: tab-separated, `\` escapes,
+/// `\N` is NULL; binary: the user id's bytes as they are).
+const LOAD_RESULTS: &str =
+    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary \
+    (order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, client_time, \
+    accepted_at, settled_at, `partition`, `offset`)";
+
+/// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
+/// the user id can hold a tab, newline, backslash or NUL: those are escaped.
+fn results_tsv(
+    todo: &[Settling<'_>],
+    decisions: &[model::Decision],
+    partition: i32,
+    settled_at: i64,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(todo.len() * 160);
+    for (s, d) in todo.iter().zip(decisions) {
+        let ord = s.order;
+        write!(out, "{}\t", ord.order_id.hyphenated()).unwrap();
+        for &b in ord.user_id.as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                0 => out.extend_from_slice(b"\\0"),
+                b => out.push(b),
+            }
+        }
+        writeln!(
+            out,
+            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            ord.initiator.as_str(),
+            u8::from(d.reason.is_none()),
+            d.reason.map_or("\\N", |r| r.as_str()),
+            d.paid,
+            s.rates.version,
+            s.epoch,
+            items_text(ord),
+            ord.time.map_or("\\N".into(), |t| t.to_string()),
+            ord.accepted_at,
+            settled_at,
+            partition,
+            s.offset,
+        )
+        .unwrap();
+    }
+    out
+}
 
 /// Decide `todo` in order against the worker's view of the stock (not changing it).
 fn guess(

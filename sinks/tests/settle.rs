@@ -313,7 +313,8 @@ async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
 async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
     let (db, pool, dir, rates) = fresh_db("quote", 1).await;
     let mut state = SettleState::default();
-    let user = "o'brien\\\"; DROP TABLE result; -- ü";
+    // Quotes and backslashes (SQL), tab, newline, NUL and a literal \N (LOAD DATA).
+    let user = "o'brien\\\"; DROP TABLE result; -- ü\t\n\0\\N";
     let o = order(user, 2, 1);
     dtss_sinks::settle_batch(
         &pool,
@@ -474,6 +475,39 @@ async fn a_partition_without_an_offsets_row_settles_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!((results, inventory), (0, 10), "rolled back");
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
+async fn results_go_in_as_inserts_when_the_server_refuses_load_data() {
+    let (db, pool, dir, rates) = fresh_db("infile", 2).await;
+    let mut conn = pool.get_conn().await.unwrap();
+    // Server-wide: this test runs alone (--test-threads=1), and settlement falls back
+    // to INSERTs if it were left off.
+    conn.query_drop("SET GLOBAL local_infile = 0")
+        .await
+        .unwrap();
+    let orders: Vec<Order> = (0..3).map(|i| order(&format!("u-i{i}\t"), 2, 1)).collect();
+    let batch: Vec<Settling> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, o)| settling(i as i64, o, &rates))
+        .collect();
+    let mut state = SettleState::default();
+    let out = dtss_sinks::settle_batch(&pool, "orders", 0, &batch, 3, &mut state).await;
+    // With INSERTs from then on, a replayed batch is still recognised as settled.
+    let again = dtss_sinks::settle_batch(&pool, "orders", 0, &batch[1..], 3, &mut state).await;
+    conn.query_drop("SET GLOBAL local_infile = 1")
+        .await
+        .unwrap();
+    assert_eq!(out.unwrap().len(), 3);
+    assert!(again.unwrap().is_empty());
+    let users: Vec<String> = conn
+        .query("SELECT CAST(user_id AS CHAR) FROM result ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(users, vec!["u-i0\t", "u-i1\t", "u-i2\t"]);
     drop(conn);
     drop_db(&db, pool, dir).await;
 }
