@@ -145,17 +145,13 @@ pub async fn settle_batch(
     // still have landed, and the next attempt must report what it committed.
     let mut commit_sent = false;
     for attempt in 1.. {
-        match attempt_batch(
-            pool,
+        let job = Job {
             topic,
             partition,
             batch,
             next_offset,
-            state,
-            &mut commit_sent,
-        )
-        .await
-        {
+        };
+        match attempt_batch(pool, job, state, &mut commit_sent).await {
             Ok(out) => {
                 if commit_sent {
                     state.unrecorded = Some(Committed {
@@ -198,12 +194,18 @@ impl From<mysql_async::Error> for Failure {
     }
 }
 
+/// One batch, as `settle_batch` was given it.
+#[derive(Clone, Copy)]
+struct Job<'a, 'b> {
+    topic: &'a str,
+    partition: i32,
+    batch: &'a [Settling<'b>],
+    next_offset: i64,
+}
+
 async fn attempt_batch(
     pool: &Pool,
-    topic: &str,
-    partition: i32,
-    batch: &[Settling<'_>],
-    next_offset: i64,
+    job: Job<'_, '_>,
     state: &mut SettleState,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
@@ -212,16 +214,7 @@ async fn attempt_batch(
     // mysql_async does not track: should this future be dropped half way, the pool must
     // reset the connection (rolling back) rather than hand on an open transaction.
     conn.reset_connection(true);
-    let out = settle_on(
-        &mut conn,
-        topic,
-        partition,
-        batch,
-        next_offset,
-        state,
-        commit_sent,
-    )
-    .await;
+    let out = settle_on(&mut conn, job, state, commit_sent).await;
     match &out {
         Ok(_) => conn.reset_connection(false),
         Err(_) => {
@@ -238,9 +231,9 @@ async fn attempt_batch(
 /// The transaction, in three round trips:
 ///
 /// 1. `START TRANSACTION`, lock the partition's offsets row (its value kept in `@o`),
-///    insert the result rows as decided against the worker's view: none of these rows
-///    exists unless part of the batch was committed before, and then the insert fails
-///    on a duplicate key and the batch goes the slow way (`resume`);
+///    write the result rows as decided against the worker's view (`write_results`):
+///    none of these rows exists unless part of the batch was committed before, and then
+///    the batch goes the slow way, reading the stored offset first;
 /// 2. lock and read the batch's commodities;
 /// 3. correct the results whose decision changed under the lock, write stock, the
 ///    totals delta, the last batch's commit record and the next offset, `COMMIT`.
@@ -250,16 +243,18 @@ async fn attempt_batch(
 /// column is an error, and no statement after it runs): the next offset is written
 /// only if the stored offset was at most the batch's first, and every correction and
 /// stock update touched one row.
-#[allow(clippy::too_many_arguments)]
 async fn settle_on(
     conn: &mut mysql_async::Conn,
-    topic: &str,
-    partition: i32,
-    batch: &[Settling<'_>],
-    next_offset: i64,
+    job: Job<'_, '_>,
     state: &mut SettleState,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
+    let Job {
+        topic,
+        partition,
+        batch,
+        next_offset,
+    } = job;
     let topic_hex = Hex(topic.as_bytes()).to_string();
     let ids: BTreeSet<u32> = batch
         .iter()

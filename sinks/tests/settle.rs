@@ -386,52 +386,30 @@ async fn each_batch_is_logged_with_its_commit_time() {
 async fn a_replayed_batch_settles_only_what_was_not_committed() {
     let (db, pool, dir, rates) = fresh_db("replay", 1).await;
     let orders: Vec<Order> = (0..6).map(|_| order("u-p", 2, 1)).collect();
-    let batch = |from: usize, to: usize| -> Vec<Settling> {
-        (from..to)
+    // Offsets from..to, by a worker just started (no view of the stock yet).
+    let settle = |from: usize, to: usize| {
+        let batch: Vec<Settling> = (from..to)
             .map(|i| settling(i as i64, &orders[i], &rates))
-            .collect()
+            .collect();
+        let pool = pool.clone();
+        async move {
+            let mut state = SettleState::default();
+            dtss_sinks::settle_batch(&pool, "orders", 0, &batch, to as i64, &mut state)
+                .await
+                .unwrap()
+        }
     };
-    let out = dtss_sinks::settle_batch(
-        &pool,
-        "orders",
-        0,
-        &batch(0, 3),
-        3,
-        &mut SettleState::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.len(), 3);
+    assert_eq!(settle(0, 3).await.len(), 3);
     // After a restart, Kafka is read again from an earlier offset: 1 and 2 are settled
     // already, 3–5 are new.
-    let out = dtss_sinks::settle_batch(
-        &pool,
-        "orders",
-        0,
-        &batch(1, 6),
-        6,
-        &mut SettleState::default(),
-    )
-    .await
-    .unwrap();
-    let ids: Vec<Uuid> = out.iter().map(|o| o.order_id).collect();
+    let ids: Vec<Uuid> = settle(1, 6).await.iter().map(|o| o.order_id).collect();
     let new: Vec<Uuid> = orders[3..].iter().map(|o| o.order_id).collect();
     assert_eq!(
         ids, new,
         "only the orders not committed before are reported"
     );
     // A batch wholly committed before: nothing done, nothing reported.
-    let out = dtss_sinks::settle_batch(
-        &pool,
-        "orders",
-        0,
-        &batch(0, 3),
-        3,
-        &mut SettleState::default(),
-    )
-    .await
-    .unwrap();
-    assert!(out.is_empty());
+    assert!(settle(0, 3).await.is_empty());
     let mut conn = pool.get_conn().await.unwrap();
     let (results, inventory, next, orders_total): (u64, u32, i64, u64) = conn
         .query_first(
