@@ -4,10 +4,11 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 /// A pool for `url` holding at most `max` connections, which it keeps open while in use
 /// (idle ones close after a minute). Every session reads committed data (no gap locks;
-/// see settle.rs) in strict mode. Connections go back to the pool without a COM_RESET_CONNECTION: that
-/// costs a round trip and throws away the connection's prepared statements, which
-/// settlement relies on keeping; every transaction here ends in a commit or a rollback
-/// (mysql_async rolls back one left open).
+/// see settle.rs) in strict mode. Connections go back to the pool without a
+/// COM_RESET_CONNECTION: that costs a round trip and throws away the session (prepared
+/// statements, settlement's temporary table). Settlement ends each transaction with a
+/// commit or a rollback, and turns the reset on while one is open, for a connection
+/// dropped half way.
 pub fn connect(url: &str, max: usize) -> Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
     // With min 0 and no idle TTL, mysql_async closes every connection handed back: a new

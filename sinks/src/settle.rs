@@ -275,7 +275,13 @@ async fn settle_on(
     }
     let settled_at = now_ms();
 
-    // 1. Begin, lock the offsets row, insert the results as guessed.
+    // 1. Begin, lock the offsets row, insert the results as guessed. READ COMMITTED (the
+    //    session's level, set by `connect`): no gap locks; FOR UPDATE still locks every
+    //    row it reads, and rows are always locked offsets → commodities (by id) → own
+    //    totals, so two workers can wait on each other but never deadlock.
+    //    Multi-statements go through query_drop, never query_iter: iterating a
+    //    multi-statement result loses an error of a later statement (mysql_async 0.37);
+    //    query_drop returns it, and the server runs none of the statements after it.
     let mut todo: &[Settling] = batch;
     let mut guessed = guess(todo, &ids, state)?;
     let begin = format!(
@@ -461,6 +467,15 @@ async fn settle_on(
     Ok(outcomes)
 }
 
+/// The columns a result row is written with, in the order `results_sql` and
+/// `results_tsv` give them.
+macro_rules! result_columns {
+    () => {
+        "(order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, \
+         client_time, accepted_at, settled_at, `partition`, `offset`)"
+    };
+}
+
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
 const ER_DUP_ENTRY: u16 = 1062;
 const ER_BAD_NULL_ERROR: u16 = 1048;
@@ -529,10 +544,10 @@ async fn write_results(
 
 /// Reads the rows of `results_tsv` (MySQL's defaults: tab-separated, `\` escapes,
 /// `\N` is NULL; binary: the user id's bytes as they are).
-const LOAD_RESULTS: &str =
-    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary \
-    (order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, client_time, \
-    accepted_at, settled_at, `partition`, `offset`)";
+const LOAD_RESULTS: &str = concat!(
+    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary ",
+    result_columns!()
+);
 
 /// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
 /// the user id can hold a tab, newline, backslash or NUL: those are escaped.
@@ -640,8 +655,7 @@ fn results_sql(
 const STOCK_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS settle_stock \
     (id INT UNSIGNED NOT NULL PRIMARY KEY, inventory INT UNSIGNED NOT NULL) ENGINE=MEMORY;";
 
-const INSERT_RESULTS: &str = "INSERT INTO result (order_id, user_id, initiator, success, reason, \
-    paid, rate_version, epoch, items, client_time, accepted_at, settled_at, `partition`, `offset`) VALUES ";
+const INSERT_RESULTS: &str = concat!("INSERT INTO result ", result_columns!(), " VALUES ");
 
 /// Bytes as hex digits, for an `X'…'` literal.
 struct Hex<'a>(&'a [u8]);
