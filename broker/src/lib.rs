@@ -320,27 +320,40 @@ impl Broker {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
         let mut appended = self.appended.subscribe();
+        // min_bytes of records, or whatever there is at the deadline. While waiting,
+        // only count what there is: the response is built once.
         loop {
             appended.borrow_and_update();
-            let (res, bytes) = self.fetch_now(&req);
-            // min_bytes of records, or whatever there is at the deadline.
-            if bytes >= req.min_bytes.max(0) as usize {
-                return res;
-            }
-            if tokio::time::timeout_at(deadline, appended.changed())
-                .await
-                .is_err()
+            if self.fetchable(&req) >= req.min_bytes.max(0) as usize
+                || tokio::time::timeout_at(deadline, appended.changed())
+                    .await
+                    .is_err()
             {
-                return res;
+                return self.fetch_now(&req);
             }
         }
     }
 
-    /// What a fetch gets now, and how many bytes of records that is.
-    fn fetch_now(&self, req: &FetchRequest) -> (FetchResponse, usize) {
+    /// How many bytes of records a fetch would get now (each partition up to its
+    /// maximum).
+    fn fetchable(&self, req: &FetchRequest) -> usize {
+        let mut total = 0;
+        for topic in &req.topics {
+            for fp in &topic.partitions {
+                if let Some(log) = self.partition(&topic.topic.0, fp.partition) {
+                    let log = log.lock().expect("log lock");
+                    let max = fp.partition_max_bytes.max(1) as usize;
+                    total += log.readable(fp.fetch_offset, max).unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    /// What a fetch gets now.
+    fn fetch_now(&self, req: &FetchRequest) -> FetchResponse {
         let mut res = FetchResponse::default();
         let mut budget = req.max_bytes.max(1) as usize;
-        let mut total = 0;
         for topic in &req.topics {
             let mut tr = FetchableTopicResponse::default();
             tr.topic = topic.topic.clone();
@@ -360,7 +373,6 @@ impl Broker {
                             None => pd.error_code = OFFSET_OUT_OF_RANGE,
                             Some(records) => {
                                 budget = budget.saturating_sub(records.len());
-                                total += records.len();
                                 pd.records = Some(records);
                             }
                         }
@@ -372,7 +384,7 @@ impl Broker {
             }
             res.responses.push(tr);
         }
-        (res, total)
+        res
     }
 
     fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {

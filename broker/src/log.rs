@@ -290,18 +290,34 @@ impl PartitionLog {
     /// Whole batches from the one holding `offset`, at least one and then up to
     /// `max_bytes`; empty at the end of the log; `None` when `offset` is outside it.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        for b in self.batches_from(offset, max_bytes)? {
+            out.extend_from_slice(b);
+        }
+        Some(out.freeze())
+    }
+
+    /// How many bytes `read` would return, without copying them.
+    pub fn readable(&self, offset: i64, max_bytes: usize) -> Option<usize> {
+        Some(self.batches_from(offset, max_bytes)?.map(Bytes::len).sum())
+    }
+
+    fn batches_from(&self, offset: i64, max_bytes: usize) -> Option<impl Iterator<Item = &Bytes>> {
         if offset < self.start() || offset > self.end {
             return None;
         }
         let from = self.batches.partition_point(|b| b.last < offset);
-        let mut out = BytesMut::new();
-        for b in self.batches.range(from..) {
-            if !out.is_empty() && out.len() + b.bytes.len() > max_bytes {
-                break;
-            }
-            out.extend_from_slice(&b.bytes);
-        }
-        Some(out.freeze())
+        let mut len = 0;
+        Some(
+            self.batches
+                .range(from..)
+                .map(|b| &b.bytes)
+                .take_while(move |b| {
+                    let take = len == 0 || len + b.len() <= max_bytes;
+                    len += b.len();
+                    take
+                }),
+        )
     }
 
     /// Forget whole segments that end at or before `settled` (every message before it
