@@ -200,7 +200,9 @@ fn order_source<'s>(
                 let watermark = cfg.epoch_of(now - delay).max(*c.time());
                 c.downgrade(&watermark);
                 if !stop.load(Ordering::Relaxed) {
-                    tick.arm(Duration::from_millis(cfg.cluster.epoch_ms));
+                    // Run again when the next epoch closes, not an epoch from now: that
+                    // was up to one epoch late.
+                    tick.arm(Duration::from_millis(until_next_close(&cfg, now)));
                 } else {
                     tick.arm(Duration::from_millis(1));
                 }
@@ -208,6 +210,14 @@ fn order_source<'s>(
         },
     );
     (stream, wake.expect("source constructor ran"))
+}
+
+/// Milliseconds from `now` until the watermark `epoch_of(now − watermark_delay)` next
+/// moves on (at least 1).
+fn until_next_close(cfg: &Config, now: i64) -> u64 {
+    let delay = cfg.cluster.watermark_delay_ms as i64;
+    let next = (cfg.epoch_of(now - delay) + 1) as i64 * cfg.cluster.epoch_ms as i64 + delay;
+    (next - now).max(1) as u64
 }
 
 /// Rate tables from ZooKeeper, on worker 0 only, at the epoch they were observed in.
@@ -564,6 +574,31 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+
+    #[test]
+    fn the_source_runs_again_when_the_next_epoch_closes() {
+        let cfg = Config::parse(
+            "[cluster]\nprocesses = [\"127.0.0.1:2101\"]\nworkers_per_process = 1\n\
+             epoch_ms = 10\nwatermark_delay_ms = 20\n\
+             [currencies]\nbase = \"RMB\"\ninitial = { RMB = \"1\" }\n",
+        )
+        .unwrap();
+        // At 1,000,023 the watermark is epoch 100,000 (1,000,003 / 10); it becomes
+        // 100,001 at 1,000,030.
+        assert_eq!(until_next_close(&cfg, 1_000_023), 7);
+        assert_eq!(until_next_close(&cfg, 1_000_029), 1);
+        assert_eq!(until_next_close(&cfg, 1_000_030), 10);
+        for now in 1_000_000..1_000_100 {
+            let wait = until_next_close(&cfg, now) as i64;
+            assert!((1..=10).contains(&wait), "{now}: {wait}");
+            assert_eq!(
+                cfg.epoch_of(now + wait - 20),
+                cfg.epoch_of(now - 20) + 1,
+                "at {now}, waiting {wait} ms reaches the next watermark"
+            );
+            assert_eq!(cfg.epoch_of(now + wait - 1 - 20), cfg.epoch_of(now - 20));
+        }
+    }
 
     /// A source woken from outside many times within an epoch still runs about once per
     /// epoch afterwards: one pending timer, not one per wake-up.
