@@ -32,6 +32,7 @@ async fn serve(cfg: &Config) -> Result<()> {
     sinks::ensure_schema(&cfg.mysql.url).await?;
     let pool = sinks::connect(&cfg.mysql.url, 1)?;
     let settled = sinks::load_offsets(&pool, topic).await?;
+    refuse_unsettled_extra_partitions(&dir, topic, cfg.partitions(), &settled)?;
     let offsets = broker.offsets();
     let lost = offsets
         .iter()
@@ -102,6 +103,40 @@ async fn serve(cfg: &Config) -> Result<()> {
         let _ = std::fs::remove_file(&file);
     }
     tracing::info!("embedded broker stopped");
+    Ok(())
+}
+
+/// A log left by a cluster with more partitions (say `workers_per_process` lowered) has
+/// partitions no worker reads any more: fine if MySQL settled them to their end, else
+/// their orders would be stranded, so refuse to start.
+fn refuse_unsettled_extra_partitions(
+    dir: &std::path::Path,
+    topic: &str,
+    partitions: usize,
+    settled: &HashMap<i32, i64>,
+) -> Result<()> {
+    let extra = broker::Broker::logs_beyond(dir, topic, partitions)?;
+    let stranded: Vec<String> = extra
+        .iter()
+        .filter_map(|&(p, end)| {
+            let done = settled.get(&(p as i32)).copied().unwrap_or(0);
+            (end > done).then(|| format!("partition {p}: {} unsettled", end - done))
+        })
+        .collect();
+    anyhow::ensure!(
+        stranded.is_empty(),
+        "the broker log in {} holds orders of partitions the cluster no longer has ({}; it has \
+         {partitions}: cluster.processes × cluster.workers_per_process). Start once with the \
+         old workers_per_process so that they settle, then change it",
+        dir.display(),
+        stranded.join(", ")
+    );
+    if !extra.is_empty() {
+        tracing::info!(
+            "ignoring the broker log's partitions {:?}: settled to their end",
+            extra.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
     Ok(())
 }
 

@@ -77,6 +77,29 @@ impl Broker {
         }))
     }
 
+    /// The logs under `dir` of partitions `partitions` and above, which a broker opened
+    /// with `partitions` does not serve (left by a cluster with more workers): each as
+    /// (partition, next offset). Nothing is written.
+    pub fn logs_beyond(dir: &Path, topic: &str, partitions: usize) -> Result<Vec<(usize, i64)>> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(vec![]); // no log yet
+        };
+        let prefix = format!("{topic}-");
+        let mut extra: Vec<usize> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_prefix(&prefix)?.parse::<usize>().ok())
+            .filter(|p| *p >= partitions)
+            .collect();
+        extra.sort_unstable();
+        extra
+            .into_iter()
+            .map(|p| {
+                let log = PartitionLog::open(&dir.join(format!("{topic}-{p}")))?;
+                Ok((p, log.end()))
+            })
+            .collect()
+    }
+
     /// (first offset held, next offset) of every partition.
     pub fn offsets(&self) -> Vec<(i64, i64)> {
         self.partitions

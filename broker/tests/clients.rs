@@ -131,5 +131,8 @@ async fn produce_consume_and_restart() {
         .map(|(m, o)| (o, format!("m{m}")))
         .collect();
     assert_eq!(read, want);
+    // Opened for one partition, the log's second is reported, with where it ends.
+    assert_eq!(Broker::logs_beyond(&dir, TOPIC, 1).unwrap(), vec![(1, 505)]);
+    assert_eq!(Broker::logs_beyond(&dir, TOPIC, 2).unwrap(), vec![]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

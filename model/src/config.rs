@@ -382,7 +382,7 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
     #[test]
     fn shipped_configs_parse() {
         let local = Config::parse(include_str!("../../cluster.toml")).unwrap();
-        assert_eq!((local.partitions(), local.kafka.brokers.len()), (2, 0));
+        assert_eq!((local.partitions(), local.kafka.brokers.len()), (1, 0));
         let three = Config::parse(include_str!("../../deploy/cluster.3hosts.toml")).unwrap();
         assert_eq!((three.partitions(), three.kafka.brokers.len()), (6, 3));
     }
