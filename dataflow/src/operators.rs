@@ -1,5 +1,5 @@
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use model::{now_ms, Config, Currency, Decimal, RateTable};
-use sinks::{Outcome, Pool, Settling};
+use sinks::{Outcome, Pool};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::{source, Operator};
@@ -20,6 +20,10 @@ use crate::kafka::{spawn_reader, Read};
 
 /// Most orders settled in one MySQL transaction.
 const MAX_BATCH: usize = 5000;
+/// Jobs handed to the settlement thread and not yet committed, at most. While a batch
+/// commits the next one starts (see `sinks::Settlement`), made of every job handed over
+/// by then.
+const IN_FLIGHT: usize = 16;
 
 pub struct WorkerContext {
     pub cfg: Config,
@@ -342,12 +346,13 @@ fn show(rates: &[(Currency, Decimal)]) -> String {
         .join(" ")
 }
 
-/// Settle every epoch that both the orders and the rates have passed, as one
-/// transaction per (at most MAX_BATCH) orders, in offset order, on the worker's
-/// settlement thread. The timely worker never waits for MySQL: while a job is out it
-/// keeps reading and closing epochs (other workers' frontiers depend on it), and the
-/// epochs that close meanwhile make up the next job. Outcomes leave at the job's
-/// least epoch when it is committed; until then its capabilities hold the totals back.
+/// Settle every epoch that both the orders and the rates have passed, in offset order,
+/// on the worker's settlement thread: the epochs closed since the last hand-over go to
+/// it as a job (at most IN_FLIGHT jobs are out), and it settles every job waiting as one,
+/// in transactions of at most MAX_BATCH orders. The timely worker never waits for MySQL:
+/// it keeps reading and closing epochs (other workers' frontiers depend on it). Outcomes
+/// leave at their jobs' least epoch when committed; until then the jobs' capabilities
+/// hold the totals back.
 fn settle<'s>(
     orders: StreamVec<'s, u64, Read>,
     rates: StreamVec<'s, u64, RateTable>,
@@ -363,8 +368,9 @@ fn settle<'s>(
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
             let settler = Settler::spawn(pool, topic, partition, wake)
                 .unwrap_or_else(|e| die("starting the settlement thread", e));
-            // The least epoch of the job in MySQL: it holds the outcomes' frontier.
-            let mut out: Option<Capability<u64>> = None;
+            // The least epoch of each job in MySQL, oldest first: they hold the outcomes'
+            // frontier.
+            let mut out: VecDeque<Capability<u64>> = VecDeque::new();
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
             let mut tables: BTreeMap<u64, Arc<RateTable>> = BTreeMap::new();
             move |(in_orders, f_orders), (in_rates, f_rates), output| {
@@ -386,17 +392,20 @@ fn settle<'s>(
                         }
                     }
                 });
-                if let Some(cap) = &out {
-                    let Some((outcomes, batches)) = settler.done() else {
-                        return; // still in MySQL
-                    };
+                // Jobs are settled in order, several at once: their outcomes leave at the
+                // least epoch of them.
+                while let Some((outcomes, batches, jobs)) = settler.done() {
                     {
                         let mut s = stats.borrow_mut();
                         s.orders += outcomes.len() as u64;
                         s.batches += batches;
                     }
+                    let cap = out.front().expect("a job in flight for each one done");
                     output.session(cap).give_iterator(outcomes.into_iter());
-                    out = None;
+                    out.drain(..jobs);
+                }
+                if out.len() >= IN_FLIGHT {
+                    return;
                 }
                 let closed = |e: &u64| {
                     !f_orders.frontier().less_equal(e) && !f_rates.frontier().less_equal(e)
@@ -428,6 +437,7 @@ fn settle<'s>(
                 };
                 let first_epoch = *tables.keys().next().expect("tables is not empty");
                 let mut job: Vec<Owned> = Vec::new();
+                let mut least = None;
                 for e in &ready {
                     let (cap, reads) = pending.remove(e).expect("key from map");
                     let rates = table_for(*e);
@@ -440,8 +450,9 @@ fn settle<'s>(
                         rates: rates.clone(),
                     }));
                     // Epochs are in order: the first capability is the least.
-                    out.get_or_insert(cap);
+                    least.get_or_insert(cap);
                 }
+                out.push_back(least.expect("ready is not empty"));
                 settler.send(job);
                 // Keep only the newest table at or below what is still open.
                 if let Some(&open) = f_orders.frontier().first() {
@@ -464,16 +475,49 @@ struct Owned {
     rates: Arc<RateTable>,
 }
 
+/// `jobs` jobs, one after the other, as batches of at most MAX_BATCH messages, each with
+/// the number of those jobs it completes (all of them on the last).
+fn batches_of(job: Vec<Owned>, jobs: usize) -> Vec<(sinks::Batch, usize)> {
+    let chunks = job.len().div_ceil(MAX_BATCH);
+    let mut job = job.into_iter();
+    (0..chunks)
+        .map(|i| {
+            let chunk: Vec<Owned> = job.by_ref().take(MAX_BATCH).collect();
+            let next_offset = chunk.last().expect("non-empty").offset + 1;
+            let orders = chunk
+                .into_iter()
+                .filter_map(|o| {
+                    Some(sinks::BatchOrder {
+                        offset: o.offset,
+                        epoch: o.epoch,
+                        order: o.order?,
+                        rates: o.rates,
+                    })
+                })
+                .collect();
+            (
+                sinks::Batch {
+                    orders,
+                    next_offset,
+                },
+                if i + 1 == chunks { jobs } else { 0 },
+            )
+        })
+        .collect()
+}
+
 /// How long the settlement thread waits for a next batch before writing the last
 /// batch's commit record on its own.
 const RECORD_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The worker's settlement thread: one job at a time, each as transactions of at most
-/// MAX_BATCH orders in offset order, against its own view of the stock. A failure
-/// that retrying does not cure ends the process (see `die`).
+/// The worker's settlement thread: each job as transactions of at most MAX_BATCH orders
+/// in offset order (`sinks::Settlement`: while one commits, the next one, of this job or
+/// of the next, starts). A failure that retrying does not cure ends the process (see
+/// `die`).
 struct Settler {
     jobs: crossbeam_channel::Sender<Vec<Owned>>,
-    done: crossbeam_channel::Receiver<(Vec<Outcome>, u64)>,
+    /// Outcomes, transactions and the number of jobs they complete.
+    done: crossbeam_channel::Receiver<(Vec<Outcome>, u64, usize)>,
 }
 
 impl Settler {
@@ -483,65 +527,78 @@ impl Settler {
         partition: i32,
         wake: timely::scheduling::SyncActivator,
     ) -> Result<Settler> {
-        let (jobs, job_rx) = crossbeam_channel::bounded::<Vec<Owned>>(1);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Vec<Owned>>(IN_FLIGHT);
+        let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name(format!("settle-p{partition}"))
             .spawn(move || {
-                let mut state = sinks::SettleState::default();
-                let flush = |state: &mut sinks::SettleState| {
-                    if let Err(e) = rt.block_on(state.flush(&pool)) {
-                        tracing::warn!(partition, "{e:#}");
-                    }
-                };
+                let mut settlement = sinks::Settlement::new(pool, &topic, partition);
+                // Batches not yet handed to `settlement`, each with the number of jobs
+                // it completes; and those numbers for the batches handed over, in order,
+                // until their outcomes come back.
+                let mut queued: VecDeque<(sinks::Batch, usize)> = VecDeque::new();
+                let mut handed: VecDeque<usize> = VecDeque::new();
+                let mut outcomes = Vec::new();
+                let mut batches = 0;
+                let mut open = true;
                 loop {
-                    // A batch's commit record is written with the next batch; when none
-                    // follows soon, on its own.
-                    let job = match job_rx.recv_timeout(RECORD_IDLE) {
-                        Ok(job) => job,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            flush(&mut state);
+                    let mut pull = || {
+                        if queued.is_empty() {
+                            // Every job waiting, as one: under load, fewer and larger
+                            // transactions.
+                            let (mut merged, mut jobs) = (Vec::new(), 0);
+                            while let Ok(job) = job_rx.try_recv() {
+                                merged.extend(job);
+                                jobs += 1;
+                            }
+                            if jobs > 0 {
+                                queued.extend(batches_of(merged, jobs));
+                            }
+                        }
+                        let (batch, ends) = queued.pop_front()?;
+                        handed.push_back(ends);
+                        Some(batch)
+                    };
+                    let next = rt
+                        .block_on(settlement.next(&mut pull))
+                        .unwrap_or_else(|e| die("settling a batch", e));
+                    match next {
+                        Some(out) => {
+                            outcomes.extend(out);
+                            batches += 1;
+                            let ends = handed.pop_front().expect("a batch was handed over");
+                            if ends > 0 {
+                                let job = (std::mem::take(&mut outcomes), batches, ends);
+                                batches = 0;
+                                if done_tx.send(job).is_err() || wake.activate().is_err() {
+                                    open = false;
+                                }
+                            }
                             continue;
                         }
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                    };
-                    let mut outcomes = Vec::with_capacity(job.len());
-                    let mut batches = 0;
-                    for chunk in job.chunks(MAX_BATCH) {
-                        let next_offset = chunk.last().expect("non-empty").offset + 1;
-                        let settling: Vec<Settling> = chunk
-                            .iter()
-                            .filter_map(|o| {
-                                Some(Settling {
-                                    offset: o.offset,
-                                    epoch: o.epoch,
-                                    order: o.order.as_ref()?,
-                                    rates: &o.rates,
-                                })
-                            })
-                            .collect();
-                        let out = rt
-                            .block_on(sinks::settle_batch(
-                                &pool,
-                                &topic,
-                                partition,
-                                &settling,
-                                next_offset,
-                                &mut state,
-                            ))
-                            .unwrap_or_else(|e| die("settling a batch", e));
-                        outcomes.extend(out);
-                        batches += 1;
+                        None if !open => break,
+                        None => {}
                     }
-                    if done_tx.send((outcomes, batches)).is_err() || wake.activate().is_err() {
-                        break;
+                    // Nothing to settle. A batch's commit record is written with the
+                    // next batch; when none follows soon, on its own.
+                    match job_rx.recv_timeout(RECORD_IDLE) {
+                        Ok(job) => queued.extend(batches_of(job, 1)),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = rt.block_on(settlement.flush()) {
+                                tracing::warn!(partition, "{e:#}");
+                            }
+                        }
+                        // Stopping: settle what is open, then end.
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => open = false,
                     }
                 }
-                flush(&mut state);
-                rt.block_on(pool.disconnect()).ok();
+                if let Err(e) = rt.block_on(settlement.flush()) {
+                    tracing::warn!(partition, "{e:#}");
+                }
+                rt.block_on(settlement.disconnect()).ok();
             })?;
         Ok(Settler { jobs, done })
     }
@@ -555,9 +612,9 @@ impl Settler {
         }
     }
 
-    /// The outcomes of the job sent last (and how many transactions it took), once
-    /// committed.
-    fn done(&self) -> Option<(Vec<Outcome>, u64)> {
+    /// The outcomes of the oldest jobs handed over, once committed, with how many
+    /// transactions they took and how many jobs they complete.
+    fn done(&self) -> Option<(Vec<Outcome>, u64, usize)> {
         match self.done.try_recv() {
             Ok(d) => Some(d),
             Err(crossbeam_channel::TryRecvError::Empty) => None,

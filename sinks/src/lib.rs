@@ -14,7 +14,9 @@ pub use query::{
 };
 pub use schema::{connect, ensure_schema};
 pub use settle::items_text;
-pub use settle::{prepare_partition, settle_batch, Outcome, SettleState, Settling};
+pub use settle::{
+    prepare_partition, settle_batch, Batch, BatchOrder, Outcome, SettleState, Settlement, Settling,
+};
 
 pub use mysql_async::Pool;
 pub use publish::{read_published, spawn_publisher, totals_path, TotalsSnapshot};

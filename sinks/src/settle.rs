@@ -1,16 +1,17 @@
-//! One MySQL transaction per batch: lock the partition's offsets row, write the
-//! results, lock the batch's commodity rows in id order, decide every order in offset
-//! order, write stock, the totals delta and the partition's next offset, commit.
-//! Retried on any failure; the stored offset makes a retry after an ambiguous commit a
-//! no-op, so nothing is applied twice.
+//! One MySQL transaction per batch: write the results, lock the partition's offsets
+//! row and the batch's commodity rows in id order, decide every order in offset order,
+//! write stock, the totals delta and the partition's next offset, commit. Retried on
+//! any failure; the stored offset makes a retry after an ambiguous commit a no-op, so
+//! nothing is applied twice.
 //!
 //! Workers of different partitions touch the same commodities, so their transactions
 //! queue on those row locks. To keep the locked part short, the result rows are written
 //! first, from decisions against the worker's last view of the stock (`SettleState`);
 //! then the rows are locked, every order is decided again against the locked stock,
 //! and the few results whose decision changed are corrected, all before the commit.
-//! The whole transaction is three round trips (see `settle_on`), and the commodity
-//! locks are held for one of them.
+//! The whole transaction is three round trips (see `settle_on`), and the locks are held
+//! for one of them. `Settlement` keeps two transactions of a partition in flight: the
+//! next one writes its results while the one before commits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -139,46 +140,62 @@ pub async fn settle_batch(
     next_offset: i64,
     state: &mut SettleState,
 ) -> Result<Vec<Outcome>> {
-    let started_at = now_ms();
-    let mut backoff = Duration::from_millis(20);
-    // Set once an attempt has sent COMMIT: if that attempt then failed, the commit may
-    // still have landed, and the next attempt must report what it committed.
-    let mut commit_sent = false;
+    let job = Job {
+        topic,
+        partition,
+        batch,
+        next_offset,
+    };
+    settle_with_retries(pool, job, state, now_ms(), false).await
+}
+
+/// `settle_batch`, for a batch that may have been committed already by an attempt whose
+/// answer was lost (`commit_sent`): then its outcomes are read back and reported.
+async fn settle_with_retries(
+    pool: &Pool,
+    job: Job<'_, '_>,
+    state: &mut SettleState,
+    started_at: i64,
+    mut commit_sent: bool,
+) -> Result<Vec<Outcome>> {
+    let mut backoff = Backoff::default();
     for attempt in 1.. {
-        let job = Job {
-            topic,
-            partition,
-            batch,
-            next_offset,
-        };
         match attempt_batch(pool, job, state, &mut commit_sent).await {
             Ok(out) => {
                 if commit_sent {
-                    state.unrecorded = Some(Committed {
-                        partition,
-                        first_offset: batch.first().map_or(next_offset, |s| s.offset),
-                        next_offset,
-                        orders: batch.len() as u32,
-                        started_at,
-                        committed_at: now_ms(),
-                    });
+                    state.unrecorded = Some(job.record(started_at, now_ms()));
                 }
                 return Ok(out);
             }
             Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Retry(e)) => {
-                tracing::warn!(
-                    partition,
-                    attempt,
-                    orders = batch.len(),
-                    "settlement transaction failed, retrying in {backoff:?}: {e:#}"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            Err(Failure::Retry(e)) => backoff.wait(job, attempt, &e).await,
         }
     }
     unreachable!()
+}
+
+/// The wait before another attempt: 20 ms, doubling up to 2 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(20))
+    }
+}
+
+impl Backoff {
+    /// Say why attempt `attempt` at `job` failed, and wait.
+    async fn wait(&mut self, job: Job<'_, '_>, attempt: u32, e: &anyhow::Error) {
+        tracing::warn!(
+            partition = job.partition,
+            attempt,
+            orders = job.batch.len(),
+            "settlement transaction failed, retrying in {:?}: {e:#}",
+            self.0
+        );
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
 }
 
 enum Failure {
@@ -203,6 +220,27 @@ struct Job<'a, 'b> {
     next_offset: i64,
 }
 
+impl Job<'_, '_> {
+    fn record(&self, started_at: i64, committed_at: i64) -> Committed {
+        Committed {
+            partition: self.partition,
+            first_offset: self.batch.first().map_or(self.next_offset, |s| s.offset),
+            next_offset: self.next_offset,
+            orders: self.batch.len() as u32,
+            started_at,
+            committed_at,
+        }
+    }
+}
+
+/// A connection whose transaction failed: rolled back. If even that fails, it keeps its
+/// reset on: when it is dropped the pool resets it, or discards it if that fails too.
+async fn abandon(conn: &mut mysql_async::Conn) {
+    if conn.query_drop("ROLLBACK").await.is_ok() {
+        conn.reset_connection(false);
+    }
+}
+
 async fn attempt_batch(
     pool: &Pool,
     job: Job<'_, '_>,
@@ -217,38 +255,79 @@ async fn attempt_batch(
     let out = settle_on(&mut conn, job, state, commit_sent).await;
     match &out {
         Ok(_) => conn.reset_connection(false),
-        Err(_) => {
-            if conn.query_drop("ROLLBACK").await.is_ok() {
-                conn.reset_connection(false);
-            } else {
-                conn.disconnect().await.ok();
-            }
-        }
+        Err(_) => abandon(&mut conn).await,
     }
     out
 }
 
 /// The transaction, in three round trips:
 ///
-/// 1. `START TRANSACTION`, lock the partition's offsets row (its value kept in `@o`),
-///    write the result rows as decided against the worker's view (`write_results`):
-///    none of these rows exists unless part of the batch was committed before, and then
-///    the batch goes the slow way, reading the stored offset first;
-/// 2. lock and read the batch's commodities;
+/// 1. `START TRANSACTION` and the result rows as decided against the worker's view
+///    (`write_results`): none of these rows exists unless part of the batch was
+///    committed before, and then the batch goes the slow way, locking the partition's
+///    offsets row and reading the stored offset first;
+/// 2. lock the partition's offsets row and the batch's commodities, and read them
+///    (`lock_rows`); the stored offset must not lie beyond the batch's first;
 /// 3. correct the results whose decision changed under the lock, write stock, the
 ///    totals delta, the last batch's commit record and the next offset, `COMMIT`.
 ///
-/// The commodity locks are held from 2 to the end of 3: one round trip. Checks that
-/// need a row count are made by the server (strict mode: writing NULL into a NOT NULL
-/// column is an error, and no statement after it runs): the next offset is written
-/// only if the stored offset was at most the batch's first, and every correction and
-/// stock update touched one row.
+/// The locks are held from 2 to the end of 3: one round trip. Checks that need a row
+/// count are made by the server (strict mode: writing NULL into a NOT NULL column is an
+/// error, and no statement after it runs): the next offset is written only if every
+/// correction and stock update touched one row.
 async fn settle_on(
     conn: &mut mysql_async::Conn,
     job: Job<'_, '_>,
     state: &mut SettleState,
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
+    let open = match open_on(conn, job, state, Expect::NotBeyondFirst, *commit_sent).await? {
+        Opening::Open(open) => open,
+        Opening::Committed(outcomes) => return Ok(outcomes),
+    };
+    let decided = decide_open(job, open, state)?;
+    finish_on(conn, job.partition, &decided, commit_sent).await?;
+    Ok(state.committed(decided))
+}
+
+/// What the stored offset must be for a batch to go on.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// At most the batch's first offset (nothing of it committed): the batch is the
+    /// first this process settles since it started, or the one before is done.
+    NotBeyondFirst,
+    /// Exactly this: the `next_offset` of the batch before, committing meanwhile.
+    /// Anything else means that batch did not commit, and this one must wait for it.
+    Exactly(i64),
+}
+
+/// A transaction that has written its results and holds the partition's offsets row
+/// and the batch's commodities: left to do are the decisions and the commit.
+struct Open {
+    /// The index in the batch of the first order not committed before.
+    todo_from: usize,
+    /// The decisions of `batch[todo_from..]` as the results were written.
+    guessed: Vec<model::Decision>,
+    settled_at: i64,
+    /// The batch's commodities as locked.
+    stock: HashMap<u32, Commodity>,
+}
+
+enum Opening {
+    Open(Open),
+    /// Committed before, by an attempt whose answer was lost: its outcomes.
+    Committed(Vec<Outcome>),
+}
+
+/// Round trips 1 and 2 of the transaction (see `settle_on`). With `Expect::Exactly` a
+/// batch whose results exist already is not settled the slow way: a Retry.
+async fn open_on(
+    conn: &mut mysql_async::Conn,
+    job: Job<'_, '_>,
+    state: &mut SettleState,
+    expect: Expect,
+    commit_sent: bool,
+) -> Result<Opening, Failure> {
     let Job {
         topic,
         partition,
@@ -256,10 +335,7 @@ async fn settle_on(
         next_offset,
     } = job;
     let topic_hex = Hex(topic.as_bytes()).to_string();
-    let ids: BTreeSet<u32> = batch
-        .iter()
-        .flat_map(|s| s.order.items.iter().map(|it| it.id))
-        .collect();
+    let ids = batch_ids(batch);
     // Commodities the view lacks are read without locks (first batches only).
     let unseen: Vec<u32> = ids
         .iter()
@@ -275,24 +351,21 @@ async fn settle_on(
     }
     let settled_at = now_ms();
 
-    // 1. Begin, lock the offsets row, insert the results as guessed. READ COMMITTED (the
-    //    session's level, set by `connect`): no gap locks; FOR UPDATE still locks every
-    //    row it reads, and rows are always locked offsets → commodities (by id) → own
-    //    totals, so two workers can wait on each other but never deadlock.
+    // 1. Begin and insert the results as guessed. READ COMMITTED (the session's level,
+    //    set by `connect`): no gap locks; FOR UPDATE still locks every row it reads, and
+    //    rows are always locked new results → offsets → commodities (by id) → own
+    //    totals, so two transactions can wait on each other but never deadlock.
     //    Multi-statements go through query_drop, never query_iter: iterating a
     //    multi-statement result loses an error of a later statement (mysql_async 0.37);
     //    query_drop returns it, and the server runs none of the statements after it.
-    let mut todo: &[Settling] = batch;
-    let mut guessed = guess(todo, &ids, state)?;
-    let begin = format!(
-        "START TRANSACTION; SET @o = NULL, @n = 0, @c = 0; \
-         SELECT next_offset INTO @o FROM offsets WHERE topic = X'{topic_hex}' AND `partition` = {partition} FOR UPDATE"
-    );
-    let fast = !todo.is_empty()
+    let begin = "START TRANSACTION; SET @n = 0, @c = 0";
+    let mut todo_from = 0;
+    let mut guessed = guess(batch, &ids, state)?;
+    let fast = !batch.is_empty()
         && write_results(
             conn,
             &format!("{begin}; "),
-            todo,
+            batch,
             &guessed,
             partition,
             settled_at,
@@ -300,51 +373,158 @@ async fn settle_on(
         )
         .await?;
     if !fast {
-        if !todo.is_empty() {
+        if !batch.is_empty() {
             // Some of these results exist: part of the batch was committed before.
             tracing::debug!(partition, "part of the batch was committed before");
             conn.query_drop("ROLLBACK").await?;
+            if let Expect::Exactly(_) = expect {
+                return Err(Failure::Retry(anyhow::anyhow!(
+                    "partition {partition}: results of the batch exist already"
+                )));
+            }
         }
-        // The slow way: read the stored offset, settle only what lies at or above it.
-        conn.query_drop(&begin).await?;
-        let done_below: Option<i64> = conn.query_first("SELECT @o").await?;
-        let Some(done_below) = done_below else {
-            return Err(Failure::Fatal(anyhow::anyhow!(
-                "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
-            )));
+        // The slow way: lock the offsets row, settle only what lies at or above it.
+        conn.query_drop(begin).await?;
+        let stored: Option<i64> = conn
+            .query_first(format!(
+                "SELECT next_offset FROM offsets WHERE topic = X'{topic_hex}' AND `partition` = {partition} FOR UPDATE"
+            ))
+            .await?;
+        let Some(stored) = stored else {
+            return Err(no_offsets_row(topic, partition));
         };
-        if next_offset <= done_below {
+        if next_offset <= stored {
             conn.query_drop("ROLLBACK").await?;
             // Committed already. By an earlier attempt of this call whose answer was
             // lost: its outcomes were never reported, so read them back. Otherwise it
             // was reported before (or by another run), and reporting it again would
             // count twice.
-            if !*commit_sent {
-                return Ok(vec![]);
+            if !commit_sent {
+                return Ok(Opening::Committed(vec![]));
             }
-            return committed_outcomes(conn, batch).await;
+            return committed_outcomes(conn, batch)
+                .await
+                .map(Opening::Committed);
         }
-        todo = &batch[batch.partition_point(|s| s.offset < done_below)..];
+        todo_from = batch.partition_point(|s| s.offset < stored);
+        let todo = &batch[todo_from..];
         guessed = guess(todo, &ids, state)?;
         if !todo.is_empty()
             && !write_results(conn, "", todo, &guessed, partition, settled_at, state).await?
         {
             return Err(Failure::Fatal(anyhow::anyhow!(
-                "partition {partition}: results exist for orders at or above the stored offset {done_below}"
+                "partition {partition}: results exist for orders at or above the stored offset {stored}"
             )));
         }
     }
-    let first_todo = todo.first().map_or(next_offset, |s| s.offset);
+    let first_todo = batch.get(todo_from).map_or(next_offset, |s| s.offset);
 
-    // 2. Lock the commodities (in id order) and decide again against the locked stock.
-    let mut stock: HashMap<u32, Commodity> = HashMap::with_capacity(ids.len());
-    if !ids.is_empty() {
-        let sql = format!(
-            "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({}) ORDER BY id FOR UPDATE",
-            join(ids.iter())
-        );
-        stock.extend(commodities(conn.query(sql).await?)?);
+    // 2. Lock the offsets row and the commodities (in id order).
+    let (stored, stock) = lock_rows(conn, &topic_hex, partition, &ids).await?;
+    let Some(stored) = stored else {
+        return Err(no_offsets_row(topic, partition));
+    };
+    match expect {
+        Expect::NotBeyondFirst if stored > first_todo => {
+            return Err(Failure::Fatal(anyhow::anyhow!(
+                "partition {partition}: the stored offset {stored} lies beyond the batch's first                  unsettled order at {first_todo}, yet its results did not exist"
+            )))
+        }
+        Expect::Exactly(want) if stored != want => {
+            return Err(Failure::Retry(anyhow::anyhow!(
+                "partition {partition}: the stored offset is {stored}, not {want}: the batch                  before did not commit"
+            )))
+        }
+        _ => {}
     }
+    Ok(Opening::Open(Open {
+        todo_from,
+        guessed,
+        settled_at,
+        stock,
+    }))
+}
+
+fn no_offsets_row(topic: &str, partition: i32) -> Failure {
+    Failure::Fatal(anyhow::anyhow!(
+        "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
+    ))
+}
+
+fn batch_ids(batch: &[Settling<'_>]) -> BTreeSet<u32> {
+    batch
+        .iter()
+        .flat_map(|s| s.order.items.iter().map(|it| it.id))
+        .collect()
+}
+
+/// Lock the partition's offsets row and then the commodities `ids` (in id order: a range
+/// scan of the primary key; in a join's ON clause MariaDB keeps a long IN list a range,
+/// where in a WHERE clause it turns 1,000 or more values into a temporary table), and
+/// read them: the stored offset (None: no offsets row) and the commodities that exist.
+async fn lock_rows(
+    conn: &mut mysql_async::Conn,
+    topic_hex: &str,
+    partition: i32,
+    ids: &BTreeSet<u32>,
+) -> Result<(Option<i64>, HashMap<u32, Commodity>), Failure> {
+    let sql = if ids.is_empty() {
+        format!(
+            "SELECT next_offset, NULL, NULL, NULL, NULL FROM offsets \
+             WHERE topic = X'{topic_hex}' AND `partition` = {partition} FOR UPDATE"
+        )
+    } else {
+        format!(
+            "SELECT o.next_offset, c.id, c.price, c.currency, c.inventory \
+             FROM offsets o LEFT JOIN commodity c ON c.id IN ({}) \
+             WHERE o.topic = X'{topic_hex}' AND o.`partition` = {partition} FOR UPDATE",
+            join(ids.iter())
+        )
+    };
+    type Row = (
+        i64,
+        Option<u32>,
+        Option<Decimal>,
+        Option<String>,
+        Option<u32>,
+    );
+    let rows: Vec<Row> = conn.query(sql).await?;
+    let stored = rows.first().map(|r| r.0);
+    let found = rows
+        .into_iter()
+        .filter_map(|(_, id, price, currency, inventory)| {
+            Some((id?, price?, currency?, inventory?))
+        })
+        .collect();
+    Ok((stored, commodities(found)?.into_iter().collect()))
+}
+
+/// Decide the open batch's orders again against the locked stock, and write round trip 3.
+struct Decided {
+    /// Round trip 3, ending with COMMIT.
+    sql: String,
+    outcomes: Vec<Outcome>,
+    /// The batch's commodities as it leaves them.
+    stock: HashMap<u32, Commodity>,
+    corrected: usize,
+    changed: usize,
+}
+
+fn decide_open(job: Job<'_, '_>, open: Open, state: &SettleState) -> Result<Decided, Failure> {
+    let Job {
+        topic,
+        partition,
+        batch,
+        next_offset,
+    } = job;
+    let topic_hex = Hex(topic.as_bytes()).to_string();
+    let Open {
+        todo_from,
+        guessed,
+        settled_at,
+        mut stock,
+    } = open;
+    let todo = &batch[todo_from..];
     let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
     let mut outcomes = Vec::with_capacity(todo.len());
     let mut sql = String::with_capacity(1024);
@@ -384,12 +564,12 @@ async fn settle_on(
         .map(|(id, c)| (*id, c.inventory))
         .collect();
     // Stock: the new values go into a per-connection MEMORY table, and one UPDATE joins
-    // it by primary key. Every row is locked by the SELECT … FOR UPDATE above and
-    // changes. STRAIGHT_JOIN: for large batches the optimizer would rather scan all of
-    // commodity, and an UPDATE locks what it scans, other workers' rows included
-    // (deadlocks). Measured per row: half the cost of `UPDATE … SET inventory = CASE id
-    // …` (its CASE is a linear search); `INSERT … ON DUPLICATE KEY UPDATE` tries an
-    // insert first, and a join with JSON_TABLE was slower still.
+    // it by primary key. Every row is locked by `lock_rows` and changes. STRAIGHT_JOIN:
+    // for large batches the optimizer would rather scan all of commodity, and an UPDATE
+    // locks what it scans, other workers' rows included (deadlocks). Measured per row:
+    // half the cost of `UPDATE … SET inventory = CASE id …` (its CASE is a linear
+    // search); `INSERT … ON DUPLICATE KEY UPDATE` tries an insert first, and a join with
+    // JSON_TABLE was slower still.
     if !changed.is_empty() {
         sql.push_str(STOCK_TABLE);
         sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, inventory) VALUES ");
@@ -428,45 +608,374 @@ async fn settle_on(
         sql.push_str(&c.insert_sql());
         sql.push_str("; ");
     }
-    // The next offset, written only if the checks hold (else NULL: an error). An INSERT,
-    // so that a missing row (@o NULL) fails too instead of updating nothing.
+    // The next offset, written only if the checks hold (else NULL: an error). The row
+    // exists and is locked (`lock_rows`).
     write!(
         sql,
         "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES \
-         (X'{topic_hex}', {partition}, IF(@o <= {first_todo} AND @c = {corrected} AND @n = {}, {next_offset}, NULL), {settled_at}) \
+         (X'{topic_hex}', {partition}, IF(@c = {corrected} AND @n = {}, {next_offset}, NULL), {settled_at}) \
          ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at); \
          COMMIT",
         changed.len()
     )
     .unwrap();
+    let changed = changed.len();
+    Ok(Decided {
+        sql,
+        outcomes,
+        stock,
+        corrected,
+        changed,
+    })
+}
+
+/// Round trip 3: send `decided`'s statements and COMMIT.
+async fn finish_on(
+    conn: &mut mysql_async::Conn,
+    partition: i32,
+    decided: &Decided,
+    commit_sent: &mut bool,
+) -> Result<(), Failure> {
     *commit_sent = true;
-    match conn.query_drop(sql).await {
-        Ok(()) => {}
+    match conn.query_drop(decided.sql.as_str()).await {
+        Ok(()) => Ok(()),
         Err(mysql_async::Error::Server(e)) => {
             // The server stopped at the failing statement: COMMIT did not run.
             *commit_sent = false;
             if e.code == ER_BAD_NULL_ERROR {
                 conn.query_drop("ROLLBACK").await?;
-                let (o, c, n): (Option<i64>, Option<i64>, Option<i64>) = conn
-                    .query_first("SELECT @o, @c, @n")
-                    .await?
-                    .unwrap_or_default();
+                let (c, n): (Option<i64>, Option<i64>) =
+                    conn.query_first("SELECT @c, @n").await?.unwrap_or_default();
                 return Err(Failure::Fatal(anyhow::anyhow!(
-                    "settlement checks failed for partition {partition}: stored offset {o:?} \
-                     (expected at most {first_todo}; none: run prepare_partition first), \
-                     {c:?} results corrected of {corrected}, {n:?} stock rows updated of {}",
-                    changed.len()
+                    "settlement checks failed for partition {partition}: {c:?} results corrected \
+                     of {}, {n:?} stock rows updated of {}",
+                    decided.corrected,
+                    decided.changed
                 )));
             }
-            return Err(Failure::Retry(e.into()));
+            Err(Failure::Retry(e.into()))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    state.unrecorded = None;
-    state.stock.extend(stock);
-    Ok(outcomes)
 }
 
+impl SettleState {
+    /// After the commit of `decided`: the record it carried is written, and its stock is
+    /// the view. Returns its outcomes.
+    fn committed(&mut self, decided: Decided) -> Vec<Outcome> {
+        self.unrecorded = None;
+        self.stock.extend(decided.stock);
+        decided.outcomes
+    }
+}
+
+/// An order of a `Batch`, owned.
+pub struct BatchOrder {
+    pub offset: i64,
+    pub epoch: u64,
+    pub order: Order,
+    pub rates: std::sync::Arc<RateTable>,
+}
+
+/// A partition's batch, owned, for `Settlement`: its orders that decoded, in offset
+/// order, and the offset after its last message.
+pub struct Batch {
+    pub orders: Vec<BatchOrder>,
+    pub next_offset: i64,
+}
+
+impl Batch {
+    fn settling(&self) -> Vec<Settling<'_>> {
+        self.orders
+            .iter()
+            .map(|o| Settling {
+                offset: o.offset,
+                epoch: o.epoch,
+                order: &o.order,
+                rates: &o.rates,
+            })
+            .collect()
+    }
+}
+
+/// A partition's batches settled one after another, each in its own transaction, with
+/// two transactions in flight: while a batch commits (round trip 3, on one connection),
+/// the next one writes its results (round trip 1, on another, guessed against the stock
+/// as the first leaves it) and then waits in MySQL for the offsets row the first holds;
+/// it gets it when the first commits, and goes on only if the stored offset is then
+/// exactly the first's next offset. If the first fails instead, the second rolls back
+/// and both are settled again one at a time (`settle_batch`'s way).
+pub struct Settlement {
+    pool: Pool,
+    topic: String,
+    partition: i32,
+    state: SettleState,
+    /// The next batch, its transaction open on its connection (results written, rows
+    /// locked), with its start time.
+    open: Option<(Batch, mysql_async::Conn, Open)>,
+    /// A batch taken whose overlapped start failed: settled next, the plain way.
+    waiting: Option<Batch>,
+}
+
+impl Settlement {
+    pub fn new(pool: Pool, topic: &str, partition: i32) -> Settlement {
+        Settlement {
+            pool,
+            topic: topic.to_string(),
+            partition,
+            state: SettleState::default(),
+            open: None,
+            waiting: None,
+        }
+    }
+
+    /// Write the last batch's commit record now (see `SettleState::flush`).
+    pub async fn flush(&mut self) -> Result<()> {
+        self.state.flush(&self.pool).await
+    }
+
+    /// Close the pool's connections (rolling back a batch left open).
+    pub async fn disconnect(self) -> Result<()> {
+        drop(self.open);
+        self.pool.disconnect().await?;
+        Ok(())
+    }
+
+    /// Settle the partition's next batch (the one already open, else one from `pull`) and
+    /// return its outcomes once committed; None when `pull` has none. `pull` is asked
+    /// again while this batch commits: a batch it gives then is started at once and held
+    /// open for the next call.
+    pub async fn next(
+        &mut self,
+        mut pull: impl FnMut() -> Option<Batch>,
+    ) -> Result<Option<Vec<Outcome>>> {
+        let (batch, mut conn, open) = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let Some(batch) = self.waiting.take().or_else(&mut pull) else {
+                    return Ok(None);
+                };
+                match self.begin(batch).await? {
+                    Ok(open) => open,
+                    Err(outcomes) => return Ok(Some(outcomes)),
+                }
+            }
+        };
+        let settling = batch.settling();
+        let job = Job {
+            topic: &self.topic,
+            partition: self.partition,
+            batch: &settling,
+            next_offset: batch.next_offset,
+        };
+        let started_at = open.settled_at;
+        let decided = match decide_open(job, open, &self.state) {
+            Ok(d) => d,
+            Err(e) => {
+                abandon(&mut conn).await;
+                return Err(e.into_error());
+            }
+        };
+        let mut commit_sent = false;
+        let Some(then) = pull() else {
+            // Nothing to overlap with.
+            let done = finish_on(&mut conn, self.partition, &decided, &mut commit_sent).await;
+            return after_finish(
+                &self.pool,
+                &mut self.state,
+                done,
+                conn,
+                job,
+                decided,
+                started_at,
+                commit_sent,
+            )
+            .await
+            .map(Some);
+        };
+        // The view the next batch guesses from: the stock as this batch leaves it.
+        self.state
+            .stock
+            .extend(decided.stock.iter().map(|(id, c)| (*id, *c)));
+        let then_settling = then.settling();
+        let then_job = Job {
+            topic: &self.topic,
+            partition: self.partition,
+            batch: &then_settling,
+            next_offset: then.next_offset,
+        };
+        let partition = self.partition;
+        let finishing = async {
+            let done = finish_on(&mut conn, partition, &decided, &mut commit_sent).await;
+            if done.is_err() {
+                // Release the rows now: the next batch waits for them.
+                abandon(&mut conn).await;
+            }
+            (done, now_ms())
+        };
+        let pool = &self.pool;
+        let state = &mut self.state;
+        let starting = async {
+            let mut conn = pool.get_conn().await?;
+            conn.reset_connection(true);
+            match open_on(
+                &mut conn,
+                then_job,
+                state,
+                Expect::Exactly(job.next_offset),
+                false,
+            )
+            .await
+            {
+                Ok(Opening::Open(open)) => Ok((conn, open)),
+                Ok(Opening::Committed(_)) => {
+                    // Not while the batch before commits (its offset is below this one's).
+                    abandon(&mut conn).await;
+                    Err(Failure::Retry(anyhow::anyhow!(
+                        "the batch was committed already"
+                    )))
+                }
+                Err(e) => {
+                    abandon(&mut conn).await;
+                    Err(e)
+                }
+            }
+        };
+        let ((done, committed_at), started) = tokio::join!(finishing, starting);
+        match (done, started) {
+            (Ok(()), Ok((then_conn, then_open))) => {
+                conn.reset_connection(false);
+                let outcomes = self.state.committed(decided);
+                self.state.unrecorded = Some(job.record(started_at, committed_at));
+                self.open = Some((then, then_conn, then_open));
+                Ok(Some(outcomes))
+            }
+            (Ok(()), Err(e)) => {
+                conn.reset_connection(false);
+                let outcomes = self.state.committed(decided);
+                self.state.unrecorded = Some(job.record(started_at, committed_at));
+                if let Failure::Fatal(e) = e {
+                    return Err(e);
+                }
+                self.waiting = Some(then);
+                Ok(Some(outcomes))
+            }
+            (Err(Failure::Fatal(e)), started) => {
+                if let Ok((mut then_conn, _)) = started {
+                    abandon(&mut then_conn).await;
+                }
+                Err(e)
+            }
+            (Err(Failure::Retry(e)), started) => {
+                if let Ok((mut then_conn, _)) = started {
+                    abandon(&mut then_conn).await;
+                }
+                tracing::warn!(
+                    partition,
+                    orders = settling.len(),
+                    "settlement transaction failed, settling it again: {e:#}"
+                );
+                self.waiting = Some(then);
+                settle_with_retries(&self.pool, job, &mut self.state, started_at, commit_sent)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Round trips 1 and 2 of a batch not started while the one before committed, with
+    /// retries: Ok(Err(outcomes)) when it turned out committed already.
+    async fn begin(
+        &mut self,
+        batch: Batch,
+    ) -> Result<Result<(Batch, mysql_async::Conn, Open), Vec<Outcome>>> {
+        let settling = batch.settling();
+        let job = Job {
+            topic: &self.topic,
+            partition: self.partition,
+            batch: &settling,
+            next_offset: batch.next_offset,
+        };
+        let mut backoff = Backoff::default();
+        for attempt in 1.. {
+            let mut conn = match self.pool.get_conn().await {
+                Ok(c) => c,
+                Err(e) => {
+                    backoff.wait(job, attempt, &e.into()).await;
+                    continue;
+                }
+            };
+            conn.reset_connection(true);
+            match open_on(
+                &mut conn,
+                job,
+                &mut self.state,
+                Expect::NotBeyondFirst,
+                false,
+            )
+            .await
+            {
+                Ok(Opening::Open(open)) => return Ok(Ok((batch, conn, open))),
+                Ok(Opening::Committed(outcomes)) => {
+                    conn.reset_connection(false);
+                    return Ok(Err(outcomes));
+                }
+                Err(Failure::Fatal(e)) => {
+                    abandon(&mut conn).await;
+                    return Err(e);
+                }
+                Err(Failure::Retry(e)) => {
+                    abandon(&mut conn).await;
+                    backoff.wait(job, attempt, &e).await;
+                }
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// After round trip 3 of a batch with nothing overlapping it.
+#[allow(clippy::too_many_arguments)]
+async fn after_finish(
+    pool: &Pool,
+    state: &mut SettleState,
+    done: Result<(), Failure>,
+    mut conn: mysql_async::Conn,
+    job: Job<'_, '_>,
+    decided: Decided,
+    started_at: i64,
+    commit_sent: bool,
+) -> Result<Vec<Outcome>> {
+    match done {
+        Ok(()) => {
+            conn.reset_connection(false);
+            let outcomes = state.committed(decided);
+            state.unrecorded = Some(job.record(started_at, now_ms()));
+            Ok(outcomes)
+        }
+        Err(Failure::Fatal(e)) => {
+            abandon(&mut conn).await;
+            Err(e)
+        }
+        Err(Failure::Retry(e)) => {
+            abandon(&mut conn).await;
+            tracing::warn!(
+                partition = job.partition,
+                orders = job.batch.len(),
+                "settlement transaction failed, settling it again: {e:#}"
+            );
+            settle_with_retries(pool, job, state, started_at, commit_sent).await
+        }
+    }
+}
+
+impl Failure {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Retry(e) | Failure::Fatal(e) => e,
+        }
+    }
+}
 /// The columns a result row is written with, in the order `results_sql` and
 /// `results_tsv` give them.
 macro_rules! result_columns {

@@ -499,3 +499,202 @@ async fn batches(conn: &mut mysql_async::Conn) -> mysql_async::Result<Vec<BatchR
     )
     .await
 }
+
+/// Batches for `Settlement`: B1 at offsets 0..3 takes 8 of item 2 and 2 of item 1; B2
+/// at 3..6 asks 3 of item 2 (2 left: rejected), 3 of item 1 and 2 of item 2 (both fit,
+/// from the stock as B1 leaves it); B3 at 6..8 finds nothing left.
+fn three_batches(rates: &RateTable) -> (Vec<dtss_sinks::Batch>, Vec<Vec<Option<Reason>>>) {
+    let batch = |first: i64, items: &[(u32, u32)]| dtss_sinks::Batch {
+        orders: items
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, n))| dtss_sinks::BatchOrder {
+                offset: first + i as i64,
+                epoch: 1,
+                order: order("u-p", id, n),
+                rates: std::sync::Arc::new(rates.clone()),
+            })
+            .collect(),
+        next_offset: first + items.len() as i64,
+    };
+    let short = Some(Reason::InsufficientInventory);
+    (
+        vec![
+            batch(0, &[(2, 4), (1, 2), (2, 4)]),
+            batch(3, &[(2, 3), (1, 3), (2, 2)]),
+            batch(6, &[(1, 1), (2, 1)]),
+        ],
+        vec![
+            vec![None, None, None],
+            vec![short, None, None],
+            vec![short, short],
+        ],
+    )
+}
+
+/// (order id, offset) of each order of `batches`.
+fn ids_of(batches: &[dtss_sinks::Batch]) -> Vec<(String, i64)> {
+    batches
+        .iter()
+        .flat_map(|b| &b.orders)
+        .map(|o| (o.order.order_id.to_string(), o.offset))
+        .collect()
+}
+
+/// Everything `three_batches` leaves in MySQL, checked: `ids` are its (order id, offset).
+async fn check_three_batches(pool: &mysql_async::Pool, ids: &[(String, i64)]) {
+    let mut conn = pool.get_conn().await.unwrap();
+    let rows: Vec<(String, Option<String>, i64)> = conn
+        .query("SELECT order_id, reason, `offset` FROM result ORDER BY `offset`")
+        .await
+        .unwrap();
+    let short = Some("insufficient_inventory".to_string());
+    let reasons = [
+        None,
+        None,
+        None,
+        short.clone(),
+        None,
+        None,
+        short.clone(),
+        short,
+    ];
+    let want: Vec<(String, Option<String>, i64)> = ids
+        .iter()
+        .zip(reasons)
+        .map(|((id, offset), r)| (id.clone(), r, *offset))
+        .collect();
+    assert_eq!(rows, want, "one result per order, as decided");
+    let stock: Vec<(u32, u32)> = conn
+        .query("SELECT id, inventory FROM commodity ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(stock, vec![(1, 0), (2, 0)]);
+    let stored: Option<i64> = conn
+        .query_first("SELECT next_offset FROM offsets WHERE `partition` = 0")
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(8));
+    let total: Option<(Decimal, u64)> = conn
+        .query_first("SELECT total, orders FROM totals WHERE `partition` = 0")
+        .await
+        .unwrap();
+    // 2×2.50 + 8×1.00 + 3×2.50 + 2×1.00, in 5 orders
+    assert_eq!(total, Some((Decimal::from_str("22.50").unwrap(), 5)));
+}
+
+/// Settle `batches` through one `Settlement`, returning each call's outcomes' reasons.
+async fn settle_all(
+    settlement: &mut dtss_sinks::Settlement,
+    batches: Vec<dtss_sinks::Batch>,
+) -> Vec<Vec<Option<Reason>>> {
+    let mut queue: std::collections::VecDeque<_> = batches.into();
+    let mut got = vec![];
+    while let Some(out) = settlement.next(|| queue.pop_front()).await.unwrap() {
+        got.push(out.iter().map(|o| o.reason).collect());
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
+    let (db, pool, dir, rates) = fresh_db("pipe", 4).await;
+    let (batches, want) = three_batches(&rates);
+    let ids = ids_of(&batches);
+    // Hold partition 0's totals row: B1 cannot commit until it is let go.
+    let mut holder = pool.get_conn().await.unwrap();
+    holder
+        .query_drop("START TRANSACTION; SELECT * FROM totals WHERE `partition` = 0 FOR UPDATE")
+        .await
+        .unwrap();
+    let settler_pool = pool.clone();
+    let task = tokio::spawn(async move {
+        let mut settlement = dtss_sinks::Settlement::new(settler_pool, "orders", 0);
+        let got = settle_all(&mut settlement, batches).await;
+        settlement.flush().await.unwrap();
+        (got, settlement)
+    });
+    // Meanwhile B2's results are written (by a second transaction) and it waits for
+    // the offsets row B1 holds.
+    let mut watcher = pool.get_conn().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let waiting = loop {
+        let trx: Vec<(String, u64)> = watcher
+            .query(format!(
+                "SELECT trx_state, trx_rows_modified FROM information_schema.INNODB_TRX \
+                     WHERE trx_state = 'LOCK WAIT' AND trx_mysql_thread_id IN \
+                     (SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{db}')"
+            ))
+            .await
+            .unwrap();
+        if trx.len() >= 2 || std::time::Instant::now() > deadline {
+            break trx;
+        }
+        // InnoDB refreshes this table only when it was not read for 100 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    };
+    let mut modified: Vec<u64> = waiting.iter().map(|t| t.1).collect();
+    modified.sort_unstable();
+    assert_eq!(
+        modified.len(),
+        2,
+        "B1 waits for the totals row and B2 for the offsets row: {waiting:?}"
+    );
+    assert!(
+        modified[0] >= 3,
+        "both have written their 3 results before waiting: {waiting:?}"
+    );
+    holder.query_drop("ROLLBACK").await.unwrap();
+    let (got, settlement) = task.await.unwrap();
+    assert_eq!(got, want, "each batch decided after the one before");
+    check_three_batches(&pool, &ids).await;
+    // Each batch's commit record, B2's started before B1 committed.
+    let mut conn = pool.get_conn().await.unwrap();
+    let records: Vec<(i64, i64, i64, i64)> = conn
+        .query("SELECT first_offset, next_offset, started_at, committed_at FROM settle_batches ORDER BY first_offset")
+        .await
+        .unwrap();
+    assert_eq!(
+        records.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+        vec![(0, 3), (3, 6), (6, 8)]
+    );
+    assert!(records[1].2 <= records[0].3, "{records:?}");
+    drop((conn, holder, watcher));
+    drop(settlement);
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
+async fn when_a_commit_fails_the_next_batch_waits_and_both_settle_once() {
+    let (db, pool, dir, rates) = fresh_db("pipefail", 4).await;
+    let (batches, want) = three_batches(&rates);
+    let ids = ids_of(&batches);
+    // B2's commit fails once (its offsets write raises an error; the MEMORY table's
+    // count is not rolled back with it), while B3 is already under way.
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE fail_budget (n INT NOT NULL) ENGINE=MEMORY; \
+         INSERT INTO fail_budget VALUES (1)",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "CREATE TRIGGER fail_once BEFORE UPDATE ON offsets FOR EACH ROW BEGIN \
+           IF NEW.next_offset = 6 AND (SELECT n FROM fail_budget) > 0 THEN \
+             UPDATE fail_budget SET n = n - 1; \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'; \
+           END IF; \
+         END",
+    )
+    .await
+    .unwrap();
+    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let got = settle_all(&mut settlement, batches).await;
+    let budget: Option<i32> = conn.query_first("SELECT n FROM fail_budget").await.unwrap();
+    assert_eq!(budget, Some(0), "the injected failure happened");
+    assert_eq!(got, want, "each batch reported once, as decided");
+    check_three_batches(&pool, &ids).await;
+    drop(conn);
+    drop(settlement);
+    drop_db(&db, pool, dir).await;
+}
