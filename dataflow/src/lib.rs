@@ -1,6 +1,7 @@
 //! The timely job (SPEC §1, §5): per worker, a Kafka source for partition = worker index,
 //! a rate source (worker 0, fed by ZooKeeper watches, broadcast), and a settle operator
-//! that settles each closed epoch as one MySQL transaction.
+//! that hands closed epochs to its settlement thread (MySQL transactions through
+//! `sinks::Settlement`).
 //!
 //! Time is the epoch `accepted_at / epoch_ms`. An order's epoch never goes below the
 //! source's frontier nor below the previous order's in its partition (a late order is
