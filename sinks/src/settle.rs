@@ -353,8 +353,9 @@ async fn open_on(
 
     // 1. Begin and insert the results as guessed. READ COMMITTED (the session's level,
     //    set by `connect`): no gap locks; FOR UPDATE still locks every row it reads, and
-    //    rows are always locked new results → offsets → commodities (by id) → own
-    //    totals, so two transactions can wait on each other but never deadlock.
+    //    rows are always locked offsets → commodities (by id) → own totals, so two
+    //    transactions can wait on each other but never deadlock. The new result rows
+    //    (before the offsets row; after it the slow way) are no other transaction's.
     //    Multi-statements go through query_drop, never query_iter: iterating a
     //    multi-statement result loses an error of a later statement (mysql_async 0.37);
     //    query_drop returns it, and the server runs none of the statements after it.
