@@ -361,6 +361,7 @@ fn settle<'s>(
     stats: Rc<RefCell<Stats>>,
 ) -> Result<StreamVec<'s, u64, Outcome>> {
     let topic = cfg.kafka.topic.clone();
+    // Two: a transaction commits while the next one starts (`sinks::Settlement`).
     let pool = sinks::connect(&cfg.mysql.url, 2)?;
     let scope = orders.scope();
     Ok(orders

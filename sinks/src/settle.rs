@@ -719,6 +719,8 @@ pub struct Settlement {
 }
 
 impl Settlement {
+    /// Settle `partition` of `topic` through `pool`, which must allow two connections:
+    /// the second transaction in flight takes its own (with one, it would wait for ever).
     pub fn new(pool: Pool, topic: &str, partition: i32) -> Settlement {
         Settlement {
             pool,
