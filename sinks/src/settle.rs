@@ -140,12 +140,7 @@ pub async fn settle_batch(
     next_offset: i64,
     state: &mut SettleState,
 ) -> Result<Vec<Outcome>> {
-    let job = Job {
-        topic,
-        partition,
-        batch,
-        next_offset,
-    };
+    let job = Job::new(topic, partition, batch, next_offset);
     settle_with_retries(pool, job, state, now_ms(), false).await
 }
 
@@ -220,7 +215,16 @@ struct Job<'a, 'b> {
     next_offset: i64,
 }
 
-impl Job<'_, '_> {
+impl<'a, 'b> Job<'a, 'b> {
+    fn new(topic: &'a str, partition: i32, batch: &'a [Settling<'b>], next_offset: i64) -> Self {
+        Job {
+            topic,
+            partition,
+            batch,
+            next_offset,
+        }
+    }
+
     fn record(&self, started_at: i64, committed_at: i64) -> Committed {
         Committed {
             partition: self.partition,
@@ -765,12 +769,7 @@ impl Settlement {
             }
         };
         let settling = batch.settling();
-        let job = Job {
-            topic: &self.topic,
-            partition: self.partition,
-            batch: &settling,
-            next_offset: batch.next_offset,
-        };
+        let job = Job::new(&self.topic, self.partition, &settling, batch.next_offset);
         let started_at = open.settled_at;
         let decided = match decide_open(job, open, &self.state) {
             Ok(d) => d,
@@ -779,34 +778,15 @@ impl Settlement {
                 return Err(e.into_error());
             }
         };
+        let then = pull();
+        if then.is_some() {
+            // The view the next batch guesses from: the stock as this batch leaves it.
+            self.state
+                .stock
+                .extend(decided.stock.iter().map(|(id, c)| (*id, *c)));
+        }
+        let then_settling = then.as_ref().map(Batch::settling);
         let mut commit_sent = false;
-        let Some(then) = pull() else {
-            // Nothing to overlap with.
-            let done = finish_on(&mut conn, self.partition, &decided, &mut commit_sent).await;
-            return after_finish(
-                &self.pool,
-                &mut self.state,
-                done,
-                conn,
-                job,
-                decided,
-                started_at,
-                commit_sent,
-            )
-            .await
-            .map(Some);
-        };
-        // The view the next batch guesses from: the stock as this batch leaves it.
-        self.state
-            .stock
-            .extend(decided.stock.iter().map(|(id, c)| (*id, *c)));
-        let then_settling = then.settling();
-        let then_job = Job {
-            topic: &self.topic,
-            partition: self.partition,
-            batch: &then_settling,
-            next_offset: then.next_offset,
-        };
         let partition = self.partition;
         let finishing = async {
             let done = finish_on(&mut conn, partition, &decided, &mut commit_sent).await;
@@ -816,21 +796,17 @@ impl Settlement {
             }
             (done, now_ms())
         };
-        let pool = &self.pool;
-        let state = &mut self.state;
+        let (pool, topic, state) = (&self.pool, &self.topic, &mut self.state);
         let starting = async {
+            let (Some(then), Some(settling)) = (&then, &then_settling) else {
+                return Ok(None);
+            };
+            let then_job = Job::new(topic, partition, settling, then.next_offset);
             let mut conn = pool.get_conn().await?;
             conn.reset_connection(true);
-            match open_on(
-                &mut conn,
-                then_job,
-                state,
-                Expect::Exactly(job.next_offset),
-                false,
-            )
-            .await
-            {
-                Ok(Opening::Open(open)) => Ok((conn, open)),
+            let expect = Expect::Exactly(job.next_offset);
+            match open_on(&mut conn, then_job, state, expect, false).await {
+                Ok(Opening::Open(open)) => Ok(Some((conn, open))),
                 Ok(Opening::Committed(_)) => {
                     // Not while the batch before commits (its offset is below this one's).
                     abandon(&mut conn).await;
@@ -845,45 +821,35 @@ impl Settlement {
             }
         };
         let ((done, committed_at), started) = tokio::join!(finishing, starting);
-        match (done, started) {
-            (Ok(()), Ok((then_conn, then_open))) => {
-                conn.reset_connection(false);
-                let outcomes = self.state.committed(decided);
-                self.state.unrecorded = Some(job.record(started_at, committed_at));
-                self.open = Some((then, then_conn, then_open));
-                Ok(Some(outcomes))
+        if let Err(e) = done {
+            if let Ok(Some((mut then_conn, _))) = started {
+                abandon(&mut then_conn).await;
             }
-            (Ok(()), Err(e)) => {
-                conn.reset_connection(false);
-                let outcomes = self.state.committed(decided);
-                self.state.unrecorded = Some(job.record(started_at, committed_at));
-                if let Failure::Fatal(e) = e {
-                    return Err(e);
-                }
-                self.waiting = Some(then);
-                Ok(Some(outcomes))
-            }
-            (Err(Failure::Fatal(e)), started) => {
-                if let Ok((mut then_conn, _)) = started {
-                    abandon(&mut then_conn).await;
-                }
-                Err(e)
-            }
-            (Err(Failure::Retry(e)), started) => {
-                if let Ok((mut then_conn, _)) = started {
-                    abandon(&mut then_conn).await;
-                }
-                tracing::warn!(
-                    partition,
-                    orders = settling.len(),
-                    "settlement transaction failed, settling it again: {e:#}"
-                );
-                self.waiting = Some(then);
-                settle_with_retries(&self.pool, job, &mut self.state, started_at, commit_sent)
-                    .await
-                    .map(Some)
-            }
+            let Failure::Retry(e) = e else {
+                return Err(e.into_error());
+            };
+            tracing::warn!(
+                partition,
+                orders = settling.len(),
+                "settlement transaction failed, settling it again: {e:#}"
+            );
+            self.waiting = then;
+            return settle_with_retries(&self.pool, job, &mut self.state, started_at, commit_sent)
+                .await
+                .map(Some);
         }
+        conn.reset_connection(false);
+        let outcomes = self.state.committed(decided);
+        self.state.unrecorded = Some(job.record(started_at, committed_at));
+        match (then, started) {
+            (Some(then), Ok(Some((then_conn, then_open)))) => {
+                self.open = Some((then, then_conn, then_open));
+            }
+            (_, Err(Failure::Fatal(e))) => return Err(e),
+            // Started but not opened: settled next, the plain way.
+            (then, _) => self.waiting = then,
+        }
+        Ok(Some(outcomes))
     }
 
     /// Round trips 1 and 2 of a batch not started while the one before committed, with
@@ -893,12 +859,7 @@ impl Settlement {
         batch: Batch,
     ) -> Result<Result<(Batch, mysql_async::Conn, Open), Vec<Outcome>>> {
         let settling = batch.settling();
-        let job = Job {
-            topic: &self.topic,
-            partition: self.partition,
-            batch: &settling,
-            next_offset: batch.next_offset,
-        };
+        let job = Job::new(&self.topic, self.partition, &settling, batch.next_offset);
         let mut backoff = Backoff::default();
         for attempt in 1.. {
             let mut conn = match self.pool.get_conn().await {
@@ -934,41 +895,6 @@ impl Settlement {
             }
         }
         unreachable!()
-    }
-}
-
-/// After round trip 3 of a batch with nothing overlapping it.
-#[allow(clippy::too_many_arguments)]
-async fn after_finish(
-    pool: &Pool,
-    state: &mut SettleState,
-    done: Result<(), Failure>,
-    mut conn: mysql_async::Conn,
-    job: Job<'_, '_>,
-    decided: Decided,
-    started_at: i64,
-    commit_sent: bool,
-) -> Result<Vec<Outcome>> {
-    match done {
-        Ok(()) => {
-            conn.reset_connection(false);
-            let outcomes = state.committed(decided);
-            state.unrecorded = Some(job.record(started_at, now_ms()));
-            Ok(outcomes)
-        }
-        Err(Failure::Fatal(e)) => {
-            abandon(&mut conn).await;
-            Err(e)
-        }
-        Err(Failure::Retry(e)) => {
-            abandon(&mut conn).await;
-            tracing::warn!(
-                partition = job.partition,
-                orders = job.batch.len(),
-                "settlement transaction failed, settling it again: {e:#}"
-            );
-            settle_with_retries(pool, job, state, started_at, commit_sent).await
-        }
     }
 }
 
