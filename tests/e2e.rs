@@ -256,6 +256,52 @@ fn two_workers_racing_for_the_last_units_never_oversell() {
 }
 
 #[test]
+fn a_worker_starts_a_transaction_at_most_once_per_settle_interval() {
+    // Epochs close every 10 ms; with a 100 ms interval, what closes meanwhile waits
+    // and goes into the next transaction.
+    let c = Cluster::start(
+        "interval",
+        Spec {
+            workers: 1,
+            cluster: "settle_interval_ms = 100",
+            ..Spec::default()
+        },
+    );
+    let accepted = c.post_while(4, || std::thread::sleep(Duration::from_millis(2000)));
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    // Each transaction's record is written with the next one, or 100 ms after it.
+    common::wait_for(
+        Duration::from_secs(10),
+        "every transaction recorded",
+        || {
+            c.count("SELECT COALESCE(MAX(next_offset), 0) FROM settle_batches")
+                == accepted.len() as u64
+        },
+    );
+    let batches: Vec<(i64, u32, i64)> =
+        c.query("SELECT first_offset, orders, started_at FROM settle_batches ORDER BY next_offset");
+    let starts: Vec<i64> = batches.iter().map(|b| b.2).collect();
+    let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // A transaction is stamped as it starts, a few ms after it was taken: the gaps
+    // between takes are at least 100 ms, between stamps within that jitter of it.
+    assert!(
+        gaps.iter().all(|g| *g >= 80),
+        "transactions started {gaps:?} ms apart"
+    );
+    assert!(
+        batches.len() >= 5,
+        "the load spanned several transactions: {batches:?}"
+    );
+    assert!(
+        batches.len() < 40,
+        "about one transaction per 100 ms over two seconds, not one per epoch: {} for {} orders",
+        batches.len(),
+        accepted.len()
+    );
+    c.check_invariants(&accepted);
+}
+
+#[test]
 fn killed_worker_resumes_from_stored_offsets_without_loss_or_duplicates() {
     let c = Cluster::start("kill", Spec::default());
     let accepted = std::sync::Mutex::new(Vec::<String>::new());

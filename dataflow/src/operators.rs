@@ -349,7 +349,8 @@ fn show(rates: &[(Currency, Decimal)]) -> String {
 /// Settle every epoch that both the orders and the rates have passed, in offset order,
 /// on the worker's settlement thread: the epochs closed since the last hand-over go to
 /// it as a job (at most IN_FLIGHT jobs are out), and it settles every job waiting as one,
-/// in transactions of at most MAX_BATCH orders. The timely worker never waits for MySQL:
+/// in transactions of at most MAX_BATCH orders, taking jobs at most once per
+/// `settle_interval_ms`. The timely worker never waits for MySQL:
 /// it keeps reading and closing epochs (other workers' frontiers depend on it). Outcomes
 /// leave at their jobs' least epoch when committed; until then the jobs' capabilities
 /// hold the totals back.
@@ -361,13 +362,15 @@ fn settle<'s>(
     stats: Rc<RefCell<Stats>>,
 ) -> Result<StreamVec<'s, u64, Outcome>> {
     let topic = cfg.kafka.topic.clone();
+    let settle_interval_ms = cfg.cluster.settle_interval_ms;
     // Two: a transaction commits while the next one starts (`sinks::Settlement`).
     let pool = sinks::connect(&cfg.mysql.url, 2)?;
     let scope = orders.scope();
     Ok(orders
         .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
-            let settler = Settler::spawn(pool, topic, partition, wake)
+            let interval = Duration::from_millis(settle_interval_ms);
+            let settler = Settler::spawn(pool, topic, partition, interval, wake)
                 .unwrap_or_else(|e| die("starting the settlement thread", e));
             // The least epoch of each job in MySQL, oldest first: they hold the outcomes'
             // frontier.
@@ -526,6 +529,7 @@ impl Settler {
         pool: Pool,
         topic: String,
         partition: i32,
+        interval: Duration,
         wake: timely::scheduling::SyncActivator,
     ) -> Result<Settler> {
         let (jobs, job_rx) = crossbeam_channel::bounded::<Vec<Owned>>(IN_FLIGHT);
@@ -545,9 +549,15 @@ impl Settler {
                 let mut outcomes = Vec::new();
                 let mut batches = 0;
                 let mut open = true;
+                // No job is taken before this (`interval` after the last was taken).
+                let mut next_take = Instant::now();
                 loop {
                     let mut pull = || {
                         if queued.is_empty() {
+                            let now = Instant::now();
+                            if now < next_take {
+                                return None;
+                            }
                             // Every job waiting, as one: under load, fewer and larger
                             // transactions.
                             let (mut merged, mut jobs) = (Vec::new(), 0);
@@ -557,6 +567,7 @@ impl Settler {
                             }
                             if jobs > 0 {
                                 queued.extend(batches_of(merged, jobs));
+                                next_take = now + interval;
                             }
                         }
                         let (batch, ends) = queued.pop_front()?;
@@ -583,10 +594,19 @@ impl Settler {
                         None if !open => break,
                         None => {}
                     }
+                    // Jobs wait until `next_take`: then all those waiting go as one.
+                    let now = Instant::now();
+                    if now < next_take {
+                        std::thread::sleep(next_take - now);
+                        continue;
+                    }
                     // Nothing to settle. A batch's commit record is written with the
                     // next batch; when none follows soon, on its own.
                     match job_rx.recv_timeout(RECORD_IDLE) {
-                        Ok(job) => queued.extend(batches_of(job, 1)),
+                        Ok(job) => {
+                            queued.extend(batches_of(job, 1));
+                            next_take = Instant::now() + interval;
+                        }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                             if let Err(e) = rt.block_on(settlement.flush()) {
                                 tracing::warn!(partition, "{e:#}");

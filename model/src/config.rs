@@ -41,6 +41,13 @@ pub struct ClusterSection {
     /// How long a worker waits for late orders before closing an epoch.
     #[serde(default = "default_watermark_delay_ms")]
     pub watermark_delay_ms: u64,
+    /// A worker starts a settlement transaction at most once per this many ms; what
+    /// closes meanwhile waits and goes into the next one. Fewer, larger transactions
+    /// cost MySQL less per order; each order may wait up to this long more. 0: start
+    /// one as soon as an epoch closes. Default 20 (README, Performance: at 10,000
+    /// orders/s, MariaDB's CPU fell by a fifth and the latency tails shrank).
+    #[serde(default = "default_settle_interval_ms")]
+    pub settle_interval_ms: u64,
     /// Where logs, the embedded broker's address and local service data go.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -156,6 +163,9 @@ fn default_epoch_ms() -> u64 {
     10
 }
 fn default_watermark_delay_ms() -> u64 {
+    20
+}
+fn default_settle_interval_ms() -> u64 {
     20
 }
 fn default_data_dir() -> PathBuf {

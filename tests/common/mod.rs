@@ -92,6 +92,8 @@ pub struct Spec<'a> {
     /// CSV catalogue text (header included); None: generated.
     pub catalogue: Option<&'a str>,
     pub items: u32,
+    /// More keys of the `[cluster]` section.
+    pub cluster: &'a str,
     pub extra: &'a str,
 }
 
@@ -102,6 +104,7 @@ impl Default for Spec<'_> {
             workers: 2,
             catalogue: None,
             items: 1000,
+            cluster: "",
             extra: "",
         }
     }
@@ -156,6 +159,7 @@ impl Cluster {
 processes = [{}]
 workers_per_process = {}
 data_dir = "data"
+{}
 [kafka]
 topic = "orders"
 [zookeeper]
@@ -176,6 +180,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
 "#,
                 processes.join(", "),
                 spec.workers,
+                spec.cluster,
                 spec.items,
                 spec.extra
             ),
