@@ -310,6 +310,56 @@ async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
 }
 
 #[tokio::test]
+async fn a_batch_changing_thousands_of_commodities_updates_each_once() {
+    // Stock goes in by UPDATEs of at most 999 ids each (longer IN lists lose the
+    // row-by-row update in MariaDB): 2,500 commodities take three such statements.
+    let (db, pool, dir, rates) = fresh_db("wide", 1).await;
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop(
+        "INSERT INTO commodity (id, name, price, currency, inventory, initial_inventory) \
+         SELECT seq, CONCAT('item ', seq), 1.00, 'RMB', 10, 10 FROM seq_101_to_2600",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let mut view = SettleState::default();
+    let mut offset = 0;
+    for (take, expect_left) in [(3, 7), (7, 0)] {
+        let orders: Vec<Order> = (101..=2600).map(|id| order("u-w", id, take)).collect();
+        let batch: Vec<Settling> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| settling(offset + i as i64, o, &rates))
+            .collect();
+        offset += orders.len() as i64;
+        let out = dtss_sinks::settle_batch(&pool, "orders", 0, &batch, offset, &mut view)
+            .await
+            .unwrap();
+        assert!(out.iter().all(|o| o.reason.is_none()), "all in stock");
+        let mut conn = pool.get_conn().await.unwrap();
+        let left: Vec<(u32, u32)> = conn
+            .query("SELECT inventory, COUNT(*) FROM commodity WHERE id > 100 GROUP BY inventory")
+            .await
+            .unwrap();
+        assert_eq!(left, vec![(expect_left, 2500)], "every item took {take}");
+    }
+    // Nothing left: one more unit of any of them is refused.
+    let more = order("u-w", 1800, 1);
+    let out = dtss_sinks::settle_batch(
+        &pool,
+        "orders",
+        0,
+        &[settling(offset, &more, &rates)],
+        offset + 1,
+        &mut view,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out[0].reason, Some(Reason::InsufficientInventory));
+    drop_db(&db, pool, dir).await;
+}
+
+#[tokio::test]
 async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
     let (db, pool, dir, rates) = fresh_db("quote", 1).await;
     let mut state = SettleState::default();
