@@ -8,7 +8,8 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 /// COM_RESET_CONNECTION: that costs a round trip and throws away the session (prepared
 /// statements, settlement's temporary table). Settlement ends each transaction with a
 /// commit or a rollback, and turns the reset on while one is open, for a connection
-/// dropped half way.
+/// dropped half way. The row count of an UPDATE is of the rows it found, changed or
+/// not (CLIENT_FOUND_ROWS): settlement counts the commodities its stock UPDATE checked.
 pub fn connect(url: &str, max: usize) -> Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
     // With min 0 and no idle TTL, mysql_async closes every connection handed back: a new
@@ -20,6 +21,7 @@ pub fn connect(url: &str, max: usize) -> Result<Pool> {
     Ok(Pool::new(
         OptsBuilder::from_opts(opts)
             .pool_opts(pool_opts)
+            .client_found_rows(true)
             .setup(vec![
                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
                 // Strict: settlement relies on NULL in a NOT NULL column being an error.
