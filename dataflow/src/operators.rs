@@ -18,8 +18,11 @@ use timely::worker::Worker;
 
 use crate::kafka::{spawn_reader, Read};
 
-/// Most orders settled in one MySQL transaction.
-const MAX_BATCH: usize = 5000;
+/// Most orders settled in one MySQL transaction. A worker behind takes every job waiting
+/// as one batch: the larger it is, the fewer times each commodity is locked and written
+/// per order (direct from Kafka, with the backlog at 40,000, one run after the other:
+/// 53,000 orders/s with 20,000 against 44,000 with 5,000; README, Performance).
+const MAX_BATCH: usize = 20_000;
 /// Jobs handed to the settlement thread and not yet committed, at most. While a batch
 /// commits the next one starts (see `sinks::Settlement`), made of every job handed over
 /// by then.

@@ -69,7 +69,7 @@ impl Default for KafkaSection {
         KafkaSection {
             brokers: vec![],
             topic: "orders".into(),
-            max_backlog_per_partition: 10_000,
+            max_backlog_per_partition: 40_000,
         }
     }
 }
