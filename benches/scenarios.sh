@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The end-to-end scenarios of README "Performance", in its order, against a running system
+# (`cargo run --release -- up` in another terminal; a fresh one for comparable figures).
+# Each bench ends with `dtss check`. Logs, JSON and HTML reports go under
+# {data_dir}/bench/; this prints each scenario's summary lines.
+#
+# Usage: benches/scenarios.sh [dtss binary]   (default: target/release/dtss)
+#        SCENARIOS="http direct" benches/scenarios.sh   (a subset, by name)
+#        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the README's)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dtss=${1:-${CARGO_TARGET_DIR:-target}/release/dtss}
+[[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
+runs=${RUNS:-3}
+duration=${DURATION:-60}
+url=http://127.0.0.1:8080
+curl -sf "$url/healthz" >/dev/null || {
+  echo "nothing answers at $url: start the system first (cargo run --release -- up)" >&2
+  exit 2
+}
+declare -A args=(
+  [http]="--runs $runs --duration $duration"
+  [r10k]="--runs $runs --duration $duration --rate 10000 --connections 256"
+  [direct]="--runs $runs --duration $duration --direct-kafka"
+  [r5k]="--duration $((duration / 2)) --rate 5000 --connections 128"
+)
+logs=$(mktemp -d)
+status=0
+for name in ${SCENARIOS:-http r10k direct r5k}; do
+  [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http r10k direct r5k)" >&2; exit 2; }
+  echo "== $name: dtss bench ${args[$name]}   ($(date +%T))"
+  # shellcheck disable=SC2086
+  if ! "$dtss" bench ${args[$name]} >"$logs/$name.log" 2>&1; then
+    status=1
+    echo "   FAILED (exit $?): $logs/$name.log"
+  fi
+  log=$logs/$name.log
+  if grep -q "^medians of" "$log"; then
+    grep -A 8 "^medians of" "$log"
+  else
+    grep -E "^(throughput|ack|accepted →)" "$log"
+  fi | sed 's/^/   /'
+  grep -E "^CPU" "$log" | sed 's/^/   /'
+  echo "   dtss check: $(grep -c '^check: PASS' "$log") passed, $(grep -c '^check: FAIL' "$log") failed"
+done
+echo "full logs: $logs"
+exit $status
