@@ -337,7 +337,18 @@ fn killed_worker_resumes_from_stored_offsets_without_loss_or_duplicates() {
         });
         let status = c.kill_worker(0, libc::SIGKILL).expect("worker was running");
         assert!(!status.success());
-        let at_kill = c.count("SELECT COUNT(*) FROM result");
+        // A COMMIT the server had received before the kill still lands: wait for the
+        // count to hold still, then nothing may settle while the worker is down.
+        let mut at_kill = c.count("SELECT COUNT(*) FROM result");
+        for tries in 1.. {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = c.count("SELECT COUNT(*) FROM result");
+            if now == at_kill {
+                break;
+            }
+            assert!(tries < 10, "results still growing 3 s after the kill");
+            at_kill = now;
+        }
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
             c.count("SELECT COUNT(*) FROM result"),
