@@ -16,7 +16,7 @@
 //! Once the view holds every commodity of a batch, the batch is decided against it
 //! without reading the commodities: the stock UPDATE locks each of them and changes it
 //! only if it still holds what the view said, and the commit happens only if every one
-//! did (`Open::verified`). With one partition the view is always right, and a batch's
+//! did (`Open::left`). With one partition the view is always right, and a batch's
 //! commodities cost MariaDB one statement instead of two (the locking read was a fifth
 //! of its CPU direct from Kafka). A stale view costs the batch a second
 //! attempt under locks, and the next batches lock too, for longer after each miss.
@@ -61,7 +61,7 @@ pub struct SettleState {
     /// Results go in as INSERTs: the server refused LOAD DATA LOCAL.
     insert_results: bool,
     /// Batches still to settle under locks before the view is trusted again (see
-    /// `Open::verified`), and what that count becomes when the view next turns out stale:
+    /// `Open::left`), and what that count becomes when the view next turns out stale:
     /// it doubles each time (a cluster whose partitions share commodities ends up
     /// locking), and a batch settled from the view resets it.
     locked_batches: u32,
@@ -106,7 +106,7 @@ impl Committed {
 impl SettleState {
     /// How many batches were committed from the view alone: their commodities were not
     /// read under locks, the stock UPDATE checked that each still held what the view
-    /// said (see `Open::verified`).
+    /// said (see `Open::left`).
     pub fn verified_batches(&self) -> u64 {
         self.verified
     }
@@ -358,14 +358,16 @@ struct Open {
     /// The decisions of `batch[todo_from..]` as the results were written.
     guessed: Vec<model::Decision>,
     settled_at: i64,
-    /// The batch's commodities as locked, or as the view has them (`verified`).
+    /// The batch's commodities as locked, or as the view has them (`left`).
     stock: HashMap<u32, Commodity>,
-    /// The commodities were not locked and read: the batch is decided against the view,
-    /// and the stock UPDATE checks every one of them (changed or not) against it,
-    /// locking it as it does; the commit happens only if all of them matched. One
-    /// statement per commodity fewer, and no read of them, when the view is right, as
-    /// it is while this partition is the only one changing them.
-    verified: bool,
+    /// Some when the commodities were not locked and read (the batch is "verified"): it
+    /// is decided against the view, as `guessed` already did, leaving the stock this
+    /// holds; the stock UPDATE checks every one of the batch's commodities (changed or
+    /// not) against the view, locking it as it does, and the commit happens only if all
+    /// of them matched. One statement per commodity fewer, no read of them, and no
+    /// second decision of each order when the view is right, as it is while this
+    /// partition is the only one changing them.
+    left: Option<HashMap<u32, Commodity>>,
 }
 
 enum Opening {
@@ -418,7 +420,7 @@ async fn open_on(
     //    query_drop returns it, and the server runs none of the statements after it.
     let begin = "START TRANSACTION; SET @n = 0, @c = 0";
     let mut todo_from = 0;
-    let mut guessed = guess(batch, &ids, state)?;
+    let (mut guessed, mut left) = guess(batch, &ids, state)?;
     let fast = !batch.is_empty()
         && write_results(
             conn,
@@ -466,7 +468,7 @@ async fn open_on(
         }
         todo_from = batch.partition_point(|s| s.offset < stored);
         let todo = &batch[todo_from..];
-        guessed = guess(todo, &ids, state)?;
+        (guessed, left) = guess(todo, &ids, state)?;
         if !todo.is_empty()
             && !write_results(conn, "", todo, &guessed, partition, settled_at, state).await?
         {
@@ -506,7 +508,7 @@ async fn open_on(
         guessed,
         settled_at,
         stock,
-        verified,
+        left: verified.then_some(left),
     }))
 }
 
@@ -573,7 +575,7 @@ struct Decided {
     stock: HashMap<u32, Commodity>,
     corrected: usize,
     changed: usize,
-    /// Decided against the view, which the stock UPDATE checks (`Open::verified`).
+    /// Decided against the view, which the stock UPDATE checks (`Open::left`).
     verified: bool,
 }
 
@@ -590,17 +592,23 @@ fn decide_open(job: Job<'_, '_>, open: Open, state: &SettleState) -> Result<Deci
         guessed,
         settled_at,
         mut stock,
-        verified,
+        left,
     } = open;
     let todo = &batch[todo_from..];
     let before: HashMap<u32, u32> = stock.iter().map(|(id, c)| (*id, c.inventory)).collect();
+    let verified = left.is_some();
     let mut outcomes = Vec::with_capacity(todo.len());
     let mut sql = String::with_capacity(1024);
     let mut corrected = 0;
     for (s, g) in todo.iter().zip(&guessed) {
-        let d = decide(s.order, &mut stock, s.rates)
-            .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
-            .map_err(Failure::Fatal)?;
+        // Verified: the guesses were made against this very stock.
+        let d = if verified {
+            *g
+        } else {
+            decide(s.order, &mut stock, s.rates)
+                .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
+                .map_err(Failure::Fatal)?
+        };
         if d != *g {
             write!(
                 sql,
@@ -623,6 +631,10 @@ fn decide_open(job: Job<'_, '_>, open: Open, state: &SettleState) -> Result<Deci
             accepted_at: s.order.accepted_at,
             settled_at,
         });
+    }
+
+    if let Some(left) = left {
+        stock = left;
     }
 
     // 3. Everything else and COMMIT, in one round trip.
@@ -1136,23 +1148,26 @@ fn results_tsv(
     out
 }
 
-/// Decide `todo` in order against the worker's view of the stock (not changing it).
+/// Decide `todo` in order against the worker's view of the stock `ids` (not changing
+/// the view): the decisions, and the stock of `ids` they leave.
 fn guess(
     todo: &[Settling<'_>],
     ids: &BTreeSet<u32>,
     state: &SettleState,
-) -> Result<Vec<model::Decision>, Failure> {
+) -> Result<(Vec<model::Decision>, HashMap<u32, Commodity>), Failure> {
     let mut view: HashMap<u32, Commodity> = ids
         .iter()
         .filter_map(|id| state.stock.get(id).map(|c| (*id, *c)))
         .collect();
-    todo.iter()
+    let decisions = todo
+        .iter()
         .map(|s| {
             decide(s.order, &mut view, s.rates)
                 .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
                 .map_err(Failure::Fatal)
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((decisions, view))
 }
 
 /// One multi-row insert of `todo`'s results, in text: one round trip whatever the
