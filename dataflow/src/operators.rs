@@ -124,10 +124,15 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
                     partition,
                     settled = s.orders,
                     batches = s.batches,
-                    "settled {} orders in {} transactions in the last {:.0?}",
+                    from_view = s.from_view,
+                    stale = s.stale,
+                    "settled {} orders in {} transactions in the last {:.0?} ({} from the \
+                     worker's view of the stock; the view found stale {} times)",
                     s.orders,
                     s.batches,
-                    last_report.elapsed()
+                    last_report.elapsed(),
+                    s.from_view,
+                    s.stale
                 );
             }
             *s = Stats::default();
@@ -142,6 +147,10 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
 struct Stats {
     orders: u64,
     batches: u64,
+    /// Of the batches, those settled from the worker's view of the stock, and the
+    /// times that view was found stale (`sinks::Settlement::view_counts`).
+    from_view: u64,
+    stale: u64,
 }
 
 /// The worker's partition as a stream of `(offset, order)` at event-time epochs.
@@ -401,15 +410,17 @@ fn settle<'s>(
                 });
                 // Jobs are settled in order, several at once: their outcomes leave at the
                 // least epoch of them.
-                while let Some((outcomes, batches, jobs)) = settler.done() {
+                while let Some(done) = settler.done() {
                     {
                         let mut s = stats.borrow_mut();
-                        s.orders += outcomes.len() as u64;
-                        s.batches += batches;
+                        s.orders += done.outcomes.len() as u64;
+                        s.batches += done.batches;
+                        s.from_view += done.from_view;
+                        s.stale += done.stale;
                     }
                     let cap = out.front().expect("a job in flight for each one done");
-                    output.session(cap).give_iterator(outcomes.into_iter());
-                    out.drain(..jobs);
+                    output.session(cap).give_iterator(done.outcomes.into_iter());
+                    out.drain(..done.jobs);
                 }
                 if out.len() >= IN_FLIGHT {
                     return;
@@ -523,8 +534,18 @@ const RECORD_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// `die`).
 struct Settler {
     jobs: crossbeam_channel::Sender<Vec<Owned>>,
-    /// Outcomes, transactions and the number of jobs they complete.
-    done: crossbeam_channel::Receiver<(Vec<Outcome>, u64, usize)>,
+    done: crossbeam_channel::Receiver<Done>,
+}
+
+/// The outcomes of jobs settled, with the transactions they took (of them, those
+/// settled from the worker's view, and the views found stale meanwhile) and the number
+/// of jobs they complete.
+struct Done {
+    outcomes: Vec<Outcome>,
+    batches: u64,
+    from_view: u64,
+    stale: u64,
+    jobs: usize,
 }
 
 impl Settler {
@@ -551,6 +572,8 @@ impl Settler {
                 let mut handed: VecDeque<usize> = VecDeque::new();
                 let mut outcomes = Vec::new();
                 let mut batches = 0;
+                // `settlement.view_counts()` as last reported.
+                let mut counted = (0, 0);
                 let mut open = true;
                 // No job is taken before this (`interval` after the last was taken).
                 let mut next_take = Instant::now();
@@ -586,7 +609,15 @@ impl Settler {
                             batches += 1;
                             let ends = handed.pop_front().expect("a batch was handed over");
                             if ends > 0 {
-                                let job = (std::mem::take(&mut outcomes), batches, ends);
+                                let now = settlement.view_counts();
+                                let job = Done {
+                                    outcomes: std::mem::take(&mut outcomes),
+                                    batches,
+                                    from_view: now.0 - counted.0,
+                                    stale: now.1 - counted.1,
+                                    jobs: ends,
+                                };
+                                counted = now;
                                 batches = 0;
                                 if done_tx.send(job).is_err() || wake.activate().is_err() {
                                     open = false;
@@ -636,9 +667,8 @@ impl Settler {
         }
     }
 
-    /// The outcomes of the oldest jobs handed over, once committed, with how many
-    /// transactions they took and how many jobs they complete.
-    fn done(&self) -> Option<(Vec<Outcome>, u64, usize)> {
+    /// The oldest jobs handed over, once committed.
+    fn done(&self) -> Option<Done> {
         match self.done.try_recv() {
             Ok(d) => Some(d),
             Err(crossbeam_channel::TryRecvError::Empty) => None,

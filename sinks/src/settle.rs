@@ -68,6 +68,8 @@ pub struct SettleState {
     stale_penalty: u32,
     /// Batches committed from the view alone, checked by the stock UPDATE.
     verified: u64,
+    /// Times the view was found stale by that check.
+    stale: u64,
 }
 
 /// One settlement transaction, as kept in `settle_batches`: its partition's offsets
@@ -111,11 +113,18 @@ impl SettleState {
         self.verified
     }
 
+    /// How many times a batch decided against the view found it stale (and was settled
+    /// again under locks).
+    pub fn stale_views(&self) -> u64 {
+        self.stale
+    }
+
     /// A transaction failed after its decisions went into the view, or the view turned
     /// out stale (`stale`): forget it, it is read again (and the next batches lock).
     fn distrust(&mut self, stale: bool) {
         self.stock.clear();
         if stale {
+            self.stale += 1;
             self.stale_penalty = (self.stale_penalty * 2).clamp(4, 1024);
             self.locked_batches = self.stale_penalty;
         }
@@ -844,6 +853,12 @@ impl Settlement {
             open: None,
             waiting: None,
         }
+    }
+
+    /// Batches committed from the worker's view, and views found stale, so far (see
+    /// `SettleState::verified_batches`, `SettleState::stale_views`).
+    pub fn view_counts(&self) -> (u64, u64) {
+        (self.state.verified_batches(), self.state.stale_views())
     }
 
     /// Write the last batch's commit record now (see `SettleState::flush`).

@@ -331,7 +331,7 @@ async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
     // First batch: items 1 and 2 are new to the view, so they are locked and read.
     let out = settle(&mut view, &[order("u-v", 1, 1), order("u-v", 2, 1)]).await;
     assert_eq!(out, vec![None, None]);
-    assert_eq!(view.verified_batches(), 0);
+    assert_eq!((view.verified_batches(), view.stale_views()), (0, 0));
     // Then the view holds them: decided from it, checked by the UPDATE.
     let out = settle(&mut view, &[order("u-v", 1, 1), order("u-v", 2, 9)]).await;
     assert_eq!(out, vec![None, None]);
@@ -350,6 +350,7 @@ async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
         1,
         "the stale view was not committed"
     );
+    assert_eq!(view.stale_views(), 1);
     // After a stale view, a few batches lock before it is trusted again: the view is
     // forgotten, read again, then its values are checked.
     conn.query_drop("UPDATE commodity SET inventory = 10 WHERE id = 2")
@@ -372,6 +373,7 @@ async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
     let out = settle(&mut view, &[order("u-v", 2, 7)]).await;
     assert_eq!(out, vec![None], "7 of the 8 units the row holds");
     assert_eq!(view.verified_batches(), 2, "settled under locks");
+    assert_eq!(view.stale_views(), 2);
     let stock: Vec<(u32, u32)> = conn
         .query("SELECT id, inventory FROM commodity ORDER BY id")
         .await
