@@ -26,6 +26,26 @@ fn order(user: &str, id: u32, number: u32) -> Order {
     .accept(Uuid::now_v7(), model::now_ms())
 }
 
+/// Settle `orders` as partition 0's next batch, numbered from `*offset`, which moves past
+/// them.
+async fn settle_next(
+    pool: &mysql_async::Pool,
+    view: &mut SettleState,
+    offset: &mut i64,
+    orders: &[Order],
+    rates: &RateTable,
+) -> Vec<dtss_sinks::Outcome> {
+    let batch: Vec<Settling> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, o)| settling(*offset + i as i64, o, rates))
+        .collect();
+    *offset += orders.len() as i64;
+    dtss_sinks::settle_batch(pool, "orders", 0, &batch, *offset, view)
+        .await
+        .unwrap()
+}
+
 /// A fresh database with items 1 (5 units at 2.50) and 2 (10 units at 1.00), partitions
 /// 0 and 1 prepared, and a pool of at most `conns` connections.
 async fn fresh_db(
@@ -315,15 +335,8 @@ async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
     let mut view = SettleState::default();
     let mut offset = 0;
     let mut settle = async |view: &mut SettleState, orders: &[Order]| {
-        let batch: Vec<Settling> = orders
-            .iter()
-            .enumerate()
-            .map(|(i, o)| settling(offset + i as i64, o, &rates))
-            .collect();
-        offset += orders.len() as i64;
-        dtss_sinks::settle_batch(&pool, "orders", 0, &batch, offset, view)
+        settle_next(&pool, view, &mut offset, orders, &rates)
             .await
-            .unwrap()
             .into_iter()
             .map(|o| o.reason)
             .collect::<Vec<_>>()
@@ -400,15 +413,7 @@ async fn a_batch_changing_thousands_of_commodities_updates_each_once() {
     let mut offset = 0;
     for (take, expect_left) in [(3, 7), (7, 0)] {
         let orders: Vec<Order> = (101..=2600).map(|id| order("u-w", id, take)).collect();
-        let batch: Vec<Settling> = orders
-            .iter()
-            .enumerate()
-            .map(|(i, o)| settling(offset + i as i64, o, &rates))
-            .collect();
-        offset += orders.len() as i64;
-        let out = dtss_sinks::settle_batch(&pool, "orders", 0, &batch, offset, &mut view)
-            .await
-            .unwrap();
+        let out = settle_next(&pool, &mut view, &mut offset, &orders, &rates).await;
         assert!(out.iter().all(|o| o.reason.is_none()), "all in stock");
         let mut conn = pool.get_conn().await.unwrap();
         let left: Vec<(u32, u32)> = conn
@@ -419,16 +424,7 @@ async fn a_batch_changing_thousands_of_commodities_updates_each_once() {
     }
     // Nothing left: one more unit of any of them is refused.
     let more = order("u-w", 1800, 1);
-    let out = dtss_sinks::settle_batch(
-        &pool,
-        "orders",
-        0,
-        &[settling(offset, &more, &rates)],
-        offset + 1,
-        &mut view,
-    )
-    .await
-    .unwrap();
+    let out = settle_next(&pool, &mut view, &mut offset, &[more], &rates).await;
     assert_eq!(out[0].reason, Some(Reason::InsufficientInventory));
     drop_db(&db, pool, dir).await;
 }
