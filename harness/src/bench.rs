@@ -236,7 +236,7 @@ pub async fn bench(
     let target = Arc::new(if opts.direct_kafka {
         Target::kafka(cfg, pool.clone()).await?
     } else {
-        Target::http(&opts.url, opts.connections).context("--url")?
+        Target::http(&opts.url).context("--url")?
     });
     let bootstrap = {
         let c = cfg.clone();
@@ -360,7 +360,7 @@ pub async fn bench(
     let mut tasks = vec![];
     let conns = opts.connections.max(1);
     for k in 0..conns {
-        let (target, next, live) = (target.clone(), next.clone(), live.clone());
+        let (mut sender, next, live) = (target.sender(), next.clone(), live.clone());
         let mut gen = OrderGen::new(
             opts.seed.wrapping_mul(1_000_003).wrapping_add(k as u64),
             cfg.catalogue.items,
@@ -398,7 +398,7 @@ pub async fn bench(
                 };
                 let body = gen.next_body();
                 live.sent.fetch_add(1, Ordering::Relaxed);
-                let id = target.place(&body, &mut tally).await;
+                let id = sender.place(&body, &mut tally).await;
                 let now = Instant::now();
                 if id.is_some() {
                     live.accepted.fetch_add(1, Ordering::Relaxed);

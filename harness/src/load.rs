@@ -33,7 +33,7 @@ pub async fn post_orders(
     gen: OrderGen,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<LoadReport> {
-    let target = Arc::new(Target::http(base_url, connections)?);
+    let target = Arc::new(Target::http(base_url)?);
     let gen = Arc::new(Mutex::new(gen));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress = Arc::new(progress);
@@ -41,8 +41,8 @@ pub async fn post_orders(
     let started_ms = model::now_ms();
     let mut tasks = vec![];
     for _ in 0..connections.max(1) {
-        let (target, gen, next, progress) =
-            (target.clone(), gen.clone(), next.clone(), progress.clone());
+        let (mut sender, gen, next, progress) =
+            (target.sender(), gen.clone(), next.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut accepted = vec![];
             let mut tally = Tally::default();
@@ -54,7 +54,7 @@ pub async fn post_orders(
                 }
                 let body = gen.lock().expect("generator").next_body();
                 let t0 = Instant::now();
-                if let Some(id) = target.place(&body, &mut tally).await {
+                if let Some(id) = sender.place(&body, &mut tally).await {
                     accepted.push(id.to_string());
                 }
                 hist.saturating_record(t0.elapsed().as_micros() as u64);

@@ -40,15 +40,15 @@ pub async fn rate_delay(
 
     // Background orders: 4 connections, one order every 2 ms each.
     let stop = Arc::new(AtomicBool::new(false));
-    let target = Arc::new(Target::http(base_url, 4)?);
+    let target = Arc::new(Target::http(base_url)?);
     let currencies: Vec<String> = cfg.currencies()?.iter().map(|c| c.to_string()).collect();
     let mut loaders = vec![];
     for t in 0..4u64 {
-        let (target, stop) = (target.clone(), stop.clone());
+        let (mut sender, stop) = (target.sender(), stop.clone());
         let mut gen = OrderGen::new(1000 + t, cfg.catalogue.items, currencies.clone());
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let _ = target.send(&gen.next_body()).await;
+                let _ = sender.send(&gen.next_body()).await;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));

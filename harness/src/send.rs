@@ -1,20 +1,21 @@
 //! Placing one generated order: over HTTP (`POST /api/orders` on keep-alive
 //! connections) or straight into Kafka through ingest's own producer code.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use model::{Config, Currency, Uuid};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
+/// Where orders go; shared by the senders, each of which has its own connection.
 pub(crate) enum Target {
     Http {
-        client: Client<HttpConnector, Full<Bytes>>,
-        url: hyper::Uri,
+        /// host:port to connect to.
+        addr: String,
+        /// The request line and headers up to `content-length: `.
+        head: String,
     },
     Kafka {
         producer: ingest::OrderProducer,
@@ -54,15 +55,28 @@ impl Tally {
 }
 
 impl Target {
-    /// `base_url` like http://127.0.0.1:8080, keeping up to `connections` alive.
-    pub fn http(base_url: &str, connections: usize) -> Result<Target> {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(connections)
-            .build_http();
+    /// `base_url` like http://127.0.0.1:8080.
+    pub fn http(base_url: &str) -> Result<Target> {
         let url: hyper::Uri = format!("{}/api/orders", base_url.trim_end_matches('/'))
             .parse()
             .with_context(|| format!("{base_url:?} is not a URL"))?;
-        Ok(Target::Http { client, url })
+        anyhow::ensure!(
+            url.scheme_str() == Some("http"),
+            "{base_url:?}: only http:// URLs are supported"
+        );
+        let authority = url
+            .authority()
+            .with_context(|| format!("{base_url:?} names no host"))?;
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let head = format!(
+            "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: ",
+            url.path()
+        );
+        Ok(Target::Http { addr, head })
     }
 
     pub async fn kafka(cfg: &Config, pool: sinks::Pool) -> Result<Target> {
@@ -72,34 +86,50 @@ impl Target {
         })
     }
 
-    pub async fn send(&self, body: &str) -> Answer {
-        match self {
-            Target::Http { client, url } => {
-                let req = hyper::Request::post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .expect("request");
-                let resp = match client.request(req).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!("request failed: {e}");
-                        return Answer::Error;
-                    }
-                };
-                let status = resp.status().as_u16();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                match status {
+    /// A sender of its own (over HTTP: one keep-alive connection, opened when first used).
+    pub fn sender(self: &Arc<Self>) -> Sender {
+        Sender {
+            target: self.clone(),
+            conn: None,
+            out: Vec::new(),
+            inb: Vec::new(),
+        }
+    }
+
+    /// Wait until everything sent is acknowledged (Kafka only; HTTP answers are acks).
+    pub fn flush(&self) {
+        if let Target::Kafka { producer, .. } = self {
+            producer.flush(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Places orders one at a time. Over HTTP it writes each request whole and reads the
+/// answer on the same task (HTTP/1.1 keep-alive, the answer parsed by `httparse`,
+/// its body by Content-Length, which ingest always sends): no pool, no second task
+/// and no channel per request as with hyper's pooled client. The load generator shares
+/// the machine with the system it measures: at full speed it spent 12 µs of CPU per
+/// order this way, against 25 with hyper's client.
+pub(crate) struct Sender {
+    target: Arc<Target>,
+    conn: Option<TcpStream>,
+    /// The request being written, and what was read of answers.
+    out: Vec<u8>,
+    inb: Vec<u8>,
+}
+
+impl Sender {
+    pub async fn send(&mut self, body: &str) -> Answer {
+        let target = self.target.clone();
+        match &*target {
+            Target::Http { addr, head } => match self.exchange(addr, head, body).await {
+                Ok((status, answer)) => match status {
                     202 => {
                         #[derive(serde::Deserialize)]
                         struct Accepted {
                             order_id: Uuid,
                         }
-                        match serde_json::from_slice::<Accepted>(&bytes) {
+                        match serde_json::from_slice::<Accepted>(&answer) {
                             Ok(a) => Answer::Accepted(a.order_id),
                             Err(_) => Answer::Failed,
                         }
@@ -107,8 +137,13 @@ impl Target {
                     503 => Answer::Busy,
                     400 | 413 => Answer::Invalid,
                     _ => Answer::Failed,
+                },
+                Err(e) => {
+                    tracing::debug!("request failed: {e:#}");
+                    self.conn = None;
+                    Answer::Error
                 }
-            }
+            },
             Target::Kafka {
                 producer,
                 currencies,
@@ -126,9 +161,60 @@ impl Target {
         }
     }
 
+    /// POST `body`; the answer's status and body. Any error leaves the connection to
+    /// be dropped by the caller.
+    async fn exchange(&mut self, addr: &str, head: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+        if self.conn.is_none() {
+            let c = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            c.set_nodelay(true)?;
+            self.conn = Some(c);
+            self.inb.clear();
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        self.out.clear();
+        self.out.extend_from_slice(head.as_bytes());
+        self.out
+            .extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+        self.out.extend_from_slice(body.as_bytes());
+        conn.write_all(&self.out).await.context("writing")?;
+        // The head, then the body by its length.
+        let (status, head_len, body_len, close) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = resp.parse(&self.inb)? {
+                let header = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| h.value)
+                };
+                let len: usize = std::str::from_utf8(
+                    header("content-length").context("an answer without Content-Length")?,
+                )?
+                .trim()
+                .parse()
+                .context("Content-Length")?;
+                let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+                break (resp.code.unwrap_or(0), n, len, close);
+            }
+            read_more(conn, &mut self.inb).await?;
+        };
+        while self.inb.len() < head_len + body_len {
+            read_more(conn, &mut self.inb).await?;
+        }
+        let answer = self.inb[head_len..head_len + body_len].to_vec();
+        self.inb.drain(..head_len + body_len);
+        if close {
+            self.conn = None;
+        }
+        Ok((status, answer))
+    }
+
     /// Send until the order is taken or refused, as a well-behaved client would: a
     /// 503 is retried after 50 ms, no answer after 100 ms. The id if it got a 202.
-    pub async fn place(&self, body: &str, tally: &mut Tally) -> Option<Uuid> {
+    pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
         loop {
             match self.send(body).await {
                 Answer::Accepted(id) => return Some(id),
@@ -151,11 +237,103 @@ impl Target {
             }
         }
     }
+}
 
-    /// Wait until everything sent is acknowledged (Kafka only; HTTP answers are acks).
-    pub fn flush(&self) {
-        if let Target::Kafka { producer, .. } = self {
-            producer.flush(Duration::from_secs(10));
+/// Read what has arrived onto `buf`; an error if the peer closed.
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
+    buf.reserve(4096);
+    let n = conn.read_buf(buf).await.context("reading the answer")?;
+    anyhow::ensure!(n > 0, "the server closed the connection");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Read one request (head and body by its Content-Length) from `conn`.
+    async fn request(conn: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("content-length")
+                    .parse()
+                    .unwrap();
+                if buf.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+            assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "client hung up");
         }
+    }
+
+    #[tokio::test]
+    async fn answers_split_across_reads_and_closed_connections_are_handled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = Uuid::now_v7();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // First connection: a 202 written in three pieces, then a 503 that closes.
+            let (mut c, _) = listener.accept().await.unwrap();
+            seen.push(request(&mut c).await);
+            let body = format!("{{\"order_id\":\"{id}\"}}");
+            let answer = format!(
+                "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let (a, b) = answer.split_at(20);
+            let (b, d) = b.split_at(b.len() - 5);
+            for part in [a, b, d] {
+                c.write_all(part.as_bytes()).await.unwrap();
+                c.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen.push(request(&mut c).await);
+            c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            drop(c);
+            // Second connection: a 400, then the server hangs up without answering.
+            let (mut c, _) = listener.accept().await.unwrap();
+            seen.push(request(&mut c).await);
+            c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            seen.push(request(&mut c).await);
+            drop(c);
+            seen
+        });
+        let target = Arc::new(Target::http(&format!("http://{addr}/")).unwrap());
+        let mut sender = target.sender();
+        assert!(matches!(sender.send("{\"a\":1}").await, Answer::Accepted(got) if got == id));
+        assert!(matches!(sender.send("{}").await, Answer::Busy));
+        // The server said close: a new connection for the next order.
+        assert!(matches!(sender.send("{\"b\":2}").await, Answer::Invalid));
+        assert!(matches!(sender.send("{}").await, Answer::Error));
+        let seen = server.await.unwrap();
+        assert_eq!(seen.len(), 4);
+        assert!(
+            seen[0].starts_with(&format!(
+                "POST /api/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n"
+            )),
+            "{:?}",
+            seen[0]
+        );
+        assert!(seen[0].ends_with("{\"a\":1}"), "{:?}", seen[0]);
+        assert!(seen[2].ends_with("{\"b\":2}"), "{:?}", seen[2]);
+    }
+
+    #[test]
+    fn only_http_urls_are_taken() {
+        let e = Target::http("https://example.com").err().unwrap();
+        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(Target::http("not a url at all").is_err());
     }
 }
