@@ -138,10 +138,15 @@ impl Sender {
                     400 | 413 => Answer::Invalid,
                     _ => Answer::Failed,
                 },
-                Err(e) => {
+                Err(Fault::Io(e)) => {
                     tracing::debug!("request failed: {e:#}");
                     self.conn = None;
                     Answer::Error
+                }
+                Err(Fault::Unreadable(e)) => {
+                    tracing::warn!("an answer this load generator cannot read: {e:#}");
+                    self.conn = None;
+                    Answer::Failed
                 }
             },
             Target::Kafka {
@@ -163,12 +168,17 @@ impl Sender {
 
     /// POST `body`; the answer's status and body. Any error leaves the connection to
     /// be dropped by the caller.
-    async fn exchange(&mut self, addr: &str, head: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+    async fn exchange(
+        &mut self,
+        addr: &str,
+        head: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), Fault> {
         if self.conn.is_none() {
             let c = TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("connecting to {addr}"))?;
-            c.set_nodelay(true)?;
+            c.set_nodelay(true).context("TCP_NODELAY")?;
             self.conn = Some(c);
             self.inb.clear();
         }
@@ -181,21 +191,25 @@ impl Sender {
         conn.write_all(&self.out).await.context("writing")?;
         // The head, then the body by its length.
         let (status, head_len, body_len, close) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = resp.parse(&self.inb)? {
+            let parsed = resp
+                .parse(&self.inb)
+                .map_err(|e| Fault::Unreadable(e.into()))?;
+            if let httparse::Status::Complete(n) = parsed {
                 let header = |name: &str| {
                     resp.headers
                         .iter()
                         .find(|h| h.name.eq_ignore_ascii_case(name))
                         .map(|h| h.value)
                 };
-                let len: usize = std::str::from_utf8(
-                    header("content-length").context("an answer without Content-Length")?,
-                )?
-                .trim()
-                .parse()
-                .context("Content-Length")?;
+                let len = header("content-length")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        Fault::Unreadable(anyhow::anyhow!(
+                            "no Content-Length with a number (ingest always sends one)"
+                        ))
+                    })?;
                 let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
                 break (resp.code.unwrap_or(0), n, len, close);
             }
@@ -239,6 +253,19 @@ impl Sender {
     }
 }
 
+/// Why an exchange got no answer: the connection failed (retried), or the answer was
+/// not HTTP/1.1 with a Content-Length (not retried: it would fail again).
+enum Fault {
+    Io(anyhow::Error),
+    Unreadable(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fault {
+    fn from(e: anyhow::Error) -> Fault {
+        Fault::Io(e)
+    }
+}
+
 /// Read what has arrived onto `buf`; an error if the peer closed.
 async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
     buf.reserve(4096);
@@ -274,7 +301,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_split_across_reads_and_closed_connections_are_handled() {
+    async fn split_answers_closed_connections_and_unreadable_answers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let id = Uuid::now_v7();
@@ -308,6 +335,14 @@ mod tests {
                 .unwrap();
             seen.push(request(&mut c).await);
             drop(c);
+            // Third connection: a chunked answer, which the load generator cannot read.
+            let (mut c, _) = listener.accept().await.unwrap();
+            seen.push(request(&mut c).await);
+            c.write_all(
+                b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
             seen
         });
         let target = Arc::new(Target::http(&format!("http://{addr}/")).unwrap());
@@ -317,8 +352,12 @@ mod tests {
         // The server said close: a new connection for the next order.
         assert!(matches!(sender.send("{\"b\":2}").await, Answer::Invalid));
         assert!(matches!(sender.send("{}").await, Answer::Error));
+        // Not retried: placing it fails at once.
+        let mut tally = Tally::default();
+        assert_eq!(sender.place("{}", &mut tally).await, None);
+        assert_eq!((tally.failed, tally.errors), (1, 0));
         let seen = server.await.unwrap();
-        assert_eq!(seen.len(), 4);
+        assert_eq!(seen.len(), 5);
         assert!(
             seen[0].starts_with(&format!(
                 "POST /api/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n"
