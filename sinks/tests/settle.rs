@@ -46,9 +46,29 @@ async fn settle_next(
         .unwrap()
 }
 
+/// The tests share one server, and one of them turns `local_infile` off server-wide:
+/// that one holds this alone, the others together (they may run in parallel).
+static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// `create_db` for a test that shares the server; hold the guard to the end.
+async fn fresh_db(
+    tag: &str,
+    conns: usize,
+) -> (
+    String,
+    mysql_async::Pool,
+    std::path::PathBuf,
+    RateTable,
+    tokio::sync::RwLockReadGuard<'static, ()>,
+) {
+    let shared = SERVER.read().await;
+    let (db, pool, dir, rates) = create_db(tag, conns).await;
+    (db, pool, dir, rates, shared)
+}
+
 /// A fresh database with items 1 (5 units at 2.50) and 2 (10 units at 1.00), partitions
 /// 0 and 1 prepared, and a pool of at most `conns` connections.
-async fn fresh_db(
+async fn create_db(
     tag: &str,
     conns: usize,
 ) -> (String, mysql_async::Pool, std::path::PathBuf, RateTable) {
@@ -96,7 +116,7 @@ async fn drop_db(db: &str, pool: mysql_async::Pool, dir: std::path::PathBuf) {
 
 #[tokio::test]
 async fn settlement_keeps_its_connection_and_prepared_statements() {
-    let (db, pool, dir, rates) = fresh_db("keep", 1).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("keep", 1).await;
     let probe = |sql: &'static str| {
         let pool = pool.clone();
         async move {
@@ -148,7 +168,7 @@ async fn settlement_keeps_its_connection_and_prepared_statements() {
 
 #[tokio::test]
 async fn a_stale_view_is_corrected_under_the_lock() {
-    let (db, pool, dir, rates) = fresh_db("settle", 2).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("settle", 2).await;
     // Both views see 5 units of item 1 (and 10 of item 2).
     let (mut view_a, mut view_b) = (SettleState::default(), SettleState::default());
     let warm = order("u-0", 2, 1);
@@ -276,7 +296,7 @@ async fn a_stale_view_is_corrected_under_the_lock() {
 
 #[tokio::test]
 async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
-    let (db, pool, dir, rates) = fresh_db("restock", 2).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("restock", 2).await;
     let mut view = SettleState::default();
     // 4 of item 1's 5 units: the view says 1 is left.
     let first = order("u-r", 1, 4);
@@ -331,7 +351,7 @@ async fn a_rejection_from_a_view_with_too_little_stock_is_corrected() {
 
 #[tokio::test]
 async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
-    let (db, pool, dir, rates) = fresh_db("verified", 2).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("verified", 2).await;
     let mut view = SettleState::default();
     let mut offset = 0;
     let mut settle = async |view: &mut SettleState, orders: &[Order]| {
@@ -400,7 +420,7 @@ async fn once_the_view_holds_a_batch_commodities_they_are_checked_not_locked() {
 async fn a_batch_changing_thousands_of_commodities_updates_each_once() {
     // Stock goes in by UPDATEs of at most 999 ids each (longer IN lists lose the
     // row-by-row update in MariaDB): 2,500 commodities take three such statements.
-    let (db, pool, dir, rates) = fresh_db("wide", 1).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("wide", 1).await;
     let mut conn = pool.get_conn().await.unwrap();
     conn.query_drop(
         "INSERT INTO commodity (id, name, price, currency, inventory, initial_inventory) \
@@ -431,7 +451,7 @@ async fn a_batch_changing_thousands_of_commodities_updates_each_once() {
 
 #[tokio::test]
 async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
-    let (db, pool, dir, rates) = fresh_db("quote", 1).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("quote", 1).await;
     let mut state = SettleState::default();
     // Quotes and backslashes (SQL), tab, newline, NUL and a literal \N (LOAD DATA).
     let user = "o'brien\\\"; DROP TABLE result; -- ü\t\n\0\\N";
@@ -461,7 +481,7 @@ async fn a_user_id_with_quotes_and_backslashes_is_stored_as_given() {
 
 #[tokio::test]
 async fn each_batch_is_logged_with_its_commit_time() {
-    let (db, pool, dir, rates) = fresh_db("log", 2).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("log", 2).await;
     let mut state = SettleState::default();
     let orders: Vec<Order> = (0..5).map(|_| order("u-l", 2, 1)).collect();
     let t0 = model::now_ms();
@@ -504,7 +524,7 @@ async fn each_batch_is_logged_with_its_commit_time() {
 
 #[tokio::test]
 async fn a_replayed_batch_settles_only_what_was_not_committed() {
-    let (db, pool, dir, rates) = fresh_db("replay", 1).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("replay", 1).await;
     let orders: Vec<Order> = (0..6).map(|_| order("u-p", 2, 1)).collect();
     // Offsets from..to, by a worker just started (no view of the stock yet).
     let settle = |from: usize, to: usize| {
@@ -548,7 +568,7 @@ async fn a_replayed_batch_settles_only_what_was_not_committed() {
 
 #[tokio::test]
 async fn a_partition_without_an_offsets_row_settles_nothing() {
-    let (db, pool, dir, rates) = fresh_db("nooffsets", 1).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("nooffsets", 1).await;
     let o = order("u-n", 2, 1);
     let err = dtss_sinks::settle_batch(
         &pool,
@@ -579,10 +599,10 @@ async fn a_partition_without_an_offsets_row_settles_nothing() {
 
 #[tokio::test]
 async fn results_go_in_as_inserts_when_the_server_refuses_load_data() {
-    let (db, pool, dir, rates) = fresh_db("infile", 2).await;
+    // Server-wide: this test runs alone (other tests would fall back to INSERTs).
+    let _alone = SERVER.write().await;
+    let (db, pool, dir, rates) = create_db("infile", 2).await;
     let mut conn = pool.get_conn().await.unwrap();
-    // Server-wide: this test runs alone (--test-threads=1), and settlement falls back
-    // to INSERTs if it were left off.
     conn.query_drop("SET GLOBAL local_infile = 0")
         .await
         .unwrap();
@@ -718,7 +738,7 @@ async fn settle_all(
 
 #[tokio::test]
 async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
-    let (db, pool, dir, rates) = fresh_db("pipe", 4).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("pipe", 4).await;
     let (batches, want) = three_batches(&rates);
     let ids = ids_of(&batches);
     // Hold partition 0's totals row: B1 cannot commit until it is let go.
@@ -786,7 +806,7 @@ async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
 
 #[tokio::test]
 async fn when_a_commit_fails_the_next_batch_waits_and_both_settle_once() {
-    let (db, pool, dir, rates) = fresh_db("pipefail", 4).await;
+    let (db, pool, dir, rates, _shared) = fresh_db("pipefail", 4).await;
     let (batches, want) = three_batches(&rates);
     let ids = ids_of(&batches);
     // B2's commit fails once (its offsets write raises an error; the MEMORY table's
