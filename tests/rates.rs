@@ -361,9 +361,20 @@ fn a_hundred_rate_changes_per_second_under_load() {
         accepted.len(),
         used.len()
     );
+    // Every write is one znode version. A watch fires once for all the changes made
+    // while the rate stream reads, so under load changes coalesce (the newest is what
+    // counts); CI once applied 416 versions of ~1,000 periods. The stream must still
+    // have followed them all along: one in ten at least, and over a hundred.
+    let shown = c.run(&["rates", "show"]).unwrap();
+    let writes: i64 = shown
+        .split("(znode version ")
+        .skip(1)
+        .map(|v| v.split(')').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    eprintln!("{writes} rate writes in ZooKeeper");
     assert!(
-        recorded > 500,
-        "the dataflow saw the changes: {recorded} versions"
+        recorded > 100 && recorded as i64 * 10 >= writes,
+        "the dataflow followed the changes: {recorded} versions applied of {writes} writes: {shown}"
     );
     assert!(
         used.len() > 100,
