@@ -1,6 +1,7 @@
 //! Placing one generated order: over HTTP (`POST /api/orders` on keep-alive
 //! connections) or straight into Kafka through ingest's own producer code.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,9 +91,7 @@ impl Target {
     pub fn sender(self: &Arc<Self>) -> Sender {
         Sender {
             target: self.clone(),
-            conn: None,
-            out: Vec::new(),
-            inb: Vec::new(),
+            http: Http::default(),
         }
     }
 
@@ -112,17 +111,22 @@ impl Target {
 /// order this way, against 25 with hyper's client.
 pub(crate) struct Sender {
     target: Arc<Target>,
+    http: Http,
+}
+
+/// A sender's HTTP connection (None until first used, and after a failure or a
+/// `Connection: close`), the request being written and what was read of answers.
+#[derive(Default)]
+struct Http {
     conn: Option<TcpStream>,
-    /// The request being written, and what was read of answers.
     out: Vec<u8>,
     inb: Vec<u8>,
 }
 
 impl Sender {
     pub async fn send(&mut self, body: &str) -> Answer {
-        let target = self.target.clone();
-        match &*target {
-            Target::Http { addr, head } => match self.exchange(addr, head, body).await {
+        match &*self.target {
+            Target::Http { addr, head } => match self.http.exchange(addr, head, body).await {
                 Ok((status, answer)) => match status {
                     202 => {
                         #[derive(serde::Deserialize)]
@@ -140,12 +144,10 @@ impl Sender {
                 },
                 Err(Fault::Io(e)) => {
                     tracing::debug!("request failed: {e:#}");
-                    self.conn = None;
                     Answer::Error
                 }
                 Err(Fault::Unreadable(e)) => {
                     tracing::warn!("an answer this load generator cannot read: {e:#}");
-                    self.conn = None;
                     Answer::Failed
                 }
             },
@@ -166,9 +168,50 @@ impl Sender {
         }
     }
 
-    /// POST `body`; the answer's status and body. Any error leaves the connection to
-    /// be dropped by the caller.
+    /// Send until the order is taken or refused, as a well-behaved client would: a
+    /// 503 is retried after 50 ms, no answer after 100 ms. The id if it got a 202.
+    pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
+        loop {
+            match self.send(body).await {
+                Answer::Accepted(id) => return Some(id),
+                Answer::Invalid => {
+                    tally.invalid += 1;
+                    return None;
+                }
+                Answer::Failed => {
+                    tally.failed += 1;
+                    return None;
+                }
+                Answer::Busy => {
+                    tally.busy += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Answer::Error => {
+                    tally.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Http {
+    /// POST `body`; the answer's status and body. After an error the connection is
+    /// dropped (the next exchange opens another).
     async fn exchange(
+        &mut self,
+        addr: &str,
+        head: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), Fault> {
+        let answer = self.round_trip(addr, head, body).await;
+        if answer.is_err() {
+            self.conn = None;
+        }
+        answer
+    }
+
+    async fn round_trip(
         &mut self,
         addr: &str,
         head: &str,
@@ -185,8 +228,7 @@ impl Sender {
         let conn = self.conn.as_mut().expect("connected");
         self.out.clear();
         self.out.extend_from_slice(head.as_bytes());
-        self.out
-            .extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+        write!(self.out, "{}\r\n\r\n", body.len()).expect("writing to a Vec");
         self.out.extend_from_slice(body.as_bytes());
         conn.write_all(&self.out).await.context("writing")?;
         // The head, then the body by its length.
@@ -224,32 +266,6 @@ impl Sender {
             self.conn = None;
         }
         Ok((status, answer))
-    }
-
-    /// Send until the order is taken or refused, as a well-behaved client would: a
-    /// 503 is retried after 50 ms, no answer after 100 ms. The id if it got a 202.
-    pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
-        loop {
-            match self.send(body).await {
-                Answer::Accepted(id) => return Some(id),
-                Answer::Invalid => {
-                    tally.invalid += 1;
-                    return None;
-                }
-                Answer::Failed => {
-                    tally.failed += 1;
-                    return None;
-                }
-                Answer::Busy => {
-                    tally.busy += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Answer::Error => {
-                    tally.errors += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
     }
 }
 
