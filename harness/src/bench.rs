@@ -399,6 +399,9 @@ pub async fn bench(
                 let body = gen.next_body();
                 live.sent.fetch_add(1, Ordering::Relaxed);
                 let id = sender.place(&body, &mut tally).await;
+                if tally.abandoned > 0 {
+                    break;
+                }
                 let now = Instant::now();
                 if id.is_some() {
                     live.accepted.fetch_add(1, Ordering::Relaxed);
@@ -420,6 +423,14 @@ pub async fn bench(
         let (out, t) = t.await.context("a sender panicked")?;
         sent.extend(out);
         tally.add(t);
+    }
+    if tally.abandoned > 0 {
+        anyhow::bail!(
+            "the system took no order for 30 s, so the bench stopped ({} orders accepted before): \
+             is it up (GET /healthz) and settling? See the logs under {}/logs",
+            sent.iter().filter(|s| s.id.is_some()).count(),
+            cfg.data_dir().display()
+        );
     }
     counts.invalid = tally.invalid;
     counts.busy_retried = tally.busy;

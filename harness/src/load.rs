@@ -57,6 +57,9 @@ pub async fn post_orders(
                 if let Some(id) = sender.place(&body, &mut tally).await {
                     accepted.push(id.to_string());
                 }
+                if tally.abandoned > 0 {
+                    break;
+                }
                 hist.saturating_record(t0.elapsed().as_micros() as u64);
                 progress(i + 1);
             }
@@ -72,6 +75,7 @@ pub async fn post_orders(
         ack_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
         started_ms,
     };
+    let mut abandoned = 0;
     for t in tasks {
         let (acc, tally, hist) = t.await.context("load task panicked")?;
         report.accepted.extend(acc);
@@ -79,7 +83,14 @@ pub async fn post_orders(
         report.unavailable_503 += tally.busy;
         report.other += tally.errors + tally.failed;
         report.ack_us.add(hist).expect("same bounds");
+        abandoned += tally.abandoned;
     }
+    anyhow::ensure!(
+        abandoned == 0,
+        "{base_url} took no order for 30 s, so the load stopped ({} orders accepted before): \
+         is the system up?",
+        report.accepted.len()
+    );
     report.elapsed = started.elapsed();
     Ok(report)
 }

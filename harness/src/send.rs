@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use model::{Config, Currency, Uuid};
@@ -37,6 +37,10 @@ pub(crate) enum Answer {
     Failed,
 }
 
+/// How long one order is retried (503s, no answer) before the sender gives up on the
+/// system: a server that stays down must not keep a load run waiting for ever.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 /// What placing orders took besides the 202s.
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Tally {
@@ -44,6 +48,8 @@ pub(crate) struct Tally {
     pub busy: u64,
     pub errors: u64,
     pub failed: u64,
+    /// Orders given up after `PATIENCE` of retries; a sender stops after one.
+    pub abandoned: u64,
 }
 
 impl Tally {
@@ -52,6 +58,7 @@ impl Tally {
         self.busy += o.busy;
         self.errors += o.errors;
         self.failed += o.failed;
+        self.abandoned += o.abandoned;
     }
 }
 
@@ -92,6 +99,7 @@ impl Target {
         Sender {
             target: self.clone(),
             http: Http::default(),
+            patience: PATIENCE,
         }
     }
 
@@ -112,6 +120,7 @@ impl Target {
 pub(crate) struct Sender {
     target: Arc<Target>,
     http: Http,
+    patience: Duration,
 }
 
 /// A sender's HTTP connection (None until first used, and after a failure or a
@@ -169,10 +178,13 @@ impl Sender {
     }
 
     /// Send until the order is taken or refused, as a well-behaved client would: a
-    /// 503 is retried after 50 ms, no answer after 100 ms. The id if it got a 202.
+    /// 503 is retried after 50 ms, no answer after 100 ms, for up to 30 s; then the
+    /// order counts as abandoned (the caller should stop: the system takes no orders).
+    /// The id if it got a 202.
     pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
+        let first = Instant::now();
         loop {
-            match self.send(body).await {
+            let pause = match self.send(body).await {
                 Answer::Accepted(id) => return Some(id),
                 Answer::Invalid => {
                     tally.invalid += 1;
@@ -184,13 +196,18 @@ impl Sender {
                 }
                 Answer::Busy => {
                     tally.busy += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Duration::from_millis(50)
                 }
                 Answer::Error => {
                     tally.errors += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Duration::from_millis(100)
                 }
+            };
+            if first.elapsed() + pause > self.patience {
+                tally.abandoned += 1;
+                return None;
             }
+            tokio::time::sleep(pause).await;
         }
     }
 }
@@ -383,6 +400,45 @@ mod tests {
         );
         assert!(seen[0].ends_with("{\"a\":1}"), "{:?}", seen[0]);
         assert!(seen[2].ends_with("{\"b\":2}"), "{:?}", seen[2]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_gives_up_on_a_system_that_takes_no_orders() {
+        // Nothing listens here once the listener is dropped: every attempt is refused.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let target = Arc::new(Target::http(&format!("http://{addr}")).unwrap());
+        let mut sender = target.sender();
+        sender.patience = Duration::from_millis(450);
+        let mut tally = Tally::default();
+        let placed = tokio::time::timeout(Duration::from_secs(5), sender.place("{}", &mut tally));
+        assert_eq!(placed.await.expect("gave up within its patience"), None);
+        assert_eq!(tally.abandoned, 1);
+        assert!(tally.errors >= 3, "retried every 100 ms: {tally:?}");
+
+        // A server that answers 503 to everything is alive but takes nothing.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            loop {
+                request(&mut c).await;
+                c.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .unwrap();
+            }
+        });
+        let target = Arc::new(Target::http(&format!("http://{addr}")).unwrap());
+        let mut sender = target.sender();
+        sender.patience = Duration::from_millis(450);
+        let mut tally = Tally::default();
+        let placed = tokio::time::timeout(Duration::from_secs(5), sender.place("{}", &mut tally));
+        assert_eq!(placed.await.expect("gave up within its patience"), None);
+        assert_eq!(tally.abandoned, 1);
+        assert!(tally.busy >= 5, "retried every 50 ms: {tally:?}");
     }
 
     #[test]
