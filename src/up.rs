@@ -2,6 +2,7 @@
 //! a worker process that dies takes the cluster down and up again (timely cannot lose
 //! a process and go on); every worker resumes from the offsets committed in MySQL.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +57,46 @@ struct Proc {
     child: Child,
 }
 
+/// The nice value of the services on the way to an order's 202 (ingest, the broker),
+/// and the same as written to /proc/self/autogroup.
+const ACK_PATH_NICE: i32 = -5;
+const ACK_PATH_NICE_TEXT: &[u8] = b"-5";
+
+/// In a service's process, before it runs `dtss`:
+/// - a session of its own, as under a service manager. With Linux's autogroup scheduling
+///   (on by default) the kernel then shares the CPUs between the services rather than
+///   between the sessions that started them, so ingest no longer shares one share with
+///   the workers' settlement bursts;
+/// - ingest and the broker at nice -5, for them and their session: a 202 waits on both,
+///   while the workers and MariaDB settle in batches every `settle_interval_ms`. Best
+///   effort: without root (CAP_SYS_NICE) they keep the default;
+/// - SIGTERM when `up` dies, so no service outlives it (Ctrl-C and SIGTERM reach only `up`,
+///   which stops the services in order).
+fn service_setup(parent: i32, ack_path: bool) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this process.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != parent {
+            // `up` died before the line above took effect.
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        if ack_path {
+            // Threads inherit the value; autogroup scheduling weighs the session by its own.
+            libc::setpriority(libc::PRIO_PROCESS, 0, ACK_PATH_NICE);
+            let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                let text = ACK_PATH_NICE_TEXT;
+                libc::write(fd, text.as_ptr().cast(), text.len());
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Proc {
     fn spawn(name: &str, args: &[String], logs: &std::path::Path) -> Result<Proc> {
         let log = logs.join(format!("{name}.log"));
@@ -64,13 +105,21 @@ impl Proc {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(args)
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+            .stderr(out);
+        let (parent, ack_path) = (
+            std::process::id() as i32,
+            matches!(name, "ingest" | "broker"),
+        );
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe calls (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || service_setup(parent, ack_path));
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Proc {
             name: name.into(),
             args: args.to_vec(),
@@ -388,4 +437,15 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         &harness::check(cfg, None, Duration::from_secs(10)).await?,
         "check: ",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_autogroup_text_is_the_nice_value() {
+        assert_eq!(
+            super::ACK_PATH_NICE.to_string().as_bytes(),
+            super::ACK_PATH_NICE_TEXT
+        );
+    }
 }

@@ -281,6 +281,81 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     );
 }
 
+/// (session id, nice value) of process `pid`, from /proc/PID/stat.
+fn session_and_nice(pid: i32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name: state ppid pgrp session ... (nice is the 19th field).
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (f[3].parse().unwrap(), f[16].parse().unwrap())
+}
+
+#[test]
+fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
+    let c = Cluster::configure("sessions", Spec::default());
+    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
+    /// Kills `dtss up` (and so, with this change, its services) if an assertion fails.
+    struct Up(std::process::Child);
+    impl Drop for Up {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut up = Up(std::process::Command::new(common::BIN)
+        .args(["up", "--no-services", "--config"])
+        .arg(&c.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let listen = c.listen.clone();
+    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
+        common::http(&listen, "GET", "/healthz", None)
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    let config = c.config.display().to_string();
+    let services = [
+        ("ingest", "ingest --config"),
+        ("broker", "broker --config"),
+        ("worker", "worker --process 0 --config"),
+        ("rate modifier", "rates run --config"),
+    ];
+    let (up_session, _) = session_and_nice(up.0.id() as i32);
+    let root = unsafe { libc::geteuid() } == 0;
+    for (name, words) in services {
+        let pid = find_process(&[words, &config]).unwrap_or_else(|| panic!("{name} of dtss up"));
+        let (session, nice) = session_and_nice(pid);
+        assert_eq!(session, pid, "{name} leads a session of its own");
+        assert_ne!(session, up_session, "{name}");
+        if root {
+            let want = if matches!(name, "ingest" | "broker") {
+                -5
+            } else {
+                0
+            };
+            assert_eq!(nice, want, "nice value of {name}");
+        }
+    }
+    // kill -9 of `up`: its services get SIGTERM from the kernel and stop.
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
+    common::wait_for(
+        Duration::from_secs(30),
+        "the services of a killed dtss up stop",
+        || {
+            services
+                .iter()
+                .all(|(_, words)| find_process(&[words, &config]).is_none())
+        },
+    );
+}
+
 #[test]
 fn killed_ingest_replica_the_other_keeps_taking_orders() {
     let mut c = Cluster::start("ingestkill", Spec::default());
