@@ -224,6 +224,35 @@ fn find_process(words: &[&str]) -> Option<i32> {
     None
 }
 
+/// `dtss up` of a test cluster; killed on drop (and so, by the kernel, its services).
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dtss up --no-services` for cluster `c` (its output in up.log), once it serves.
+fn start_up(c: &Cluster) -> Up {
+    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
+    let up = Up(std::process::Command::new(common::BIN)
+        .args(["up", "--no-services", "--config"])
+        .arg(&c.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let listen = c.listen.clone();
+    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
+        common::http(&listen, "GET", "/healthz", None)
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    up
+}
+
 #[test]
 fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     // Two worker processes: killing one must bring the other down and both up again.
@@ -235,20 +264,7 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
             ..Spec::default()
         },
     );
-    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
-    let mut up = std::process::Command::new(common::BIN)
-        .args(["up", "--no-services", "--config"])
-        .arg(&c.config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let listen = c.listen.clone();
-    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
-        common::http(&listen, "GET", "/healthz", None)
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    });
+    let mut up = start_up(&c);
     let config = c.config.display().to_string();
     let mut recovery = Duration::ZERO;
     let accepted = c.post_while(4, || {
@@ -276,7 +292,7 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     );
     c.check_invariants(&accepted);
     assert!(
-        Cluster::terminate(&mut up).success(),
+        Cluster::terminate(&mut up.0).success(),
         "dtss up exits 0 on SIGTERM"
     );
 }
@@ -297,28 +313,7 @@ fn session_and_nice(pid: i32) -> (i32, i32) {
 #[test]
 fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
     let c = Cluster::configure("sessions", Spec::default());
-    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
-    /// Kills `dtss up` (and so, with this change, its services) if an assertion fails.
-    struct Up(std::process::Child);
-    impl Drop for Up {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut up = Up(std::process::Command::new(common::BIN)
-        .args(["up", "--no-services", "--config"])
-        .arg(&c.config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let listen = c.listen.clone();
-    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
-        common::http(&listen, "GET", "/healthz", None)
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    });
+    let mut up = start_up(&c);
     let config = c.config.display().to_string();
     let services = [
         ("ingest", "ingest --config"),

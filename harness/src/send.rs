@@ -402,6 +402,18 @@ mod tests {
         assert!(seen[2].ends_with("{\"b\":2}"), "{:?}", seen[2]);
     }
 
+    /// Place one order at `addr` with a patience of 450 ms; it must be abandoned.
+    async fn place_impatiently(addr: std::net::SocketAddr) -> Tally {
+        let target = Arc::new(Target::http(&format!("http://{addr}")).unwrap());
+        let mut sender = target.sender();
+        sender.patience = Duration::from_millis(450);
+        let mut tally = Tally::default();
+        let placed = tokio::time::timeout(Duration::from_secs(5), sender.place("{}", &mut tally));
+        assert_eq!(placed.await.expect("gave up within its patience"), None);
+        assert_eq!(tally.abandoned, 1);
+        tally
+    }
+
     #[tokio::test]
     async fn a_sender_gives_up_on_a_system_that_takes_no_orders() {
         // Nothing listens here once the listener is dropped: every attempt is refused.
@@ -410,13 +422,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let target = Arc::new(Target::http(&format!("http://{addr}")).unwrap());
-        let mut sender = target.sender();
-        sender.patience = Duration::from_millis(450);
-        let mut tally = Tally::default();
-        let placed = tokio::time::timeout(Duration::from_secs(5), sender.place("{}", &mut tally));
-        assert_eq!(placed.await.expect("gave up within its patience"), None);
-        assert_eq!(tally.abandoned, 1);
+        let tally = place_impatiently(addr).await;
         assert!(tally.errors >= 3, "retried every 100 ms: {tally:?}");
 
         // A server that answers 503 to everything is alive but takes nothing.
@@ -431,13 +437,7 @@ mod tests {
                     .unwrap();
             }
         });
-        let target = Arc::new(Target::http(&format!("http://{addr}")).unwrap());
-        let mut sender = target.sender();
-        sender.patience = Duration::from_millis(450);
-        let mut tally = Tally::default();
-        let placed = tokio::time::timeout(Duration::from_secs(5), sender.place("{}", &mut tally));
-        assert_eq!(placed.await.expect("gave up within its patience"), None);
-        assert_eq!(tally.abandoned, 1);
+        let tally = place_impatiently(addr).await;
         assert!(tally.busy >= 5, "retried every 50 ms: {tally:?}");
     }
 
