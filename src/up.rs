@@ -71,7 +71,8 @@ const ACK_PATH_NICE_TEXT: &[u8] = b"-5";
 ///   while the workers and MariaDB settle in batches every `settle_interval_ms`. Best
 ///   effort: without root (CAP_SYS_NICE) they keep the default;
 /// - SIGTERM when `up` dies, so no service outlives it (Ctrl-C and SIGTERM reach only `up`,
-///   which stops the services in order).
+///   which stops the services in order). The kernel ties this to the thread that forked:
+///   `Proc::spawn` runs on `up`'s main thread (`block_on`), which lives as long as `up`.
 fn service_setup(parent: i32, ack_path: bool) -> std::io::Result<()> {
     // SAFETY: plain system calls on this process.
     unsafe {

@@ -426,8 +426,9 @@ pub async fn bench(
     }
     if tally.abandoned > 0 {
         anyhow::bail!(
-            "the system took no order for 30 s, so the bench stopped ({} orders accepted before): \
-             is it up (GET /healthz) and settling? See the logs under {}/logs",
+            "an order was not taken within 30 s (503s or no answer), so the bench stopped \
+             ({} orders accepted): is the system up (GET /healthz) and settling? See the logs \
+             under {}/logs",
             sent.iter().filter(|s| s.id.is_some()).count(),
             cfg.data_dir().display()
         );

@@ -87,8 +87,8 @@ pub async fn post_orders(
     }
     anyhow::ensure!(
         abandoned == 0,
-        "{base_url} took no order for 30 s, so the load stopped ({} orders accepted before): \
-         is the system up?",
+        "{base_url} did not take an order within 30 s (503s or no answer), so the load stopped \
+         ({} orders accepted): is the system up?",
         report.accepted.len()
     );
     report.elapsed = started.elapsed();

@@ -179,7 +179,7 @@ impl Sender {
 
     /// Send until the order is taken or refused, as a well-behaved client would: a
     /// 503 is retried after 50 ms, no answer after 100 ms, for up to 30 s; then the
-    /// order counts as abandoned (the caller should stop: the system takes no orders).
+    /// order counts as abandoned (the caller should stop: the system is not taking orders).
     /// The id if it got a 202.
     pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
         let first = Instant::now();
