@@ -426,9 +426,10 @@ pub async fn bench(
     }
     if tally.abandoned > 0 {
         anyhow::bail!(
-            "an order was not taken within 30 s (503s or no answer), so the bench stopped \
+            "an order was not taken within {:?} (503s or no answer), so the bench stopped \
              ({} orders accepted): is the system up (GET /healthz) and settling? See the logs \
              under {}/logs",
+            crate::send::PATIENCE,
             sent.iter().filter(|s| s.id.is_some()).count(),
             cfg.data_dir().display()
         );

@@ -87,8 +87,9 @@ pub async fn post_orders(
     }
     anyhow::ensure!(
         abandoned == 0,
-        "{base_url} did not take an order within 30 s (503s or no answer), so the load stopped \
+        "{base_url} did not take an order within {:?} (503s or no answer), so the load stopped \
          ({} orders accepted): is the system up?",
+        crate::send::PATIENCE,
         report.accepted.len()
     );
     report.elapsed = started.elapsed();

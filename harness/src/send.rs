@@ -39,7 +39,7 @@ pub(crate) enum Answer {
 
 /// How long one order is retried (503s, no answer) before the sender gives up on the
 /// system: a server that stays down must not keep a load run waiting for ever.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// What placing orders took besides the 202s.
 #[derive(Default, Debug, Clone, Copy)]
@@ -178,7 +178,7 @@ impl Sender {
     }
 
     /// Send until the order is taken or refused, as a well-behaved client would: a
-    /// 503 is retried after 50 ms, no answer after 100 ms, for up to 30 s; then the
+    /// 503 is retried after 50 ms, no answer after 100 ms, for up to `PATIENCE`; then the
     /// order counts as abandoned (the caller should stop: the system is not taking orders).
     /// The id if it got a 202.
     pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
