@@ -57,19 +57,17 @@ struct Proc {
     child: Child,
 }
 
-/// The nice value of the services on the way to an order's 202 (ingest, the broker),
-/// and the same as written to /proc/self/autogroup.
+/// The nice value of the services on the way to an order's 202 (ingest, the broker).
 const ACK_PATH_NICE: i32 = -5;
-const ACK_PATH_NICE_TEXT: &[u8] = b"-5";
 
 /// In a service's process, before it runs `dtss`:
 /// - a session of its own, as under a service manager. With Linux's autogroup scheduling
 ///   (on by default) the kernel then shares the CPUs between the services rather than
 ///   between the sessions that started them, so ingest no longer shares one share with
 ///   the workers' settlement bursts;
-/// - ingest and the broker at nice -5, for them and their session: a 202 waits on both,
-///   while the workers and MariaDB settle in batches every `settle_interval_ms`. Best
-///   effort: without root (CAP_SYS_NICE) they keep the default;
+/// - ingest and the broker at nice -5 (their session too, set by `Proc::spawn`): a 202
+///   waits on both, while the workers and MariaDB settle in batches every
+///   `settle_interval_ms`. Best effort: without root (CAP_SYS_NICE) they keep the default;
 /// - SIGTERM when `up` dies, so no service outlives it (Ctrl-C and SIGTERM reach only `up`,
 ///   which stops the services in order). The kernel ties this to the thread that forked:
 ///   `Proc::spawn` runs on `up`'s main thread (`block_on`), which lives as long as `up`.
@@ -85,14 +83,8 @@ fn service_setup(parent: i32, ack_path: bool) -> std::io::Result<()> {
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         if ack_path {
-            // Threads inherit the value; autogroup scheduling weighs the session by its own.
+            // Threads inherit it; the session's own value is set by `Proc::spawn`.
             libc::setpriority(libc::PRIO_PROCESS, 0, ACK_PATH_NICE);
-            let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
-            if fd >= 0 {
-                let text = ACK_PATH_NICE_TEXT;
-                libc::write(fd, text.as_ptr().cast(), text.len());
-                libc::close(fd);
-            }
         }
     }
     Ok(())
@@ -121,6 +113,13 @@ impl Proc {
             cmd.pre_exec(move || service_setup(parent, ack_path));
         }
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        if ack_path {
+            // Autogroup scheduling weighs a session by the session's nice value.
+            let autogroup = format!("/proc/{}/autogroup", child.id());
+            if let Err(e) = std::fs::write(&autogroup, ACK_PATH_NICE.to_string()) {
+                tracing::info!("{name} keeps the default CPU share ({autogroup}: {e})");
+            }
+        }
         Ok(Proc {
             name: name.into(),
             args: args.to_vec(),
@@ -438,15 +437,4 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         &harness::check(cfg, None, Duration::from_secs(10)).await?,
         "check: ",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_autogroup_text_is_the_nice_value() {
-        assert_eq!(
-            super::ACK_PATH_NICE.to_string().as_bytes(),
-            super::ACK_PATH_NICE_TEXT
-        );
-    }
 }
