@@ -141,6 +141,11 @@ pub struct BenchReport {
     pub ack_ms: Percentiles,
     /// Steady phase: accepted_at → result committed (settled_at).
     pub e2e_ms: Percentiles,
+    /// Steady phase: settlement transactions, from their start to COMMIT's answer. A
+    /// slow one holds up every order behind it: a tail here is the database's.
+    pub transactions_ms: Percentiles,
+    /// The run's slowest settlement transactions, slowest first.
+    pub slowest_transactions: Vec<SlowTransaction>,
     pub rate_changes: u64,
     /// How busy this machine's CPUs were in the steady phase (everything on it, the
     /// bench included), and how much time the hypervisor took (steal); Linux only.
@@ -459,7 +464,9 @@ pub async fn bench(
     counts.sent = sent.len() as u64;
     counts.accepted = ids.len() as u64;
     let mut results = read_results(&pool, &ids).await?;
-    counts.commit_time_unknown = commit_times(&pool, &mut results, started_at_ms).await?;
+    let transactions;
+    (counts.commit_time_unknown, transactions) =
+        commit_times(&pool, &mut results, started_at_ms).await?;
     drop(target);
     pool.disconnect().await.ok();
 
@@ -548,6 +555,8 @@ pub async fn bench(
         },
     };
     let lag = std::mem::take(&mut *lag_samples.lock().expect("samples"));
+    let (transactions_ms, slowest_transactions) =
+        transaction_figures(&transactions, started_at_ms, &steady_ms);
     Ok(BenchReport {
         options: opts.clone(),
         target: if opts.direct_kafka {
@@ -561,6 +570,8 @@ pub async fn bench(
         throughput,
         ack_ms: Percentiles::of_us(&ack),
         e2e_ms: Percentiles::of_us(&e2e),
+        transactions_ms,
+        slowest_transactions,
         rate_changes: changes.load(Ordering::Relaxed),
         cpu,
         timeline,
@@ -590,6 +601,53 @@ fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     out
 }
 
+/// A settlement transaction, from the sink's `settle_batches` log.
+struct Transaction {
+    started_at: i64,
+    committed_at: i64,
+    orders: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowTransaction {
+    /// When it started, in seconds since the start of the run.
+    pub t_s: f64,
+    pub ms: f64,
+    pub orders: u32,
+}
+
+/// How many of the slowest settlement transactions a report names.
+const SLOWEST: usize = 5;
+
+/// The durations of the transactions that committed in the steady phase (`steady_ms`,
+/// since `started_at_ms`), and the run's slowest.
+fn transaction_figures(
+    transactions: &[Transaction],
+    started_at_ms: i64,
+    steady_ms: &std::ops::Range<u32>,
+) -> (Percentiles, Vec<SlowTransaction>) {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let ms = |t: &Transaction| (t.committed_at - t.started_at).max(0);
+    for t in transactions {
+        let at = (t.committed_at - started_at_ms).max(0);
+        if steady_ms.contains(&(at as u32)) {
+            h.saturating_record((ms(t) as u64 * 1000).max(1));
+        }
+    }
+    let mut slowest: Vec<&Transaction> = transactions.iter().collect();
+    slowest.sort_by_key(|t| std::cmp::Reverse(ms(t)));
+    let slowest = slowest
+        .into_iter()
+        .take(SLOWEST)
+        .map(|t| SlowTransaction {
+            t_s: (t.started_at - started_at_ms) as f64 / 1000.0,
+            ms: ms(t) as f64,
+            orders: t.orders,
+        })
+        .collect();
+    (Percentiles::of_us(&h), slowest)
+}
+
 struct ResultRow {
     reason: Option<String>,
     accepted_at: i64,
@@ -603,22 +661,33 @@ struct ResultRow {
 /// `settle_batches` log. A batch's record is written with the partition's next batch,
 /// or on its own after ~100 ms without one, so wait a little for the last ones.
 /// Returns how many results still have none (they keep their `settled_at`).
-async fn commit_times(pool: &sinks::Pool, results: &mut [ResultRow], since_ms: i64) -> Result<u64> {
+/// Also returns the settlement transactions that committed since `since_ms`.
+async fn commit_times(
+    pool: &sinks::Pool,
+    results: &mut [ResultRow],
+    since_ms: i64,
+) -> Result<(u64, Vec<Transaction>)> {
     let mut conn = pool.get_conn().await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // Per partition: (next_offset, committed_at), ascending.
-        let rows: Vec<(i32, i64, i64)> = conn
+        let rows: Vec<(i32, i64, i64, i64, u32)> = conn
             .exec(
-                "SELECT `partition`, next_offset, committed_at FROM settle_batches \
-                 WHERE committed_at >= ? ORDER BY `partition`, next_offset",
+                "SELECT `partition`, next_offset, committed_at, started_at, orders \
+                 FROM settle_batches WHERE committed_at >= ? ORDER BY `partition`, next_offset",
                 (since_ms,),
             )
             .await
             .context("reading the settlement batches' commit times")?;
         let mut batches: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
-        for (p, next, at) in rows {
+        let mut transactions = Vec::with_capacity(rows.len());
+        for (p, next, at, started_at, orders) in rows {
             batches.entry(p).or_default().push((next, at));
+            transactions.push(Transaction {
+                started_at,
+                committed_at: at,
+                orders,
+            });
         }
         // Found again on each pass (a batch's commit time never changes), counted once.
         let mut unknown = 0;
@@ -631,7 +700,7 @@ async fn commit_times(pool: &sinks::Pool, results: &mut [ResultRow], since_ms: i
             }
         }
         if unknown == 0 || Instant::now() >= deadline {
-            return Ok(unknown);
+            return Ok((unknown, transactions));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -761,5 +830,45 @@ mod tests {
         assert!(d.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
         let p99 = d.iter().find(|(q, _)| (*q - 0.99).abs() < 1e-9).unwrap().1;
         assert!((p99 - 9900.0).abs() / 9900.0 < 0.01, "p99 {p99}");
+    }
+
+    #[test]
+    fn transaction_figures_cover_the_steady_phase_and_name_the_slowest_of_the_run() {
+        let start = 1_000_000;
+        // One transaction of 20 ms every 10 ms for 10 s, three slow ones in the steady
+        // phase (2..8 s) and a slower one in the ramp.
+        let mut txns: Vec<Transaction> = (0..1000)
+            .map(|i| Transaction {
+                started_at: start + i * 10,
+                committed_at: start + i * 10 + 20,
+                orders: 100,
+            })
+            .collect();
+        for (at, ms) in [(3_000, 300), (5_000, 450), (7_000, 120), (1_000, 900)] {
+            txns.push(Transaction {
+                started_at: start + at,
+                committed_at: start + at + ms,
+                orders: 7,
+            });
+        }
+        let (p, slowest) = transaction_figures(&txns, start, &(2_000..8_000));
+        // Committed at 2.0..8.0 s: 600 of the regular ones and the three slow ones.
+        assert_eq!(p.count, 603);
+        assert!((p.p50 - 20.0).abs() < 0.1, "p50 {}", p.p50);
+        assert!((p.max - 450.0).abs() < 1.0, "max {}", p.max);
+        let named: Vec<(f64, f64, u32)> = slowest.iter().map(|t| (t.t_s, t.ms, t.orders)).collect();
+        assert_eq!(
+            named,
+            [
+                (1.0, 900.0, 7),
+                (5.0, 450.0, 7),
+                (3.0, 300.0, 7),
+                (7.0, 120.0, 7),
+                (0.0, 20.0, 100)
+            ]
+        );
+        // No transactions: empty figures, none named.
+        let (p, slowest) = transaction_figures(&[], start, &(0..1000));
+        assert_eq!((p.count, slowest.len()), (0, 0));
     }
 }

@@ -88,6 +88,15 @@ pub fn table(r: &BenchReport) -> String {
     };
     row(&mut s, ack_name, &r.ack_ms);
     row(&mut s, "accepted → committed", &r.e2e_ms);
+    row(&mut s, "settlement transaction", &r.transactions_ms);
+    if !r.slowest_transactions.is_empty() {
+        let slowest: Vec<String> = r
+            .slowest_transactions
+            .iter()
+            .map(|t| format!("{:.0} ms at {:.1} s ({} orders)", t.ms, t.t_s, t.orders))
+            .collect();
+        let _ = writeln!(s, "slowest settlement transactions: {}", slowest.join(", "));
+    }
     if let Some(c) = r.cpu {
         let _ = writeln!(
             s,
@@ -102,12 +111,14 @@ type Figure = dyn Fn(&BenchReport) -> f64;
 
 /// The medians over several runs, one line per figure.
 pub fn medians(runs: &[BenchReport]) -> String {
+    // The median, and every run's figure in the order of the runs.
     let med = |f: &dyn Fn(&BenchReport) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[v.len() / 2], v)
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        let mut sorted = v.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        (sorted[sorted.len() / 2], v)
     };
-    let figures: [(&str, &Figure); 8] = [
+    let figures: [(&str, &Figure); 9] = [
         ("accepted orders/s (steady)", &|r| {
             r.throughput.accepted_per_s
         }),
@@ -120,8 +131,12 @@ pub fn medians(runs: &[BenchReport]) -> String {
         ("accepted→committed p50 ms", &|r| r.e2e_ms.p50),
         ("accepted→committed p99 ms", &|r| r.e2e_ms.p99),
         ("accepted→committed max ms", &|r| r.e2e_ms.max),
+        ("settlement transaction p99 ms", &|r| r.transactions_ms.p99),
     ];
-    let mut s = format!("medians of {} runs:\n", runs.len());
+    let mut s = format!(
+        "medians of {} runs (each run's figure in run order):\n",
+        runs.len()
+    );
     for (name, f) in figures {
         let (m, all) = med(f);
         let all: Vec<String> = all.iter().map(|v| format!("{v:.1}")).collect();
