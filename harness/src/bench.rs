@@ -472,9 +472,8 @@ pub async fn bench(
 
     let steady_ms = (ramp * 1000.0) as u32..(end_of_load * 1000.0) as u32;
     let in_steady = |ms: u32| steady_ms.contains(&ms);
-    let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
-    let mut ack = hist();
-    let mut e2e = hist();
+    let mut ack = latency_us();
+    let mut e2e = latency_us();
     let seconds = ((end_of_load + opts.drain_timeout_s).ceil() as usize).max(1) + 1;
     let mut timeline: Vec<Second> = (0..seconds)
         .map(|t| Second {
@@ -482,8 +481,8 @@ pub async fn bench(
             ..Default::default()
         })
         .collect();
-    let mut ack_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| hist()).collect();
-    let mut e2e_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| hist()).collect();
+    let mut ack_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| latency_us()).collect();
+    let mut e2e_by_s: Vec<Histogram<u64>> = (0..seconds).map(|_| latency_us()).collect();
     let sec = |ms: i64| ((ms.max(0) / 1000) as usize).min(seconds - 1);
     for s in &sent {
         timeline[sec(s.due_ms as i64)].offered += 1;
@@ -601,6 +600,11 @@ fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     out
 }
 
+/// A histogram of latencies in microseconds, up to an hour.
+fn latency_us() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
+}
+
 /// A settlement transaction, from the sink's `settle_batches` log.
 struct Transaction {
     started_at: i64,
@@ -626,7 +630,7 @@ fn transaction_figures(
     started_at_ms: i64,
     steady_ms: &std::ops::Range<u32>,
 ) -> (Percentiles, Vec<SlowTransaction>) {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut h = latency_us();
     let ms = |t: &Transaction| (t.committed_at - t.started_at).max(0);
     for t in transactions {
         let at = (t.committed_at - started_at_ms).max(0);
@@ -820,7 +824,7 @@ mod tests {
 
     #[test]
     fn the_distribution_runs_from_the_median_to_the_maximum() {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        let mut h = latency_us();
         for v in 1..=10_000u64 {
             h.record(v * 1000).unwrap();
         }
