@@ -68,10 +68,7 @@ async fn serve(cfg: &Config) -> Result<()> {
     std::fs::write(&port_file, addr.port().to_string())
         .with_context(|| format!("writing {}", port_file.display()))?;
     let file = cfg.broker_addr_file();
-    std::fs::create_dir_all(file.parent().expect("has a parent"))?;
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, addr.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &file)?;
+    broker::publish(&file, &addr.to_string())?;
     tracing::info!(
         "embedded Kafka broker at {addr}, topic {topic} with {} partitions, offsets {offsets:?}, \
          log in {} (address in {})",

@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ingest { listen } => {
             let listen = match listen {
                 Some(l) => l,
-                None => cfg.ingest.listen.parse().context("ingest.listen")?,
+                None => cfg.ingest.listen,
             };
             // One thread: requests, Kafka delivery reports and responses all meet on
             // it. With a worker per core they hand off between threads (futex wake-ups,
@@ -190,10 +190,13 @@ fn run(cli: Cli) -> Result<()> {
 async fn rates_cmd(cfg: &Config, cmd: RatesCommand) -> Result<()> {
     match cmd {
         RatesCommand::Run { period_ms, seed } => {
-            let period = period_ms.unwrap_or(cfg.currencies.modifier_period_ms);
-            anyhow::ensure!(period >= 10, "--period-ms must be at least 10");
+            let period = period_ms.map_or(cfg.currencies.modifier_period, Duration::from_millis);
+            anyhow::ensure!(
+                period >= Duration::from_millis(10),
+                "--period-ms must be at least 10"
+            );
             let opts = rates::ModifierOptions {
-                period: Duration::from_millis(period),
+                period,
                 seed,
                 max_periods: None,
             };
@@ -262,7 +265,7 @@ pub async fn init(cfg: &Config) -> Result<()> {
         csv.as_deref(),
         cfg.catalogue.items,
         cfg.catalogue.seed,
-        &cfg.currencies()?,
+        &cfg.currencies.all.clone(),
     )
     .await?;
     if n > 0 {

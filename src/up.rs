@@ -193,8 +193,14 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
         let b = Proc::spawn("broker", &with_config(&["broker"]), &logs)?;
         broker = Some(b);
         let c = cfg.clone();
-        let waited =
-            tokio::task::spawn_blocking(move || c.kafka_bootstrap(Duration::from_secs(30))).await?;
+        let waited = tokio::task::spawn_blocking(move || {
+            broker::bootstrap(
+                &c.kafka.brokers,
+                &c.broker_addr_file(),
+                Duration::from_secs(30),
+            )
+        })
+        .await?;
         if let Err(e) = waited {
             bail!(
                 "{e:#}\nbroker log:\n{}",
@@ -237,7 +243,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
     );
     println!(
         "  rates change every {} ms (rate modifier); admin token: ingest.admin_token or DTSS_ADMIN_TOKEN",
-        cfg.currencies.modifier_period_ms
+        cfg.currencies.modifier_period.as_millis()
     );
     println!("  try: curl -s -XPOST http://{}/api/orders -d '{{\"user_id\":\"u-1\",\"initiator\":\"USD\",\"items\":[{{\"id\":1,\"number\":1}}]}}'", cfg.ingest.listen);
     println!("  Ctrl-C stops it.");
@@ -333,7 +339,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
 
 async fn wait_healthy(cfg: &Config, ingest: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = cfg.ingest.listen.clone();
+    let addr = cfg.ingest.listen;
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -369,7 +375,7 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         .url
         .clone()
         .unwrap_or_else(|| format!("http://{}", cfg.ingest.listen));
-    let currencies = cfg.currencies()?.iter().map(|c| c.to_string()).collect();
+    let currencies = cfg.currencies.all.iter().map(|c| c.to_string()).collect();
     let gen = harness::OrderGen::new(args.opts.seed, cfg.catalogue.items, currencies);
     let bar = indicatif::ProgressBar::new(args.orders);
     bar.set_style(

@@ -190,7 +190,7 @@ fn a_killed_worker_process_stops_its_peer_and_the_restarted_cluster_loses_nothin
     let status = stopped.expect("process 0 did not stop within 30 s of losing process 1");
     assert_eq!(
         status.code(),
-        Some(dataflow::PEER_LOST_EXIT),
+        Some(model::exit::PEER_LOST),
         "process 0 exits with the peer-lost code: {status}"
     );
     let log = c.log("worker-0");

@@ -4,7 +4,10 @@
 //! InitProducerId, Produce, Fetch with long polling, ListOffsets, FindCoordinator).
 //! Fetches find their batch by binary search, so their cost does not grow with the log.
 
+mod address;
 mod log;
+
+pub use address::{bootstrap, publish};
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -22,7 +22,7 @@ pub fn totals<'s>(
     peers: usize,
     initial: Vec<(Currency, Decimal, u64)>,
 ) {
-    let currencies = cfg.currencies().expect("checked at load");
+    let currencies = cfg.currencies.all.clone();
     let owned: Vec<Currency> = currencies
         .iter()
         .enumerate()

@@ -235,7 +235,7 @@ pub async fn bench(
         opts.steady_s > 0.0,
         "--duration must be more than 0 seconds"
     );
-    let currencies = cfg.currencies()?;
+    let currencies = cfg.currencies.all.clone();
     let names: Vec<String> = currencies.iter().map(|c| c.to_string()).collect();
     let pool = sinks::connect(&cfg.mysql.url, 4)?;
     let target = Arc::new(if opts.direct_kafka {
@@ -245,7 +245,14 @@ pub async fn bench(
     });
     let bootstrap = {
         let c = cfg.clone();
-        tokio::task::spawn_blocking(move || c.kafka_bootstrap(Duration::from_secs(10))).await??
+        tokio::task::spawn_blocking(move || {
+            broker::bootstrap(
+                &c.kafka.brokers,
+                &c.broker_addr_file(),
+                Duration::from_secs(10),
+            )
+        })
+        .await??
     };
     let watermarks: Arc<BaseConsumer> = Arc::new(
         rdkafka::config::ClientConfig::new()
@@ -754,13 +761,13 @@ async fn change_rates(
     changes: Arc<AtomicU64>,
 ) -> Result<()> {
     let zk = rates::connect(&cfg, Duration::from_secs(10)).await?;
-    let base = cfg.base_currency();
-    let table = cfg.initial_rates()?;
+    let base = cfg.currencies.base;
+    let table = cfg.currencies.initial.clone();
     let targets: Vec<(Currency, Decimal, Decimal)> = table
         .into_iter()
         .filter(|(c, _)| *c != base)
         .map(|(c, r)| {
-            let (lo, hi) = rates::bounds(r, cfg.bound_pct());
+            let (lo, hi) = rates::bounds(r, cfg.currencies.bound_pct);
             (c, lo, hi)
         })
         .collect();

@@ -148,7 +148,7 @@ pub async fn check(
             .await?;
         let published = sinks::read_published(cfg, &zk).await?;
         let mut problems = vec![];
-        for c in cfg.currencies()? {
+        for c in cfg.currencies.all.clone() {
             let (sum, n) = sums.get(c.as_str()).copied().unwrap_or_default();
             let my = mysql
                 .iter()

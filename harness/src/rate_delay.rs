@@ -31,9 +31,11 @@ pub async fn rate_delay(
     progress: impl Fn(u64),
 ) -> Result<RateDelayReport> {
     let usd: Currency = cfg
-        .currencies()?
+        .currencies
+        .all
+        .clone()
         .into_iter()
-        .find(|c| *c != cfg.base_currency())
+        .find(|c| *c != cfg.currencies.base)
         .context("needs a non-base currency")?;
     let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
     let pool = sinks::connect(&cfg.mysql.url, 2)?;
@@ -41,7 +43,7 @@ pub async fn rate_delay(
     // Background orders: 4 connections, one order every 2 ms each.
     let stop = Arc::new(AtomicBool::new(false));
     let target = Arc::new(Target::http(base_url)?);
-    let currencies: Vec<String> = cfg.currencies()?.iter().map(|c| c.to_string()).collect();
+    let currencies: Vec<String> = cfg.currencies.all.iter().map(|c| c.to_string()).collect();
     let mut loaders = vec![];
     for t in 0..4u64 {
         let (mut sender, stop) = (target.sender(), stop.clone());

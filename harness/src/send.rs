@@ -90,7 +90,7 @@ impl Target {
     pub async fn kafka(cfg: &Config, pool: sinks::Pool) -> Result<Target> {
         Ok(Target::Kafka {
             producer: ingest::OrderProducer::connect(cfg, pool).await?,
-            currencies: cfg.currencies()?,
+            currencies: cfg.currencies.all.clone(),
         })
     }
 

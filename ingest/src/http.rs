@@ -28,8 +28,8 @@ pub async fn serve(
     let zk = rates::connect(&cfg, Duration::from_secs(30)).await?;
     let state = Arc::new(State {
         zk,
-        admin_token: cfg.admin_token(),
-        currencies: cfg.currencies()?,
+        admin_token: cfg.ingest.admin_token.clone(),
+        currencies: cfg.currencies.all.clone(),
         cfg,
         producer,
         pool,

@@ -37,8 +37,14 @@ impl OrderProducer {
     pub async fn connect(cfg: &Config, pool: Pool) -> Result<OrderProducer> {
         let bootstrap = {
             let c = cfg.clone();
-            tokio::task::spawn_blocking(move || c.kafka_bootstrap(Duration::from_secs(30)))
-                .await??
+            tokio::task::spawn_blocking(move || {
+                broker::bootstrap(
+                    &c.kafka.brokers,
+                    &c.broker_addr_file(),
+                    Duration::from_secs(30),
+                )
+            })
+            .await??
         };
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

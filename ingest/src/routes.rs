@@ -259,7 +259,7 @@ async fn get_rates(state: &State) -> Resp {
         .collect();
     json(
         StatusCode::OK,
-        json!({"base": state.cfg.base_currency().to_string(), "rates": rates, "applied_version": applied}),
+        json!({"base": state.cfg.currencies.base.to_string(), "rates": rates, "applied_version": applied}),
     )
 }
 

@@ -1,61 +1,53 @@
-//! `cluster.toml`: where every part of DTSS runs and how it behaves (SPEC §6).
+//! `cluster.toml`: where every part of DTSS runs and how it behaves (docs/DESIGN.md,
+//! "Cluster"). Read in two steps: the TOML deserialises into a raw form (`raw`), which
+//! `Config::parse` checks once into the typed `Config` below (currencies, decimal rates
+//! and percentages, durations, addresses); nothing parses it again later. Errors name
+//! the key and say what is expected.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rust_decimal::Decimal;
-use serde::Deserialize;
 
 use crate::Currency;
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The checked configuration.
+#[derive(Clone, Debug)]
 pub struct Config {
-    pub cluster: ClusterSection,
-    #[serde(default)]
-    pub kafka: KafkaSection,
-    #[serde(default)]
-    pub zookeeper: ZkSection,
-    #[serde(default)]
-    pub mysql: MysqlSection,
-    #[serde(default)]
-    pub ingest: IngestSection,
-    #[serde(default)]
-    pub catalogue: CatalogueSection,
-    pub currencies: CurrencySection,
+    pub cluster: Cluster,
+    pub kafka: Kafka,
+    pub zookeeper: ZooKeeper,
+    pub mysql: Mysql,
+    pub ingest: Ingest,
+    pub catalogue: Catalogue,
+    pub currencies: Currencies,
     /// Where this file was read from; relative paths in it are taken from its folder.
-    #[serde(skip)]
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSection {
+#[derive(Clone, Debug)]
+pub struct Cluster {
     /// host:port of every timely process, in process-index order.
     pub processes: Vec<String>,
     pub workers_per_process: usize,
-    #[serde(default = "default_epoch_ms")]
+    /// The length of an epoch, in ms (`epoch_of`).
     pub epoch_ms: u64,
     /// How long a worker waits for late orders before closing an epoch.
-    #[serde(default = "default_watermark_delay_ms")]
-    pub watermark_delay_ms: u64,
-    /// A worker starts a settlement transaction at most once per this many ms; what
-    /// closes meanwhile waits and goes into the next one. Fewer, larger transactions
-    /// cost MySQL less per order; each order may wait up to this long more. 0: start
-    /// one as soon as an epoch closes. Default 20 (README, Performance: at 10,000
-    /// orders/s, MariaDB's CPU fell by a fifth and the latency tails shrank).
-    #[serde(default = "default_settle_interval_ms")]
-    pub settle_interval_ms: u64,
+    pub watermark_delay: Duration,
+    /// A worker starts a settlement transaction at most this often; what closes
+    /// meanwhile goes into the next one. Fewer, larger transactions cost MySQL less per
+    /// order; each order may wait up to this long more. Zero: one as soon as an epoch
+    /// closes.
+    pub settle_interval: Duration,
     /// Where logs, the embedded broker's address and local service data go.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaSection {
+#[derive(Clone, Debug)]
+pub struct Kafka {
     /// Empty: use the embedded broker (`dtss broker`).
     pub brokers: Vec<String>,
     pub topic: String,
@@ -64,69 +56,29 @@ pub struct KafkaSection {
     pub max_backlog_per_partition: u64,
 }
 
-impl Default for KafkaSection {
-    fn default() -> Self {
-        KafkaSection {
-            brokers: vec![],
-            topic: "orders".into(),
-            max_backlog_per_partition: 40_000,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ZkSection {
+#[derive(Clone, Debug)]
+pub struct ZooKeeper {
     pub connect: String,
     /// Root znode of this deployment; rates live at `{root}/rates/{C}`.
     pub root: String,
-    pub session_timeout_ms: u64,
+    pub session_timeout: Duration,
 }
 
-impl Default for ZkSection {
-    fn default() -> Self {
-        ZkSection {
-            connect: "127.0.0.1:2181".into(),
-            root: "/dtss".into(),
-            session_timeout_ms: 6000,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MysqlSection {
+#[derive(Clone, Debug)]
+pub struct Mysql {
     pub url: String,
 }
 
-impl Default for MysqlSection {
-    fn default() -> Self {
-        MysqlSection {
-            url: "mysql://dtss:dtss@127.0.0.1:3306/dtss".into(),
-        }
-    }
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    pub listen: SocketAddr,
+    /// The admin token: `DTSS_ADMIN_TOKEN` from the environment when set, else
+    /// `ingest.admin_token`; None when neither is (admin requests are then refused).
+    pub admin_token: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestSection {
-    pub listen: String,
-    /// Admin token; `DTSS_ADMIN_TOKEN` in the environment overrides it.
-    pub admin_token: String,
-}
-
-impl Default for IngestSection {
-    fn default() -> Self {
-        IngestSection {
-            listen: "127.0.0.1:8080".into(),
-            admin_token: String::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CatalogueSection {
+#[derive(Clone, Debug)]
+pub struct Catalogue {
     /// Number of generated commodities (ids 1..=items) when no CSV is given.
     pub items: u32,
     pub seed: u64,
@@ -134,51 +86,180 @@ pub struct CatalogueSection {
     pub csv: Option<PathBuf>,
 }
 
-impl Default for CatalogueSection {
-    fn default() -> Self {
-        CatalogueSection {
-            items: 10_000,
-            seed: 42,
-            csv: None,
+#[derive(Clone, Debug)]
+pub struct Currencies {
+    /// The currency whose rate is 1 and never moves.
+    pub base: Currency,
+    /// Every configured currency, base first, then the others by code.
+    pub all: Vec<Currency>,
+    /// Initial rates in `all` order: value of one unit in the common unit.
+    pub initial: Vec<(Currency, Decimal)>,
+    /// How far from its initial value the modifier may move a rate, in percent.
+    pub bound_pct: Decimal,
+    /// The most the modifier moves a rate in one step, in percent.
+    pub max_step_pct: Decimal,
+    pub modifier_period: Duration,
+}
+
+/// The file as written: what serde reads, before any check.
+mod raw {
+    use std::path::PathBuf;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub cluster: Cluster,
+        #[serde(default)]
+        pub kafka: Kafka,
+        #[serde(default)]
+        pub zookeeper: ZooKeeper,
+        #[serde(default)]
+        pub mysql: Mysql,
+        #[serde(default)]
+        pub ingest: Ingest,
+        #[serde(default)]
+        pub catalogue: Catalogue,
+        pub currencies: Currencies,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cluster {
+        pub processes: Vec<String>,
+        pub workers_per_process: usize,
+        #[serde(default = "default_epoch_ms")]
+        pub epoch_ms: u64,
+        #[serde(default = "default_watermark_delay_ms")]
+        pub watermark_delay_ms: u64,
+        /// Default 20 (docs/PERFORMANCE.md: at 10,000 orders/s, MariaDB's CPU fell by a
+        /// fifth and the latency tails shrank).
+        #[serde(default = "default_settle_interval_ms")]
+        pub settle_interval_ms: u64,
+        #[serde(default = "default_data_dir")]
+        pub data_dir: PathBuf,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Kafka {
+        pub brokers: Vec<String>,
+        pub topic: String,
+        pub max_backlog_per_partition: u64,
+    }
+
+    impl Default for Kafka {
+        fn default() -> Self {
+            Kafka {
+                brokers: vec![],
+                topic: "orders".into(),
+                max_backlog_per_partition: 40_000,
+            }
         }
     }
-}
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CurrencySection {
-    /// The currency whose rate is 1 and never moves.
-    pub base: String,
-    /// Initial rates, as decimal strings: value of one unit in the common unit.
-    pub initial: toml::Table,
-    #[serde(default = "default_bound_pct")]
-    pub bound_pct: String,
-    #[serde(default = "default_step_pct")]
-    pub max_step_pct: String,
-    #[serde(default = "default_period_ms")]
-    pub modifier_period_ms: u64,
-}
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ZooKeeper {
+        pub connect: String,
+        pub root: String,
+        pub session_timeout_ms: u64,
+    }
 
-fn default_epoch_ms() -> u64 {
-    10
-}
-fn default_watermark_delay_ms() -> u64 {
-    20
-}
-fn default_settle_interval_ms() -> u64 {
-    20
-}
-fn default_data_dir() -> PathBuf {
-    ".dtss".into()
-}
-fn default_bound_pct() -> String {
-    "20".into()
-}
-fn default_step_pct() -> String {
-    "2".into()
-}
-fn default_period_ms() -> u64 {
-    60_000
+    impl Default for ZooKeeper {
+        fn default() -> Self {
+            ZooKeeper {
+                connect: "127.0.0.1:2181".into(),
+                root: "/dtss".into(),
+                session_timeout_ms: 6000,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Mysql {
+        pub url: String,
+    }
+
+    impl Default for Mysql {
+        fn default() -> Self {
+            Mysql {
+                url: "mysql://dtss:dtss@127.0.0.1:3306/dtss".into(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Ingest {
+        pub listen: String,
+        pub admin_token: String,
+    }
+
+    impl Default for Ingest {
+        fn default() -> Self {
+            Ingest {
+                listen: "127.0.0.1:8080".into(),
+                admin_token: String::new(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Catalogue {
+        pub items: u32,
+        pub seed: u64,
+        pub csv: Option<PathBuf>,
+    }
+
+    impl Default for Catalogue {
+        fn default() -> Self {
+            Catalogue {
+                items: 10_000,
+                seed: 42,
+                csv: None,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Currencies {
+        pub base: String,
+        /// Decimal strings.
+        pub initial: toml::Table,
+        #[serde(default = "default_bound_pct")]
+        pub bound_pct: String,
+        #[serde(default = "default_step_pct")]
+        pub max_step_pct: String,
+        #[serde(default = "default_period_ms")]
+        pub modifier_period_ms: u64,
+    }
+
+    fn default_epoch_ms() -> u64 {
+        10
+    }
+    fn default_watermark_delay_ms() -> u64 {
+        20
+    }
+    fn default_settle_interval_ms() -> u64 {
+        20
+    }
+    fn default_data_dir() -> PathBuf {
+        ".dtss".into()
+    }
+    fn default_bound_pct() -> String {
+        "20".into()
+    }
+    fn default_step_pct() -> String {
+        "2".into()
+    }
+    fn default_period_ms() -> u64 {
+        60_000
+    }
 }
 
 impl Config {
@@ -190,112 +271,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Read and check a file's text (relative paths are then taken from the working
+    /// directory).
     pub fn parse(text: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        cfg.check()?;
-        Ok(cfg)
-    }
-
-    fn check(&self) -> Result<()> {
-        let c = &self.cluster;
-        if c.processes.is_empty() {
-            bail!("cluster.processes: list at least one host:port");
-        }
-        for (i, p) in c.processes.iter().enumerate() {
-            if p.parse::<SocketAddr>().is_err() && !p.contains(':') {
-                bail!("cluster.processes[{i}]: {p:?} is not host:port");
-            }
-        }
-        if c.workers_per_process == 0 {
-            bail!("cluster.workers_per_process: must be at least 1");
-        }
-        if c.epoch_ms == 0 {
-            bail!("cluster.epoch_ms: must be at least 1");
-        }
-        if self.kafka.topic.is_empty() {
-            bail!("kafka.topic: must not be empty");
-        }
-        if self.ingest.listen.parse::<SocketAddr>().is_err() {
-            bail!(
-                "ingest.listen: {:?} is not an address like 127.0.0.1:8080",
-                self.ingest.listen
-            );
-        }
-        if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
-            bail!(
-                "zookeeper.root: {:?} must start with / and not end with one",
-                self.zookeeper.root
-            );
-        }
-        self.currencies()?;
-        self.initial_rates()?;
-        for (key, v) in [
-            ("currencies.bound_pct", &self.currencies.bound_pct),
-            ("currencies.max_step_pct", &self.currencies.max_step_pct),
-        ] {
-            let d = Decimal::from_str(v)
-                .map_err(|_| anyhow::anyhow!("{key}: {v:?} is not a decimal"))?;
-            if d < Decimal::ZERO || d >= Decimal::from(100) {
-                bail!("{key}: {v} must be from 0 to below 100");
-            }
-        }
-        Ok(())
-    }
-
-    /// The configured currencies, base first, then the others in file order.
-    pub fn currencies(&self) -> Result<Vec<Currency>> {
-        let base: Currency = self
-            .currencies
-            .base
-            .parse()
-            .map_err(|e| anyhow::anyhow!("currencies.base: {e}"))?;
-        let mut out = vec![base];
-        for k in self.currencies.initial.keys() {
-            let c: Currency = k
-                .parse()
-                .map_err(|e| anyhow::anyhow!("currencies.initial.{k}: {e}"))?;
-            if c != base {
-                out.push(c);
-            }
-        }
-        if !self.currencies.initial.contains_key(&self.currencies.base) {
-            bail!(
-                "currencies.initial: give the base currency {} a rate (1)",
-                self.currencies.base
-            );
-        }
-        Ok(out)
-    }
-
-    pub fn base_currency(&self) -> Currency {
-        self.currencies().expect("checked at load")[0]
-    }
-
-    /// Initial rates in `currencies()` order.
-    pub fn initial_rates(&self) -> Result<Vec<(Currency, Decimal)>> {
-        let mut out = vec![];
-        for c in self.currencies()? {
-            let key = format!("currencies.initial.{c}");
-            let v = &self.currencies.initial[c.as_str()];
-            let s = v.as_str().ok_or_else(|| {
-                anyhow::anyhow!("{key}: write the rate as a string, e.g. \"7.12\"")
-            })?;
-            let d = Decimal::from_str(s)
-                .map_err(|_| anyhow::anyhow!("{key}: {s:?} is not a decimal"))?;
-            if d <= Decimal::ZERO {
-                bail!("{key}: {s} must be positive");
-            }
-            out.push((c, d));
-        }
-        Ok(out)
-    }
-
-    pub fn bound_pct(&self) -> Decimal {
-        Decimal::from_str(&self.currencies.bound_pct).expect("checked at load")
-    }
-
-    pub fn max_step_pct(&self) -> Decimal {
-        Decimal::from_str(&self.currencies.max_step_pct).expect("checked at load")
+        let raw: raw::File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Config {
+            cluster: cluster(raw.cluster)?,
+            kafka: kafka(raw.kafka)?,
+            zookeeper: zookeeper(raw.zookeeper)?,
+            mysql: Mysql { url: raw.mysql.url },
+            ingest: ingest(raw.ingest)?,
+            catalogue: Catalogue {
+                items: raw.catalogue.items,
+                seed: raw.catalogue.seed,
+                csv: raw.catalogue.csv,
+            },
+            currencies: currencies(raw.currencies)?,
+            path: PathBuf::new(),
+        })
     }
 
     pub fn partitions(&self) -> usize {
@@ -315,46 +308,135 @@ impl Config {
         self.resolve(&self.cluster.data_dir)
     }
 
-    pub fn admin_token(&self) -> Option<String> {
-        std::env::var("DTSS_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| Some(self.ingest.admin_token.clone()).filter(|t| !t.is_empty()))
-    }
-
     /// The file in which `dtss broker` publishes the embedded broker's address.
     pub fn broker_addr_file(&self) -> PathBuf {
         self.data_dir().join("broker.addr")
     }
 
-    /// The Kafka bootstrap servers: the configured brokers, or else the embedded
-    /// broker's address (waiting up to `patience` for `dtss broker` to publish it).
-    pub fn kafka_bootstrap(&self, patience: std::time::Duration) -> Result<String> {
-        if !self.kafka.brokers.is_empty() {
-            return Ok(self.kafka.brokers.join(","));
-        }
-        let file = self.broker_addr_file();
-        let deadline = std::time::Instant::now() + patience;
-        loop {
-            if let Ok(s) = std::fs::read_to_string(&file) {
-                let s = s.trim();
-                if !s.is_empty() {
-                    return Ok(s.to_string());
-                }
-            }
-            if std::time::Instant::now() >= deadline {
-                bail!(
-                    "kafka.brokers is empty and the embedded broker has not published {}: start it with `dtss broker` (or `dtss up`), or configure kafka.brokers",
-                    file.display()
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
     pub fn epoch_of(&self, ms: i64) -> u64 {
         ms.max(0) as u64 / self.cluster.epoch_ms
     }
+}
+
+fn cluster(c: raw::Cluster) -> Result<Cluster> {
+    if c.processes.is_empty() {
+        bail!("cluster.processes: list at least one host:port");
+    }
+    for (i, p) in c.processes.iter().enumerate() {
+        if p.parse::<SocketAddr>().is_err() && !p.contains(':') {
+            bail!("cluster.processes[{i}]: {p:?} is not host:port");
+        }
+    }
+    if c.workers_per_process == 0 {
+        bail!("cluster.workers_per_process: must be at least 1");
+    }
+    if c.epoch_ms == 0 {
+        bail!("cluster.epoch_ms: must be at least 1");
+    }
+    Ok(Cluster {
+        processes: c.processes,
+        workers_per_process: c.workers_per_process,
+        epoch_ms: c.epoch_ms,
+        watermark_delay: Duration::from_millis(c.watermark_delay_ms),
+        settle_interval: Duration::from_millis(c.settle_interval_ms),
+        data_dir: c.data_dir,
+    })
+}
+
+fn kafka(k: raw::Kafka) -> Result<Kafka> {
+    if k.topic.is_empty() {
+        bail!("kafka.topic: must not be empty");
+    }
+    Ok(Kafka {
+        brokers: k.brokers,
+        topic: k.topic,
+        max_backlog_per_partition: k.max_backlog_per_partition,
+    })
+}
+
+fn zookeeper(z: raw::ZooKeeper) -> Result<ZooKeeper> {
+    if !z.root.starts_with('/') || z.root.ends_with('/') {
+        bail!(
+            "zookeeper.root: {:?} must start with / and not end with one",
+            z.root
+        );
+    }
+    Ok(ZooKeeper {
+        connect: z.connect,
+        root: z.root,
+        session_timeout: Duration::from_millis(z.session_timeout_ms),
+    })
+}
+
+fn ingest(i: raw::Ingest) -> Result<Ingest> {
+    let Ok(listen) = i.listen.parse::<SocketAddr>() else {
+        bail!(
+            "ingest.listen: {:?} is not an address like 127.0.0.1:8080",
+            i.listen
+        );
+    };
+    let admin_token = std::env::var("DTSS_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| Some(i.admin_token).filter(|t| !t.is_empty()));
+    Ok(Ingest {
+        listen,
+        admin_token,
+    })
+}
+
+fn currencies(c: raw::Currencies) -> Result<Currencies> {
+    let base: Currency = c
+        .base
+        .parse()
+        .map_err(|e| anyhow::anyhow!("currencies.base: {e}"))?;
+    let mut all = vec![base];
+    for k in c.initial.keys() {
+        let cur: Currency = k
+            .parse()
+            .map_err(|e| anyhow::anyhow!("currencies.initial.{k}: {e}"))?;
+        if cur != base {
+            all.push(cur);
+        }
+    }
+    if !c.initial.contains_key(&c.base) {
+        bail!(
+            "currencies.initial: give the base currency {} a rate (1)",
+            c.base
+        );
+    }
+    let initial = all
+        .iter()
+        .map(|cur| Ok((*cur, initial_rate(&c.initial, *cur)?)))
+        .collect::<Result<_>>()?;
+    Ok(Currencies {
+        base,
+        all,
+        initial,
+        bound_pct: percent("currencies.bound_pct", &c.bound_pct)?,
+        max_step_pct: percent("currencies.max_step_pct", &c.max_step_pct)?,
+        modifier_period: Duration::from_millis(c.modifier_period_ms),
+    })
+}
+
+fn initial_rate(table: &toml::Table, c: Currency) -> Result<Decimal> {
+    let key = format!("currencies.initial.{c}");
+    let s = table[c.as_str()]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("{key}: write the rate as a string, e.g. \"7.12\""))?;
+    let d = Decimal::from_str(s).map_err(|_| anyhow::anyhow!("{key}: {s:?} is not a decimal"))?;
+    if d <= Decimal::ZERO {
+        bail!("{key}: {s} must be positive");
+    }
+    Ok(d)
+}
+
+fn percent(key: &str, v: &str) -> Result<Decimal> {
+    let d = Decimal::from_str(v).map_err(|_| anyhow::anyhow!("{key}: {v:?} is not a decimal"))?;
+    if d < Decimal::ZERO || d >= Decimal::from(100) {
+        bail!("{key}: {v} must be from 0 to below 100");
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -378,15 +460,22 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
         assert_eq!(c.cluster.epoch_ms, 10);
         assert_eq!(c.kafka.topic, "orders");
         assert!(c.kafka.brokers.is_empty());
-        let cur: Vec<String> = c
-            .currencies()
-            .unwrap()
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let cur: Vec<String> = c.currencies.all.iter().map(|c| c.to_string()).collect();
         assert_eq!(cur[0], "RMB");
         assert_eq!(cur.len(), 4);
         assert_eq!(c.epoch_of(1_000_019), 100_001);
+        assert_eq!(c.cluster.watermark_delay, Duration::from_millis(20));
+        assert_eq!(c.currencies.bound_pct, Decimal::from(20));
+        let usd = c
+            .currencies
+            .all
+            .iter()
+            .position(|c| c.as_str() == "USD")
+            .unwrap();
+        assert_eq!(
+            c.currencies.initial[usd].1,
+            Decimal::from_str("7.12").unwrap()
+        );
     }
 
     #[test]
@@ -424,5 +513,13 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
         );
         assert!(err(&GOOD.replace("[cluster]", "[cluster]\nepoch = 5")).contains("epoch"));
         assert!(err(&format!("{GOOD}\n[ingest]\nlisten = \"nowhere\"")).contains("ingest.listen"));
+        assert!(
+            err(&GOOD.replace("base = \"RMB\"", "base = \"RMB\"\nbound_pct = \"100\""))
+                .contains("currencies.bound_pct")
+        );
+        assert!(
+            err(&GOOD.replace("base = \"RMB\"", "base = \"RMB\"\nmax_step_pct = \"x\""))
+                .contains("currencies.max_step_pct")
+        );
     }
 }

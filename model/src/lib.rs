@@ -4,6 +4,7 @@
 
 pub mod config;
 mod currency;
+pub mod exit;
 mod order;
 mod settle;
 pub mod wire;

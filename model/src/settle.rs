@@ -45,6 +45,18 @@ impl Reason {
     }
 }
 
+impl std::str::FromStr for Reason {
+    type Err = String;
+
+    /// The form `as_str` gives, as the result table keeps it.
+    fn from_str(s: &str) -> Result<Reason, String> {
+        [Reason::UnknownItem, Reason::InsufficientInventory]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown reason {s:?}"))
+    }
+}
+
 /// The outcome of one order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -273,5 +285,13 @@ mod tests {
         let r = decide(&order(&[(1, 1)]), &mut s, &table()).unwrap();
         assert_eq!(r.reason, Some(Reason::InsufficientInventory));
         assert_eq!(s[&1].inventory, 0);
+    }
+
+    #[test]
+    fn reasons_parse_from_their_stored_form() {
+        for r in [Reason::UnknownItem, Reason::InsufficientInventory] {
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+        }
+        assert!("out_of_stock".parse::<Reason>().is_err());
     }
 }

@@ -13,7 +13,7 @@ pub use zk::Client;
 mod modifier;
 pub use modifier::{bounds, cas_update, run_modifier, step, ModifierOptions, RATE_DP};
 
-/// Rates of every configured currency, in `Config::currencies()` order.
+/// Rates of every configured currency, in `Currencies::all` order.
 pub type Rates = Vec<(Currency, Decimal)>;
 
 pub fn rates_path(cfg: &Config) -> String {
@@ -39,14 +39,14 @@ pub fn parse_injection(
     let c: Currency = currency
         .parse()
         .ok()
-        .filter(|c| cfg.currencies().map(|all| all.contains(c)).unwrap_or(false))
+        .filter(|c| cfg.currencies.all.contains(c))
         .ok_or_else(|| {
             err(
                 "currency",
                 format!("{currency:?} is not a configured currency"),
             )
         })?;
-    if c == cfg.base_currency() {
+    if c == cfg.currencies.base {
         return Err(err(
             "currency",
             format!("{c} is the base currency: its rate is fixed"),
@@ -76,7 +76,7 @@ pub async fn connect(cfg: &Config, patience: Duration) -> Result<Client> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let attempt = Client::connector()
-            .with_session_timeout(Duration::from_millis(cfg.zookeeper.session_timeout_ms))
+            .with_session_timeout(cfg.zookeeper.session_timeout)
             .with_connection_timeout(Duration::from_secs(2))
             .connect(&cfg.zookeeper.connect)
             .await;
@@ -106,7 +106,7 @@ pub async fn seed_rates(client: &Client, cfg: &Config) -> Result<()> {
         .mkdir(&rates_path(cfg), &opts)
         .await
         .with_context(|| format!("creating {}", rates_path(cfg)))?;
-    for (c, rate) in cfg.initial_rates()? {
+    for (c, rate) in cfg.currencies.initial.clone() {
         match client
             .create(&rate_path(cfg, c), rate.to_string().as_bytes(), &opts)
             .await
@@ -121,7 +121,7 @@ pub async fn seed_rates(client: &Client, cfg: &Config) -> Result<()> {
 /// Read every configured currency's rate, with each znode's version.
 pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, Decimal, i32)>> {
     let mut out = vec![];
-    for c in cfg.currencies()? {
+    for c in cfg.currencies.all.clone() {
         let path = rate_path(cfg, c);
         let (data, stat) = client
             .get_data(&path)

@@ -71,9 +71,9 @@ pub async fn run_modifier(
         Some(s) => StdRng::seed_from_u64(s),
         None => StdRng::from_os_rng(),
     };
-    let initial = cfg.initial_rates()?;
-    let base = cfg.base_currency();
-    let (max_step, bound) = (cfg.max_step_pct(), cfg.bound_pct());
+    let initial = cfg.currencies.initial.clone();
+    let base = cfg.currencies.base;
+    let (max_step, bound) = (cfg.currencies.max_step_pct, cfg.currencies.bound_pct);
     let mut periods = 0u64;
     loop {
         let client = connect(cfg, Duration::from_secs(3600)).await?;

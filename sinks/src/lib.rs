@@ -15,7 +15,7 @@ pub use query::{
 pub use schema::{connect, ensure_schema};
 pub use settle::items_text;
 pub use settle::{
-    prepare_partition, settle_batch, Batch, BatchOrder, Outcome, SettleState, Settlement, Settling,
+    prepare_partition, settle_batch, Batch, Outcome, SettleState, Settlement, Settling,
 };
 
 pub use mysql_async::Pool;

@@ -7,12 +7,12 @@ use dtss_sinks::{SettleState, Settling};
 use model::{Currency, Decimal, Item, Order, OrderRequest, RateTable, Reason, Uuid};
 use mysql_async::prelude::*;
 
-fn settling<'a>(offset: i64, o: &'a Order, rates: &'a RateTable) -> Settling<'a> {
+fn settling(offset: i64, o: &Order, rates: &RateTable) -> Settling {
     Settling {
         offset,
         epoch: 1,
-        order: o,
-        rates,
+        order: o.clone(),
+        rates: std::sync::Arc::new(rates.clone()),
     }
 }
 
@@ -648,7 +648,7 @@ fn three_batches(rates: &RateTable) -> (Vec<dtss_sinks::Batch>, Vec<Vec<Option<R
         orders: items
             .iter()
             .enumerate()
-            .map(|(i, &(id, n))| dtss_sinks::BatchOrder {
+            .map(|(i, &(id, n))| Settling {
                 offset: first + i as i64,
                 epoch: 1,
                 order: order("u-p", id, n),

@@ -1,0 +1,222 @@
+//! The settle operator: every epoch that both the orders and the rates have passed goes,
+//! in offset order and joined with its rate table, to the worker's settlement thread
+//! (`settler.rs`) as one hand-over (a `sinks::Batch`). The timely worker never waits
+//! for MySQL: it keeps reading and closing epochs (other workers' frontiers depend on
+//! it). Outcomes leave at their hand-overs' least epoch once committed; until then the
+//! hand-overs' capabilities hold the totals back.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Result;
+use model::{Config, RateTable};
+use sinks::{Batch, Outcome, Settling};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::kafka::Read;
+use crate::settler::{Settler, IN_FLIGHT};
+use crate::worker::{die, Stats};
+
+/// Settle every closed epoch (see the module doc), at most IN_FLIGHT hand-overs out.
+pub(crate) fn settle<'s>(
+    orders: StreamVec<'s, u64, Read>,
+    rates: StreamVec<'s, u64, RateTable>,
+    cfg: &Config,
+    partition: i32,
+    stats: Rc<RefCell<Stats>>,
+) -> Result<StreamVec<'s, u64, Outcome>> {
+    let topic = cfg.kafka.topic.clone();
+    let interval = cfg.cluster.settle_interval;
+    // Two: a transaction commits while the next one starts (`sinks::Settlement`).
+    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let scope = orders.scope();
+    Ok(orders
+        .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let settler = Settler::spawn(pool, topic, partition, interval, wake)
+                .unwrap_or_else(|e| die("starting the settlement thread", e));
+            // The least epoch of each hand-over in MySQL, oldest first: they hold the
+            // outcomes' frontier.
+            let mut out: VecDeque<Capability<u64>> = VecDeque::new();
+            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Read>)> = BTreeMap::new();
+            let mut tables: BTreeMap<u64, Arc<RateTable>> = BTreeMap::new();
+            move |(in_orders, f_orders), (in_rates, f_rates), output| {
+                in_orders.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let t = *cap.time();
+                    pending
+                        .entry(t)
+                        .or_insert_with(|| (cap, Vec::new()))
+                        .1
+                        .append(data);
+                });
+                in_rates.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        for table in data.drain(..) {
+                            tables.insert(t, Arc::new(table));
+                        }
+                    }
+                });
+                // Hand-overs are settled in order, several at once: their outcomes leave
+                // at the least epoch of them.
+                while let Some(done) = settler.done() {
+                    stats.borrow_mut().add(&done);
+                    let cap = out
+                        .front()
+                        .expect("a hand-over in flight for each one done");
+                    output.session(cap).give_iterator(done.outcomes.into_iter());
+                    out.drain(..done.handovers);
+                }
+                if out.len() >= IN_FLIGHT {
+                    return;
+                }
+                let closed = |e: &u64| {
+                    !f_orders.frontier().less_equal(e) && !f_rates.frontier().less_equal(e)
+                };
+                let ready: Vec<u64> = pending.keys().copied().take_while(|e| closed(e)).collect();
+                if ready.is_empty() {
+                    return;
+                }
+                if tables.is_empty() {
+                    // Only when the rate source stopped before delivering any rate
+                    // (shutdown): settle nothing; these orders are read again next start.
+                    tracing::warn!(
+                        partition,
+                        "no rates yet; leaving {} epochs unsettled",
+                        ready.len()
+                    );
+                    return;
+                }
+                let mut epochs = Vec::with_capacity(ready.len());
+                for e in &ready {
+                    let (cap, reads) = pending.remove(e).expect("key from map");
+                    // Epochs are in order: the first capability is the least.
+                    if epochs.is_empty() {
+                        out.push_back(cap);
+                    }
+                    epochs.push((*e, reads));
+                }
+                settler.send(handover(epochs, &tables));
+                // Keep only the newest table at or below what is still open.
+                if let Some(&open) = f_orders.frontier().first() {
+                    if let Some(keep) = tables.range(..=open).next_back().map(|(k, _)| *k) {
+                        tables.retain(|k, _| *k >= keep);
+                    }
+                }
+            }
+        })
+        .container::<Vec<Outcome>>())
+}
+
+/// Closed epochs (in order, each with its messages in offset order) joined with their
+/// rates, as one batch: each epoch takes the newest table at or before it. Orders older
+/// than the first table observed (a backlog read after a restart) were read after their
+/// epoch closed in an earlier run: they belong to the current epoch, the first of this
+/// run's rates. A message that did not decode still counts in the next offset.
+pub(crate) fn handover(
+    epochs: Vec<(u64, Vec<Read>)>,
+    tables: &BTreeMap<u64, Arc<RateTable>>,
+) -> Batch {
+    let first_epoch = *tables.keys().next().expect("a rate table is in");
+    let table_for = |e: u64| {
+        tables
+            .range(..=e)
+            .next_back()
+            .or_else(|| tables.iter().next())
+            .map(|(_, t)| t.clone())
+            .expect("a rate table is in")
+    };
+    let mut batch = Batch::default();
+    for (e, reads) in epochs {
+        let rates = table_for(e);
+        for (offset, order) in reads {
+            batch.next_offset = offset + 1;
+            if let Some(order) = order {
+                let epoch = e.max(first_epoch);
+                let rates = rates.clone();
+                batch.orders.push(Settling {
+                    offset,
+                    epoch,
+                    order,
+                    rates,
+                });
+            }
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use model::{Currency, Item, Order, OrderRequest, Uuid};
+
+    use super::*;
+
+    fn order() -> Order {
+        OrderRequest {
+            user_id: "u".into(),
+            initiator: Currency::from_str("RMB").unwrap(),
+            items: vec![Item { id: 1, number: 1 }],
+            time: None,
+        }
+        .accept(Uuid::now_v7(), 0)
+    }
+
+    fn tables(at: &[u64]) -> BTreeMap<u64, Arc<RateTable>> {
+        at.iter()
+            .enumerate()
+            .map(|(v, e)| {
+                (
+                    *e,
+                    Arc::new(RateTable {
+                        version: v as u64 + 1,
+                        rates: vec![],
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_epoch_takes_the_newest_rates_at_or_before_it() {
+        let epochs = vec![
+            (10, vec![(0, Some(order()))]),
+            (20, vec![(1, Some(order()))]),
+            (35, vec![(2, Some(order()))]),
+        ];
+        let b = handover(epochs, &tables(&[5, 20, 30]));
+        let versions: Vec<u64> = b.orders.iter().map(|s| s.rates.version).collect();
+        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(
+            b.orders.iter().map(|s| s.epoch).collect::<Vec<_>>(),
+            [10, 20, 35]
+        );
+        assert_eq!(b.next_offset, 3);
+    }
+
+    #[test]
+    fn a_backlog_from_before_the_first_rates_moves_to_their_epoch() {
+        let b = handover(vec![(3, vec![(7, Some(order()))])], &tables(&[50]));
+        assert_eq!((b.orders[0].epoch, b.orders[0].rates.version), (50, 1));
+    }
+
+    #[test]
+    fn undecodable_messages_are_skipped_but_their_offsets_count() {
+        let epochs = vec![
+            (10, vec![(4, Some(order())), (5, None)]),
+            (11, vec![(6, None)]),
+        ];
+        let b = handover(epochs, &tables(&[0]));
+        assert_eq!(b.orders.iter().map(|s| s.offset).collect::<Vec<_>>(), [4]);
+        assert_eq!(b.next_offset, 7);
+    }
+}

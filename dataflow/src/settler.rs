@@ -1,0 +1,340 @@
+//! The worker's settlement thread. It takes every hand-over waiting as one, at most once
+//! per `settle_interval_ms` (under load: fewer, larger transactions), cuts it into
+//! batches of at most MAX_BATCH orders, and settles them in offset order through
+//! `sinks::Settlement` (while one commits, the next one starts). Outcomes go back to the
+//! settle operator with the number of hand-overs they complete. A failure that retrying
+//! does not cure ends the process (`worker::die`).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sinks::{Batch, Outcome, Pool, Settlement};
+use timely::scheduling::SyncActivator;
+
+use crate::worker::die;
+
+/// Most orders settled in one MySQL transaction. The larger a batch, the fewer times each
+/// commodity is locked and written per order (docs/PERFORMANCE.md).
+const MAX_BATCH: usize = 20_000;
+/// Hand-overs given to the settlement thread and not yet committed, at most.
+pub(crate) const IN_FLIGHT: usize = 16;
+/// How long the thread waits for a next batch before writing the last batch's commit
+/// record on its own.
+const RECORD_IDLE: Duration = Duration::from_millis(100);
+
+/// The settle operator's end of the thread.
+pub(crate) struct Settler {
+    handovers: crossbeam_channel::Sender<Batch>,
+    done: crossbeam_channel::Receiver<Done>,
+}
+
+/// The outcomes of hand-overs settled, with the transactions they took (of them, those
+/// settled from the worker's view, and the views found stale meanwhile) and the number
+/// of hand-overs they complete.
+pub(crate) struct Done {
+    pub outcomes: Vec<Outcome>,
+    pub batches: u64,
+    pub from_view: u64,
+    pub stale: u64,
+    pub handovers: usize,
+}
+
+impl Settler {
+    pub(crate) fn spawn(
+        pool: Pool,
+        topic: String,
+        partition: i32,
+        interval: Duration,
+        wake: SyncActivator,
+    ) -> Result<Settler> {
+        let (handovers, rx) = crossbeam_channel::bounded::<Batch>(IN_FLIGHT);
+        let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let settlement = Settlement::new(pool, &topic, partition);
+        let thread = Thread {
+            rt,
+            settlement,
+            partition,
+            interval,
+            rx,
+            done: done_tx,
+            wake,
+        };
+        std::thread::Builder::new()
+            .name(format!("settle-p{partition}"))
+            .spawn(move || thread.run())?;
+        Ok(Settler { handovers, done })
+    }
+
+    pub(crate) fn send(&self, batch: Batch) {
+        if self.handovers.send(batch).is_err() {
+            die(
+                "handing a batch to the settlement thread",
+                anyhow::anyhow!("the thread is gone"),
+            );
+        }
+    }
+
+    /// The oldest hand-overs given, once committed.
+    pub(crate) fn done(&self) -> Option<Done> {
+        match self.done.try_recv() {
+            Ok(d) => Some(d),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => die(
+                "waiting for the settlement thread",
+                anyhow::anyhow!("the thread is gone"),
+            ),
+        }
+    }
+}
+
+/// The thread's own side.
+struct Thread {
+    rt: tokio::runtime::Runtime,
+    settlement: Settlement,
+    partition: i32,
+    interval: Duration,
+    rx: crossbeam_channel::Receiver<Batch>,
+    done: crossbeam_channel::Sender<Done>,
+    wake: SyncActivator,
+}
+
+/// What the thread keeps between batches.
+#[derive(Default)]
+struct Progress {
+    /// Batches not yet given to `Settlement`, each with the number of hand-overs it
+    /// completes; and those numbers for the batches given, in order, until their
+    /// outcomes come back.
+    queued: VecDeque<(Batch, usize)>,
+    given: VecDeque<usize>,
+    outcomes: Vec<Outcome>,
+    batches: u64,
+    /// `Settlement::view_counts` as last reported.
+    counted: (u64, u64),
+}
+
+impl Thread {
+    fn run(mut self) {
+        let mut p = Progress::default();
+        let mut open = true;
+        // No hand-over is taken before this (`interval` after the last was taken).
+        let mut next_take = Instant::now();
+        loop {
+            let (rx, interval) = (&self.rx, self.interval);
+            let pull = || take(&mut p.queued, &mut p.given, rx, &mut next_take, interval);
+            let next = self.rt.block_on(self.settlement.next(pull));
+            match next.unwrap_or_else(|e| die("settling a batch", e)) {
+                Some(out) => {
+                    open &= self.report(&mut p, out);
+                    continue;
+                }
+                None if !open => break,
+                None => {}
+            }
+            // Hand-overs wait until `next_take`: then all those waiting go as one.
+            let now = Instant::now();
+            if now < next_take {
+                std::thread::sleep(next_take - now);
+                continue;
+            }
+            // Nothing to settle. A batch's commit record is written with the next batch;
+            // when none follows soon, on its own.
+            match self.rx.recv_timeout(RECORD_IDLE) {
+                Ok(batch) => {
+                    p.queued.extend(batches_of(batch, 1));
+                    next_take = Instant::now() + self.interval;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.flush(),
+                // Stopping: settle what is open, then end.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        self.flush();
+        self.rt.block_on(self.settlement.disconnect()).ok();
+    }
+
+    /// A batch committed with `out`: when it completes hand-overs, send them back.
+    /// False when the operator is gone.
+    fn report(&self, p: &mut Progress, out: Vec<Outcome>) -> bool {
+        p.outcomes.extend(out);
+        p.batches += 1;
+        let ends = p.given.pop_front().expect("a batch was given");
+        if ends == 0 {
+            return true;
+        }
+        let now = self.settlement.view_counts();
+        let done = Done {
+            outcomes: std::mem::take(&mut p.outcomes),
+            batches: std::mem::take(&mut p.batches),
+            from_view: now.0 - p.counted.0,
+            stale: now.1 - p.counted.1,
+            handovers: ends,
+        };
+        p.counted = now;
+        self.done.send(done).is_ok() && self.wake.activate().is_ok()
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.rt.block_on(self.settlement.flush()) {
+            tracing::warn!(partition = self.partition, "{e:#}");
+        }
+    }
+}
+
+/// The next batch for `Settlement`: the next one queued, or, once `next_take` has come,
+/// every hand-over waiting merged into one and cut into batches.
+fn take(
+    queued: &mut VecDeque<(Batch, usize)>,
+    given: &mut VecDeque<usize>,
+    rx: &crossbeam_channel::Receiver<Batch>,
+    next_take: &mut Instant,
+    interval: Duration,
+) -> Option<Batch> {
+    if queued.is_empty() {
+        let now = Instant::now();
+        if now < *next_take {
+            return None;
+        }
+        let (merged, n) = merge(rx.try_iter());
+        if n > 0 {
+            queued.extend(batches_of(merged, n));
+            *next_take = now + interval;
+        }
+    }
+    let (batch, ends) = queued.pop_front()?;
+    given.push_back(ends);
+    Some(batch)
+}
+
+/// Hand-overs, one after the other, as one batch; and how many there were.
+fn merge(handovers: impl Iterator<Item = Batch>) -> (Batch, usize) {
+    let mut merged = Batch::default();
+    let mut n = 0;
+    for b in handovers {
+        merged.orders.extend(b.orders);
+        merged.next_offset = b.next_offset;
+        n += 1;
+    }
+    (merged, n)
+}
+
+/// `handovers` hand-overs merged into `batch`, as batches of at most MAX_BATCH orders,
+/// each with the number of those hand-overs it completes (all of them on the last).
+fn batches_of(batch: Batch, handovers: usize) -> Vec<(Batch, usize)> {
+    if batch.orders.len() <= MAX_BATCH {
+        return vec![(batch, handovers)];
+    }
+    let Batch {
+        orders,
+        next_offset,
+    } = batch;
+    let chunks = orders.len().div_ceil(MAX_BATCH);
+    let mut orders = orders.into_iter();
+    (0..chunks)
+        .map(|i| {
+            let chunk: Vec<_> = orders.by_ref().take(MAX_BATCH).collect();
+            if i + 1 == chunks {
+                (
+                    Batch {
+                        orders: chunk,
+                        next_offset,
+                    },
+                    handovers,
+                )
+            } else {
+                let next_offset = chunk.last().expect("non-empty").offset + 1;
+                (
+                    Batch {
+                        orders: chunk,
+                        next_offset,
+                    },
+                    0,
+                )
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use model::{Currency, Item, OrderRequest, RateTable, Uuid};
+    use sinks::Settling;
+
+    use super::*;
+
+    fn batch(offsets: std::ops::Range<i64>, next_offset: i64) -> Batch {
+        let rates = Arc::new(RateTable {
+            version: 1,
+            rates: vec![],
+        });
+        let orders = offsets
+            .map(|offset| Settling {
+                offset,
+                epoch: 0,
+                order: OrderRequest {
+                    user_id: "u".into(),
+                    initiator: Currency::from_str("RMB").unwrap(),
+                    items: vec![Item { id: 1, number: 1 }],
+                    time: None,
+                }
+                .accept(Uuid::nil(), 0),
+                rates: rates.clone(),
+            })
+            .collect();
+        Batch {
+            orders,
+            next_offset,
+        }
+    }
+
+    #[test]
+    fn hand_overs_waiting_go_as_one_batch() {
+        let (merged, n) = merge([batch(0..3, 3), batch(3..4, 6), batch(6..6, 9)].into_iter());
+        assert_eq!((n, merged.orders.len(), merged.next_offset), (3, 4, 9));
+        let cut = batches_of(merged, n);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].1, 3);
+    }
+
+    #[test]
+    fn a_large_hand_over_is_cut_and_only_the_last_part_completes_it() {
+        let n = MAX_BATCH as i64;
+        let cut = batches_of(batch(0..2 * n + 5, 2 * n + 9), 4);
+        let shape: Vec<(usize, i64, usize)> = cut
+            .iter()
+            .map(|(b, ends)| (b.orders.len(), b.next_offset, *ends))
+            .collect();
+        assert_eq!(
+            shape,
+            [(MAX_BATCH, n, 0), (MAX_BATCH, 2 * n, 0), (5, 2 * n + 9, 4)]
+        );
+    }
+
+    #[test]
+    fn a_hand_over_of_undecodable_messages_still_moves_the_offset() {
+        let cut = batches_of(batch(0..0, 12), 1);
+        assert_eq!((cut.len(), cut[0].0.next_offset, cut[0].1), (1, 12, 1));
+    }
+
+    #[test]
+    fn nothing_is_taken_before_the_interval_has_passed() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(batch(0..1, 1)).unwrap();
+        tx.send(batch(1..2, 2)).unwrap();
+        let (mut queued, mut given) = (VecDeque::new(), VecDeque::new());
+        let mut next_take = Instant::now() + Duration::from_secs(60);
+        let interval = Duration::from_secs(60);
+        assert!(take(&mut queued, &mut given, &rx, &mut next_take, interval).is_none());
+        next_take = Instant::now();
+        let b = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!((b.orders.len(), b.next_offset), (2, 2));
+        assert_eq!(given, [2]);
+        assert!(next_take > Instant::now() + Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,174 @@
+//! One timely worker's wiring: its MySQL handles, its partition's Kafka reader, the
+//! sources, the settle operator and the totals, and the loop that steps them.
+//!
+//! ```text
+//!  Kafka partition = worker index ──reader thread──▶ order_source ─┐
+//!  ZooKeeper watches (worker 0) ──rate feed──▶ rate_source ─broadcast─┴▶ settle ──▶ totals
+//!                                                                  │
+//!                                                 settlement thread ──▶ MySQL
+//! ```
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use model::{Config, Currency, Decimal};
+use sinks::Pool;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::worker::Worker;
+
+use crate::kafka::{spawn_reader, Read};
+use crate::settler::Done;
+use crate::sources::{order_source, rate_source};
+
+/// What every worker of a process is given.
+pub struct WorkerContext {
+    pub cfg: Config,
+    pub bootstrap: String,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Per-worker handles to MySQL: a single-threaded runtime that the operators block on.
+pub(crate) struct Db {
+    rt: tokio::runtime::Runtime,
+    pub pool: Pool,
+}
+
+impl Db {
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// A failure inside an operator: nothing of the current batch was committed, so the
+/// process exits (`model::exit::WORKER_FAILED`) and its supervisor restarts it from the
+/// offsets in MySQL.
+pub(crate) fn die(what: &str, e: anyhow::Error) -> ! {
+    tracing::error!("{what}: {e:#}; exiting so the cluster restarts from committed offsets");
+    std::process::exit(model::exit::WORKER_FAILED)
+}
+
+/// Settlement counts of the last report period, logged every 10 s.
+#[derive(Default)]
+pub(crate) struct Stats {
+    orders: u64,
+    batches: u64,
+    /// Of the batches, those settled from the worker's view of the stock, and the
+    /// times that view was found stale (`sinks::Settlement::view_counts`).
+    from_view: u64,
+    stale: u64,
+}
+
+impl Stats {
+    pub(crate) fn add(&mut self, done: &Done) {
+        self.orders += done.outcomes.len() as u64;
+        self.batches += done.batches;
+        self.from_view += done.from_view;
+        self.stale += done.stale;
+    }
+
+    fn log(&self, partition: i32, period: Duration) {
+        if self.orders == 0 {
+            return;
+        }
+        tracing::info!(
+            partition,
+            settled = self.orders,
+            batches = self.batches,
+            from_view = self.from_view,
+            stale = self.stale,
+            "settled {} orders in {} transactions in the last {period:.0?} ({} from the worker's \
+             view of the stock; the view found stale {} times)",
+            self.orders,
+            self.batches,
+            self.from_view,
+            self.stale
+        );
+    }
+}
+
+/// Run worker `worker.index()` until its sources stop.
+pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
+    let cfg = ctx.cfg.clone();
+    let index = worker.index();
+    let partition = index as i32;
+    let db = Rc::new(Db {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        pool: sinks::connect(&cfg.mysql.url, 2)?,
+    });
+    let start = prepare(&db, &cfg, partition)?;
+    let (order_tx, order_rx) = crossbeam_channel::bounded::<Vec<Read>>(8);
+    let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
+    let stats = Rc::new(RefCell::new(Stats::default()));
+    let initial_totals = committed_totals(&db)?;
+    let peers = worker.peers();
+
+    let (order_wake, rate_wake) = worker.dataflow::<u64, _, _>(|scope| {
+        let (orders, order_wake) = order_source(scope, &cfg, order_rx, ctx.stop.clone());
+        let (rates, rate_wake) =
+            rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
+        let outcomes =
+            crate::settle::settle(orders, rates.broadcast(), &cfg, partition, stats.clone())?;
+        crate::totals::totals(outcomes, &cfg, index, peers, initial_totals);
+        anyhow::Ok((order_wake, rate_wake))
+    })?;
+
+    let topic = cfg.kafka.topic.clone();
+    let wake = move || {
+        let _ = order_wake.activate();
+    };
+    let reader = spawn_reader(
+        ctx.bootstrap.clone(),
+        topic,
+        partition,
+        start,
+        order_tx,
+        wake,
+        ctx.stop.clone(),
+    )?;
+    if index == 0 {
+        rates::spawn_rate_feed(cfg.clone(), move |table| {
+            rate_tx.send(table).is_ok() && rate_wake.activate().is_ok()
+        });
+    }
+
+    let mut last_report = Instant::now();
+    while worker.step_or_park(Some(Duration::from_millis(cfg.cluster.epoch_ms))) {
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            stats.borrow().log(partition, last_report.elapsed());
+            *stats.borrow_mut() = Stats::default();
+            last_report = Instant::now();
+        }
+    }
+    let _ = reader.join();
+    Ok(())
+}
+
+/// Make the partition's rows in MySQL and return its stored offset: where reading starts.
+fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
+    let topic = &cfg.kafka.topic;
+    db.block_on(sinks::prepare_partition(
+        &db.pool,
+        topic,
+        partition,
+        &cfg.currencies.all,
+    ))?;
+    let offsets = db
+        .block_on(sinks::load_offsets(&db.pool, topic))
+        .context("loading stored offsets")?;
+    Ok(offsets.get(&partition).copied().unwrap_or(0))
+}
+
+/// The committed totals at start (before any epoch of this run can close).
+fn committed_totals(db: &Db) -> Result<Vec<(Currency, Decimal, u64)>> {
+    Ok(db
+        .block_on(sinks::totals(&db.pool))?
+        .into_iter()
+        .filter_map(|t| Some((t.currency.parse().ok()?, t.total, t.orders)))
+        .collect())
+}

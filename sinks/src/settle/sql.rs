@@ -1,0 +1,494 @@
+//! The settlement transaction's statements, as text. Every value written into them is a
+//! number, a validated code, or hex: nothing from a client is spliced in unescaped.
+//!
+//! Multi-statements go through `query_drop`, never `query_iter`: iterating a
+//! multi-statement result loses an error of a later statement (mysql_async 0.37), while
+//! `query_drop` returns it, and the server runs none of the statements after it.
+
+use std::fmt::Write as _;
+
+use model::{Order, Reason};
+
+use super::plan::Plan;
+use super::view::Committed;
+use super::Settling;
+
+/// The columns a result row is written with, in the order `results_insert` and
+/// `results_tsv` give them.
+macro_rules! result_columns {
+    () => {
+        "(order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, \
+         client_time, accepted_at, settled_at, `partition`, `offset`)"
+    };
+}
+
+/// Opens a settlement transaction and zeroes the row counters round trip 3 checks.
+/// READ COMMITTED (the session's level, set by `connect`): no gap locks; FOR UPDATE
+/// still locks every row it reads, and rows are always locked offsets → commodities (by
+/// id) → own totals, so two transactions can wait on each other but never deadlock.
+pub(super) const BEGIN: &str = "START TRANSACTION; SET @n = 0, @c = 0";
+
+/// Reads the rows of `results_tsv` (MySQL's defaults: tab-separated, `\` escapes, `\N`
+/// is NULL; binary: the user id's bytes as they are).
+pub(super) const LOAD_RESULTS: &str = concat!(
+    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary ",
+    result_columns!()
+);
+
+const INSERT_RESULTS: &str = concat!("INSERT INTO result ", result_columns!(), " VALUES ");
+
+/// The scratch table of a connection's stock update (temporary: private to the
+/// connection; MEMORY: no undo or redo log). Creating a temporary table does not end
+/// the transaction.
+const STOCK_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS settle_stock \
+    (id INT UNSIGNED NOT NULL PRIMARY KEY, was INT UNSIGNED NOT NULL, \
+    inventory INT UNSIGNED NOT NULL) ENGINE=MEMORY;";
+
+/// The most values in one IN list of a stock UPDATE: MariaDB turns a list of 1,000 or
+/// more into a join with a temporary table, and the row-by-row update is lost.
+pub(super) const IN_LIST_MAX: usize = 999;
+
+/// The statement that records a batch's commit (numbers only; INSERT IGNORE: a retry
+/// after an ambiguous commit may write it twice).
+pub(super) fn record_commit(c: &Committed) -> String {
+    format!(
+        "INSERT IGNORE INTO settle_batches \
+         (`partition`, next_offset, first_offset, orders, started_at, committed_at) \
+         VALUES ({},{},{},{},{},{})",
+        c.partition, c.next_offset, c.first_offset, c.orders, c.started_at, c.committed_at
+    )
+}
+
+/// Commodities `ids` without locks (those the view lacks).
+pub(super) fn read_commodities(ids: &[u32]) -> String {
+    format!(
+        "SELECT id, price, currency, inventory FROM commodity WHERE id IN ({})",
+        join(ids.iter())
+    )
+}
+
+/// Lock the partition's offsets row and read the stored offset.
+pub(super) fn lock_offset(topic: &str, partition: i32) -> String {
+    format!(
+        "SELECT next_offset FROM offsets WHERE topic = X'{}' AND `partition` = {partition} FOR UPDATE",
+        Hex(topic.as_bytes())
+    )
+}
+
+/// Lock the partition's offsets row and then the commodities `ids` (in id order: a range
+/// scan of the primary key; in a join's ON clause MariaDB keeps a long IN list a range,
+/// where in a WHERE clause it turns 1,000 or more values into a temporary table), and
+/// read them: rows of (stored offset, id, price, currency, inventory).
+pub(super) fn lock_rows<'a>(
+    topic: &str,
+    partition: i32,
+    ids: impl ExactSizeIterator<Item = &'a u32>,
+) -> String {
+    let topic = Hex(topic.as_bytes());
+    if ids.len() == 0 {
+        format!(
+            "SELECT next_offset, NULL, NULL, NULL, NULL FROM offsets \
+             WHERE topic = X'{topic}' AND `partition` = {partition} FOR UPDATE"
+        )
+    } else {
+        format!(
+            "SELECT o.next_offset, c.id, c.price, c.currency, c.inventory \
+             FROM offsets o LEFT JOIN commodity c ON c.id IN ({}) \
+             WHERE o.topic = X'{topic}' AND o.`partition` = {partition} FOR UPDATE",
+            join(ids)
+        )
+    }
+}
+
+/// Round trip 3 of a planned batch, ending with COMMIT: the corrections, the stock, the
+/// totals delta, the last batch's commit record (`unrecorded`) and the next offset.
+pub(super) fn finish(
+    plan: &Plan,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    settled_at: i64,
+    unrecorded: Option<&Committed>,
+) -> String {
+    let mut sql = String::with_capacity(1024);
+    corrections(&mut sql, plan);
+    stock_update(&mut sql, &plan.stock_changes);
+    totals_delta(&mut sql, partition, plan);
+    if let Some(c) = unrecorded {
+        sql.push_str(&record_commit(c));
+        sql.push_str("; ");
+    }
+    // The next offset, written only if the checks hold (else NULL: an error in strict
+    // mode, and nothing after it runs). The row exists and is locked.
+    write!(
+        sql,
+        "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES \
+         (X'{}', {partition}, IF(@c = {} AND @n = {}, {next_offset}, NULL), {settled_at}) \
+         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at); \
+         COMMIT",
+        Hex(topic.as_bytes()),
+        plan.corrections.len(),
+        plan.stock_changes.len()
+    )
+    .unwrap();
+    sql
+}
+
+/// The results whose decision changed under the lock, each counted in `@c`.
+fn corrections(sql: &mut String, plan: &Plan) {
+    for (id, d) in &plan.corrections {
+        write!(
+            sql,
+            "UPDATE result SET success = {}, reason = {}, paid = {} WHERE order_id = '{}'; \
+             SET @c = @c + ROW_COUNT(); ",
+            d.reason.is_none(),
+            reason_sql(d.reason),
+            d.paid,
+            id.hyphenated()
+        )
+        .unwrap();
+    }
+}
+
+/// Stock: the values before and after go into a per-connection MEMORY table, and
+/// UPDATEs of commodity join it by primary key, each row only if it holds the value
+/// before, each counted in `@n` (rows found, changed or not: `connect` sets
+/// CLIENT_FOUND_ROWS). A locked row always does; a row the view said and the UPDATE
+/// locks may not (the view was stale), and then the count is short: no commit.
+///
+/// commodity comes first (STRAIGHT_JOIN), read by a range scan of the ids that change,
+/// so each row is updated as it is read. From the MEMORY table, MariaDB would note every
+/// row in a temporary table and read it again to update it; left to the optimizer, for
+/// large batches it scans all of commodity, and an UPDATE locks what it scans, other
+/// workers' rows included (deadlocks). Cheaper per row than `SET inventory = CASE id …`
+/// (a linear search) and than `INSERT … ON DUPLICATE KEY UPDATE` (docs/PERFORMANCE.md).
+fn stock_update(sql: &mut String, changes: &[(u32, u32, u32)]) {
+    if changes.is_empty() {
+        return;
+    }
+    sql.push_str(STOCK_TABLE);
+    sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, was, inventory) VALUES ");
+    for (i, (id, was, inv)) in changes.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        write!(sql, "({id},{was},{inv})").unwrap();
+    }
+    sql.push_str("; SET @n = 0; ");
+    for chunk in changes.chunks(IN_LIST_MAX) {
+        write!(
+            sql,
+            "UPDATE commodity c STRAIGHT_JOIN settle_stock s ON s.id = c.id \
+             SET c.inventory = s.inventory WHERE c.id IN ({}) AND c.inventory = s.was; \
+             SET @n = @n + ROW_COUNT(); ",
+            join(chunk.iter().map(|(id, ..)| id))
+        )
+        .unwrap();
+    }
+}
+
+/// Adds the batch's paid sums and counts to the partition's totals rows (they exist,
+/// `prepare_partition`; if one did not, inserting it would still be right).
+fn totals_delta(sql: &mut String, partition: i32, plan: &Plan) {
+    if plan.totals_delta.is_empty() {
+        return;
+    }
+    sql.push_str("INSERT INTO totals (`partition`, currency, total, orders) VALUES ");
+    for (i, (c, (t, n))) in plan.totals_delta.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        write!(sql, "({partition},'{c}',{t},{n})").unwrap();
+    }
+    sql.push_str(
+        " ON DUPLICATE KEY UPDATE total = total + VALUES(total), orders = orders + VALUES(orders); ",
+    );
+}
+
+/// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
+/// the user id can hold a tab, newline, backslash or NUL: those are escaped.
+pub(super) fn results_tsv(
+    todo: &[Settling],
+    decisions: &[model::Decision],
+    partition: i32,
+    settled_at: i64,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(todo.len() * 160);
+    for (s, d) in todo.iter().zip(decisions) {
+        let ord = &s.order;
+        write!(out, "{}\t", ord.order_id.hyphenated()).unwrap();
+        for &b in ord.user_id.as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                0 => out.extend_from_slice(b"\\0"),
+                b => out.push(b),
+            }
+        }
+        writeln!(
+            out,
+            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            ord.initiator.as_str(),
+            u8::from(d.reason.is_none()),
+            d.reason.map_or("\\N", |r| r.as_str()),
+            d.paid,
+            s.rates.version,
+            s.epoch,
+            items_text(ord),
+            ord.time.map_or("\\N".into(), |t| t.to_string()),
+            ord.accepted_at,
+            settled_at,
+            partition,
+            s.offset,
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// One multi-row insert of `todo`'s results, for a server that refuses LOAD DATA LOCAL:
+/// one round trip whatever the batch's size. User ids go in as hex.
+pub(super) fn results_insert(
+    todo: &[Settling],
+    decisions: &[model::Decision],
+    partition: i32,
+    settled_at: i64,
+) -> String {
+    let mut sql = String::with_capacity(256 + todo.len() * 220);
+    sql.push_str(INSERT_RESULTS);
+    for (i, (s, d)) in todo.iter().zip(decisions).enumerate() {
+        let ord = &s.order;
+        if i > 0 {
+            sql.push(',');
+        }
+        write!(
+            sql,
+            "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
+            ord.order_id.hyphenated(),
+            Hex(ord.user_id.as_bytes()),
+            ord.initiator.as_str(),
+            d.reason.is_none(),
+            reason_sql(d.reason),
+            d.paid,
+            s.rates.version,
+            s.epoch,
+            items_text(ord),
+            ord.time.map_or("NULL".into(), |t| t.to_string()),
+            ord.accepted_at,
+            settled_at,
+            partition,
+            s.offset,
+        )
+        .unwrap();
+    }
+    sql
+}
+
+/// The committed results of `batch` (read back after a commit whose answer was lost).
+pub(super) fn committed_results(batch: &[Settling]) -> String {
+    format!(
+        "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at FROM result \
+         WHERE order_id IN ({})",
+        join(batch.iter().map(|s| format!("'{}'", s.order.order_id)))
+    )
+}
+
+/// `id:number,id:number`, the form the result table keeps an order's items in.
+pub fn items_text(order: &Order) -> String {
+    let mut s = String::with_capacity(order.items.len() * 8);
+    for (i, it) in order.items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write!(s, "{}:{}", it.id, it.number).unwrap();
+    }
+    s
+}
+
+/// Bytes as hex digits, for an `X'…'` literal.
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02X}"))
+    }
+}
+
+fn reason_sql(r: Option<Reason>) -> String {
+    r.map_or("NULL".into(), |r| format!("'{}'", r.as_str()))
+}
+
+fn join<T: std::fmt::Display>(it: impl Iterator<Item = T>) -> String {
+    let mut s = String::new();
+    for (i, v) in it.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write!(s, "{v}").unwrap();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use model::{Currency, Decimal, Decision, Item, OrderRequest, RateTable, Uuid};
+
+    use super::*;
+
+    fn settling(user: &str, time: Option<i64>) -> Settling {
+        let order = OrderRequest {
+            user_id: user.into(),
+            initiator: Currency::from_str("USD").unwrap(),
+            items: vec![Item { id: 3, number: 2 }, Item { id: 1, number: 1 }],
+            time,
+        }
+        .accept(Uuid::nil(), 1_000);
+        Settling {
+            offset: 41,
+            epoch: 100,
+            order,
+            rates: Arc::new(RateTable {
+                version: 6,
+                rates: vec![],
+            }),
+        }
+    }
+
+    const PAID: Decision = Decision {
+        reason: None,
+        paid: Decimal::from_parts(1234, 0, 0, false, 2),
+    };
+    const SHORT: Decision = Decision {
+        reason: Some(Reason::InsufficientInventory),
+        paid: Decimal::ZERO,
+    };
+
+    #[test]
+    fn a_tsv_line_escapes_the_user_id_and_writes_null_as_backslash_n() {
+        let rows = [settling("a\tb\nc\\d\0e", None), settling("plain", Some(5))];
+        let tsv = String::from_utf8(results_tsv(&rows, &[SHORT, PAID], 2, 999)).unwrap();
+        let lines: Vec<&str> = tsv.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let nil = "00000000-0000-0000-0000-000000000000";
+        assert_eq!(
+            lines[0],
+            format!(
+                "{nil}\ta\\tb\\nc\\\\d\\0e\tUSD\t0\tinsufficient_inventory\t0\t6\t100\t3:2,1:1\t\\N\t1000\t999\t2\t41"
+            )
+        );
+        assert_eq!(
+            lines[1],
+            format!("{nil}\tplain\tUSD\t1\t\\N\t12.34\t6\t100\t3:2,1:1\t5\t1000\t999\t2\t41")
+        );
+    }
+
+    #[test]
+    fn an_insert_writes_user_ids_as_hex() {
+        let sql = results_insert(&[settling("o'; --", None)], &[PAID], 0, 7);
+        assert!(
+            sql.starts_with("INSERT INTO result (order_id, user_id,"),
+            "{sql}"
+        );
+        assert!(sql.contains("X'6F273B202D2D'"), "{sql}");
+        assert!(!sql.contains("o';"), "{sql}");
+        assert!(
+            sql.ends_with(",'USD',true,NULL,12.34,6,100,'3:2,1:1',NULL,1000,7,0,41)"),
+            "{sql}"
+        );
+    }
+
+    fn plan(changes: Vec<(u32, u32, u32)>, corrections: Vec<(Uuid, Decision)>) -> Plan {
+        Plan {
+            outcomes: vec![],
+            corrections,
+            stock_changes: changes,
+            totals_delta: BTreeMap::from([(
+                Currency::from_str("EUR").unwrap(),
+                (Decimal::from(5), 2),
+            )]),
+            stock: HashMap::new(),
+            verified: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_three_commits_only_if_every_count_matches() {
+        let sql = finish(
+            &plan(vec![(1, 5, 3), (2, 1, 0)], vec![(Uuid::nil(), SHORT)]),
+            "orders",
+            3,
+            77,
+            9,
+            None,
+        );
+        assert!(
+            sql.starts_with(
+                "UPDATE result SET success = false, reason = 'insufficient_inventory', paid = 0 \
+             WHERE order_id = '00000000-0000-0000-0000-000000000000'; SET @c = @c + ROW_COUNT(); "
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("INSERT INTO settle_stock (id, was, inventory) VALUES (1,5,3),(2,1,0);")
+        );
+        assert!(sql.contains("WHERE c.id IN (1,2) AND c.inventory = s.was"));
+        assert!(sql.contains(
+            "VALUES (3,'EUR',5,2) ON DUPLICATE KEY UPDATE total = total + VALUES(total)"
+        ));
+        // "orders" in hex, and the guard on both counts.
+        assert!(
+            sql.contains("(X'6F7264657273', 3, IF(@c = 1 AND @n = 2, 77, NULL), 9)"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("COMMIT"));
+        assert!(!sql.contains("settle_batches"));
+    }
+
+    #[test]
+    fn a_long_stock_update_goes_in_statements_of_under_a_thousand_ids() {
+        let changes: Vec<_> = (1..=2500).map(|id| (id, 2, 1)).collect();
+        let sql = finish(&plan(changes, vec![]), "t", 0, 1, 1, None);
+        assert_eq!(sql.matches("UPDATE commodity").count(), 3);
+        assert!(sql.contains("WHERE c.id IN (1999,2000,"));
+        assert!(sql.contains("IF(@c = 0 AND @n = 2500,"));
+    }
+
+    #[test]
+    fn the_last_batch_is_recorded_with_the_next() {
+        let c = Committed {
+            partition: 1,
+            first_offset: 10,
+            next_offset: 20,
+            orders: 9,
+            started_at: 100,
+            committed_at: 130,
+        };
+        let sql = finish(&plan(vec![], vec![]), "t", 1, 30, 1, Some(&c));
+        assert!(sql.contains(
+            "INSERT IGNORE INTO settle_batches (`partition`, next_offset, first_offset, orders, \
+             started_at, committed_at) VALUES (1,20,10,9,100,130); "
+        ));
+        assert!(
+            !sql.contains("settle_stock"),
+            "no stock statements without changes"
+        );
+    }
+
+    #[test]
+    fn locking_reads_keep_the_ids_in_the_join() {
+        let none = lock_rows("t", 2, [].iter());
+        assert!(none.starts_with("SELECT next_offset, NULL"), "{none}");
+        let some = lock_rows("t", 2, [4, 9].iter());
+        assert!(
+            some.contains("LEFT JOIN commodity c ON c.id IN (4,9)"),
+            "{some}"
+        );
+        assert!(some.ends_with("o.`partition` = 2 FOR UPDATE"));
+    }
+}
