@@ -1,11 +1,14 @@
-//! `dtss check`: the invariants of SPEC §7, verified against MySQL and ZooKeeper.
+//! `dtss check`: the invariants (docs/DESIGN.md, "Invariants"), verified against MySQL
+//! and ZooKeeper. The reads come from `sinks::audit`; each invariant is one function of
+//! what was read, so each can be tested without a database.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use model::{Config, Currency, Decimal, RateTable};
-use mysql_async::prelude::*;
+use sinks::audit::{AuditResult, RateRow, StockRow};
+use sinks::TotalRow;
 
 /// One invariant's verdict.
 #[derive(Debug, Clone)]
@@ -34,12 +37,8 @@ fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Verd
 pub fn report(verdicts: &[Verdict], prefix: &str) -> Result<()> {
     let mut failed = 0;
     for v in verdicts {
-        println!(
-            "{prefix}{} {}: {}",
-            if v.ok { "PASS" } else { "FAIL" },
-            v.name,
-            v.detail
-        );
+        let word = if v.ok { "PASS" } else { "FAIL" };
+        println!("{prefix}{word} {}: {}", v.name, v.detail);
         failed += !v.ok as usize;
     }
     anyhow::ensure!(failed == 0, "{failed} invariant(s) failed");
@@ -54,118 +53,125 @@ pub async fn check(
     patience: Duration,
 ) -> Result<Vec<Verdict>> {
     let pool = sinks::connect(&cfg.mysql.url, 1)?;
-    let mut conn = pool.get_conn().await?;
-    let mut out = vec![];
+    let ids = sinks::audit::result_ids(&pool).await?;
+    let results = sinks::audit::audit_results(&pool).await?;
+    let stock = sinks::audit::stock(&pool).await?;
+    let history = sinks::audit::rate_history(&pool).await?;
+    let totals = totals_agree(cfg, &pool, &results, patience).await?;
+    pool.disconnect().await.ok();
+    Ok(vec![
+        one_result_per_accepted(&ids, accepted),
+        stock_conserved(&results, &stock),
+        totals,
+        paid_matches_formula(&results, &stock, &history),
+    ])
+}
 
-    // 1. exactly one result per accepted order, none for others
-    let ids: Vec<String> = conn.query("SELECT order_id FROM result").await?;
-    let mut problems = vec![];
-    if let Some(acc) = accepted {
-        let have: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
-        let want: HashSet<&str> = acc.iter().map(|s| s.as_str()).collect();
-        if want.len() != acc.len() {
-            problems.push(format!(
-                "{} ids were accepted twice",
-                acc.len() - want.len()
-            ));
-        }
-        let missing: Vec<&&str> = want.iter().filter(|id| !have.contains(**id)).collect();
-        let extra: Vec<&&str> = have.iter().filter(|id| !want.contains(**id)).collect();
-        if !missing.is_empty() {
-            problems.push(format!(
-                "{} accepted orders have no result (e.g. {})",
-                missing.len(),
-                missing[0]
-            ));
-        }
-        if !extra.is_empty() {
-            problems.push(format!(
-                "{} results for orders never accepted (e.g. {})",
-                extra.len(),
-                extra[0]
-            ));
-        }
-    }
-    let detail = match accepted {
-        Some(a) => format!("{} accepted, {} results", a.len(), ids.len()),
-        None => format!(
+/// Every order that got a 202 has exactly one result; no result exists for another.
+fn one_result_per_accepted(ids: &[String], accepted: Option<&[String]>) -> Verdict {
+    let name = "one result per accepted order";
+    let Some(acc) = accepted else {
+        let detail = format!(
             "{} results (no list of accepted ids given: only uniqueness checked)",
             ids.len()
-        ),
+        );
+        return verdict(name, vec![], detail);
     };
-    out.push(verdict("one result per accepted order", problems, detail));
-
-    // 2. stock conservation and non-negativity
-    let results: Vec<(String, String, bool, Decimal, u64, u64, String)> = conn
-        .query("SELECT order_id, initiator, success, paid, rate_version, epoch, items FROM result")
-        .await?;
-    let mut taken: HashMap<u32, u64> = HashMap::new();
     let mut problems = vec![];
-    for (id, _, ok, _, _, _, items) in results.iter().filter(|r| r.2) {
-        let _ = ok;
-        for part in items.split(',') {
-            match part
-                .split_once(':')
-                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u64>().ok()?)))
-            {
-                Some((i, n)) => *taken.entry(i).or_default() += n,
-                None => problems.push(format!("order {id}: unreadable items {items:?}")),
-            }
+    let have: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let want: HashSet<&str> = acc.iter().map(|s| s.as_str()).collect();
+    if want.len() != acc.len() {
+        problems.push(format!(
+            "{} ids were accepted twice",
+            acc.len() - want.len()
+        ));
+    }
+    let missing: Vec<&&str> = want.iter().filter(|id| !have.contains(**id)).collect();
+    let extra: Vec<&&str> = have.iter().filter(|id| !want.contains(**id)).collect();
+    if let Some(first) = missing.first() {
+        problems.push(format!(
+            "{} accepted orders have no result (e.g. {first})",
+            missing.len()
+        ));
+    }
+    if let Some(first) = extra.first() {
+        problems.push(format!(
+            "{} results for orders never accepted (e.g. {first})",
+            extra.len()
+        ));
+    }
+    verdict(
+        name,
+        problems,
+        format!("{} accepted, {} results", acc.len(), ids.len()),
+    )
+}
+
+/// For every commodity, initial − current inventory = Σ number over the successful
+/// results containing it, and the inventory is not negative.
+fn stock_conserved(results: &[AuditResult], stock: &[StockRow]) -> Verdict {
+    let mut taken: HashMap<u32, i64> = HashMap::new();
+    let mut problems = vec![];
+    for r in results.iter().filter(|r| r.success) {
+        match sinks::parse_items_text(&r.items) {
+            Some(lines) => lines
+                .iter()
+                .for_each(|(i, n)| *taken.entry(*i).or_default() += *n as i64),
+            None => problems.push(format!(
+                "order {}: unreadable items {:?}",
+                r.order_id, r.items
+            )),
         }
     }
-    let stock: Vec<(u32, i64, i64, Decimal, String)> = conn
-        .query("SELECT id, initial_inventory, inventory, price, currency FROM commodity")
-        .await?;
-    for (id, initial, now, _, _) in &stock {
-        let t = taken.get(id).copied().unwrap_or(0) as i64;
-        if initial - now != t {
+    for s in stock {
+        let t = taken.get(&s.id).copied().unwrap_or(0);
+        if s.initial - s.inventory != t {
             problems.push(format!(
-                "commodity {id}: {initial} − {now} ≠ {t} taken by successful orders"
+                "commodity {}: {} − {} ≠ {t} taken by successful orders",
+                s.id, s.initial, s.inventory
             ));
         }
-        if *now < 0 {
-            problems.push(format!("commodity {id}: negative inventory {now}"));
+        if s.inventory < 0 {
+            problems.push(format!(
+                "commodity {}: negative inventory {}",
+                s.id, s.inventory
+            ));
         }
     }
-    out.push(verdict(
-        "stock: initial − current = Σ successful numbers, ≥ 0",
-        problems,
-        format!("{} commodities", stock.len()),
-    ));
+    let name = "stock: initial − current = Σ successful numbers, ≥ 0";
+    verdict(name, problems, format!("{} commodities", stock.len()))
+}
 
-    // 3. totals: MySQL, ZooKeeper and Σ paid agree
+/// Per currency, Σ paid and the number of successful results.
+fn paid_sums(results: &[AuditResult]) -> BTreeMap<String, (Decimal, u64)> {
     let mut sums: BTreeMap<String, (Decimal, u64)> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.2) {
-        let e = sums.entry(r.1.clone()).or_default();
-        e.0 += r.3;
+    for r in results.iter().filter(|r| r.success) {
+        let e = sums.entry(r.initiator.clone()).or_default();
+        e.0 += r.paid;
         e.1 += 1;
     }
+    sums
+}
+
+/// The totals in MySQL and those published to ZooKeeper equal Σ paid, per currency,
+/// within `patience` (the publisher writes at most every 100 ms).
+async fn totals_agree(
+    cfg: &Config,
+    pool: &sinks::Pool,
+    results: &[AuditResult],
+    patience: Duration,
+) -> Result<Verdict> {
+    let sums = paid_sums(results);
     let deadline = Instant::now() + patience;
     let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
     let problems = loop {
-        let mysql: Vec<(String, Decimal)> = conn
-            .query("SELECT currency, SUM(total) FROM totals GROUP BY currency")
-            .await?;
+        let mysql = sinks::totals(pool).await?;
         let published = sinks::read_published(cfg, &zk).await?;
-        let mut problems = vec![];
-        for c in cfg.currencies.all.clone() {
-            let (sum, n) = sums.get(c.as_str()).copied().unwrap_or_default();
-            let my = mysql
-                .iter()
-                .find(|(k, _)| k == c.as_str())
-                .map(|(_, t)| *t)
-                .unwrap_or_default();
-            if my != sum {
-                problems.push(format!("{c}: MySQL totals {my} ≠ Σ paid {sum}"));
-            }
-            if let Some((_, t, orders, _)) = published.iter().find(|(k, ..)| *k == c) {
-                if *t != sum || *orders != n {
-                    problems.push(format!(
-                        "{c}: ZooKeeper total {t} over {orders} orders ≠ Σ paid {sum} over {n}"
-                    ));
-                }
-            }
-        }
+        let published: Vec<(Currency, Decimal, u64)> = published
+            .into_iter()
+            .map(|(c, t, n, _)| (c, t, n))
+            .collect();
+        let problems = totals_problems(&cfg.currencies.all, &sums, &mysql, &published);
         if problems.is_empty() || Instant::now() >= deadline {
             break problems;
         }
@@ -176,88 +182,272 @@ pub async fn check(
         .map(|(c, (t, n))| format!("{c} {t} ({n})"))
         .collect::<Vec<_>>()
         .join(", ");
-    out.push(verdict(
+    Ok(verdict(
         "totals: ZooKeeper = MySQL = Σ paid",
         problems,
         detail,
-    ));
+    ))
+}
 
-    // 4. paid recomputed from the recorded rate version; the version was in force at the epoch
-    let history: Vec<(u64, String, Decimal, u64)> = conn
-        .query("SELECT version, currency, rate, from_epoch FROM rate_history ORDER BY version")
-        .await?;
-    let mut tables: BTreeMap<u64, (u64, RateTable)> = BTreeMap::new();
-    for (v, c, r, from) in &history {
-        let e = tables.entry(*v).or_insert_with(|| {
-            (
-                *from,
-                RateTable {
-                    version: *v,
-                    rates: vec![],
-                },
-            )
-        });
-        if let Ok(c) = c.parse::<Currency>() {
-            e.1.rates.push((c, *r));
+/// Where MySQL's totals or the published ones (currency, total, orders) differ from `sums`.
+fn totals_problems(
+    currencies: &[Currency],
+    sums: &BTreeMap<String, (Decimal, u64)>,
+    mysql: &[TotalRow],
+    published: &[(Currency, Decimal, u64)],
+) -> Vec<String> {
+    let mut problems = vec![];
+    for c in currencies {
+        let (sum, n) = sums.get(c.as_str()).copied().unwrap_or_default();
+        let my = mysql
+            .iter()
+            .find(|t| t.currency == c.as_str())
+            .map(|t| t.total)
+            .unwrap_or_default();
+        if my != sum {
+            problems.push(format!("{c}: MySQL totals {my} ≠ Σ paid {sum}"));
+        }
+        if let Some((_, t, orders)) = published.iter().find(|(k, ..)| k == c) {
+            if *t != sum || *orders != n {
+                problems.push(format!(
+                    "{c}: ZooKeeper total {t} over {orders} orders ≠ Σ paid {sum} over {n}"
+                ));
+            }
         }
     }
-    let catalogue: HashMap<u32, (Decimal, String)> = stock
+    problems
+}
+
+/// Every result used the rate version in force at its epoch, and every successful
+/// `paid` equals the formula recomputed at that version.
+fn paid_matches_formula(
+    results: &[AuditResult],
+    stock: &[StockRow],
+    history: &[RateRow],
+) -> Verdict {
+    let tables = rate_tables(history);
+    let catalogue: HashMap<u32, (Decimal, &str)> = stock
         .iter()
-        .map(|(id, _, _, p, c)| (*id, (*p, c.clone())))
+        .map(|s| (s.id, (s.price, s.currency.as_str())))
         .collect();
     let mut problems = vec![];
-    for (id, initiator, success, paid, version, epoch, items) in &results {
+    for r in results {
         let in_force = tables
             .iter()
-            .filter(|(_, (from, _))| from <= epoch)
+            .filter(|(_, (from, _))| *from <= r.epoch)
             .map(|(v, _)| *v)
             .max()
             .or_else(|| tables.keys().next().copied());
-        if in_force != Some(*version) {
+        if in_force != Some(r.rate_version) {
             problems.push(format!(
-                "order {id} of epoch {epoch} used rate version {version}, in force: {in_force:?}"
+                "order {} of epoch {} used rate version {}, in force: {in_force:?}",
+                r.order_id, r.epoch, r.rate_version
             ));
         }
-        if !success {
+        if !r.success {
             continue;
         }
-        let Some((_, table)) = tables.get(version) else {
+        let Some((_, table)) = tables.get(&r.rate_version) else {
             problems.push(format!(
-                "order {id}: rate version {version} is not in rate_history"
+                "order {}: rate version {} is not in rate_history",
+                r.order_id, r.rate_version
             ));
             continue;
         };
-        let lines: Option<Vec<(Decimal, u32, Currency)>> = items
-            .split(',')
-            .map(|p| {
-                let (i, n) = p.split_once(':')?;
-                let (price, cur) = catalogue.get(&i.parse().ok()?)?;
-                Some((*price, n.parse().ok()?, cur.parse().ok()?))
-            })
-            .collect();
-        let want = lines
-            .ok_or_else(|| anyhow::anyhow!("unreadable"))
-            .and_then(|l| {
-                Ok(model::paid(
-                    l,
-                    initiator.parse().map_err(anyhow::Error::msg)?,
-                    table,
-                )?)
-            });
-        match want {
-            Ok(w) if w == *paid => {}
+        match recompute(r, &catalogue, table) {
+            Ok(w) if w == r.paid => {}
             Ok(w) => problems.push(format!(
-                "order {id}: paid {paid}, formula gives {w} at version {version}"
+                "order {}: paid {}, formula gives {w} at version {}",
+                r.order_id, r.paid, r.rate_version
             )),
-            Err(e) => problems.push(format!("order {id}: cannot recompute: {e}")),
+            Err(e) => problems.push(format!("order {}: cannot recompute: {e}", r.order_id)),
         }
     }
-    out.push(verdict(
-        "paid = formula at the recorded rate version (in force at the epoch)",
+    let name = "paid = formula at the recorded rate version (in force at the epoch)";
+    verdict(
+        name,
         problems,
         format!("{} results, {} rate versions", results.len(), tables.len()),
-    ));
-    drop(conn);
-    pool.disconnect().await.ok();
-    Ok(out)
+    )
+}
+
+/// `rate_history` as tables by version, each with the epoch it applies from.
+fn rate_tables(history: &[RateRow]) -> BTreeMap<u64, (u64, RateTable)> {
+    let mut tables: BTreeMap<u64, (u64, RateTable)> = BTreeMap::new();
+    for h in history {
+        let e = tables.entry(h.version).or_insert_with(|| {
+            let table = RateTable {
+                version: h.version,
+                rates: vec![],
+            };
+            (h.from_epoch, table)
+        });
+        if let Ok(c) = h.currency.parse::<Currency>() {
+            e.1.rates.push((c, h.rate));
+        }
+    }
+    tables
+}
+
+/// The formula's `paid` for result `r` at `table`.
+fn recompute(
+    r: &AuditResult,
+    catalogue: &HashMap<u32, (Decimal, &str)>,
+    table: &RateTable,
+) -> Result<Decimal> {
+    let lines: Option<Vec<(Decimal, u32, Currency)>> =
+        sinks::parse_items_text(&r.items).and_then(|lines| {
+            lines
+                .into_iter()
+                .map(|(id, n)| {
+                    let (price, cur) = catalogue.get(&id)?;
+                    Some((*price, n, cur.parse().ok()?))
+                })
+                .collect()
+        });
+    let lines = lines.ok_or_else(|| anyhow::anyhow!("unreadable"))?;
+    let initiator = r.initiator.parse().map_err(anyhow::Error::msg)?;
+    Ok(model::paid(lines, initiator, table)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn result(
+        id: &str,
+        initiator: &str,
+        success: bool,
+        paid: &str,
+        version: u64,
+        epoch: u64,
+        items: &str,
+    ) -> AuditResult {
+        AuditResult {
+            order_id: id.into(),
+            initiator: initiator.into(),
+            success,
+            paid: Decimal::from_str(paid).unwrap(),
+            rate_version: version,
+            epoch,
+            items: items.into(),
+        }
+    }
+
+    fn stock(id: u32, initial: i64, inventory: i64, price: &str, currency: &str) -> StockRow {
+        StockRow {
+            id,
+            initial,
+            inventory,
+            price: Decimal::from_str(price).unwrap(),
+            currency: currency.into(),
+        }
+    }
+
+    fn rate(version: u64, currency: &str, r: &str, from_epoch: u64) -> RateRow {
+        RateRow {
+            version,
+            currency: currency.into(),
+            rate: Decimal::from_str(r).unwrap(),
+            from_epoch,
+        }
+    }
+
+    #[test]
+    fn results_must_match_the_accepted_ids_one_to_one() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        assert!(one_result_per_accepted(&ids, None).ok);
+        assert!(one_result_per_accepted(&ids, Some(&["b".into(), "a".into()])).ok);
+        let v = one_result_per_accepted(&ids, Some(&["a".into(), "c".into()]));
+        assert!(!v.ok);
+        assert!(
+            v.detail
+                .contains("1 accepted orders have no result (e.g. c)"),
+            "{}",
+            v.detail
+        );
+        assert!(
+            v.detail
+                .contains("1 results for orders never accepted (e.g. b)"),
+            "{}",
+            v.detail
+        );
+        let twice = one_result_per_accepted(&ids, Some(&["a".into(), "a".into(), "b".into()]));
+        assert!(twice.detail.contains("accepted twice"), "{}", twice.detail);
+    }
+
+    #[test]
+    fn stock_taken_must_equal_what_successful_orders_took() {
+        let results = vec![
+            result("o1", "RMB", true, "5", 1, 0, "1:2,2:1"),
+            result("o2", "RMB", false, "0", 1, 0, "1:9"),
+        ];
+        assert!(
+            stock_conserved(
+                &results,
+                &[stock(1, 10, 8, "1", "RMB"), stock(2, 3, 2, "1", "RMB")]
+            )
+            .ok
+        );
+        let v = stock_conserved(
+            &results,
+            &[stock(1, 10, 7, "1", "RMB"), stock(2, 3, 2, "1", "RMB")],
+        );
+        assert!(
+            !v.ok && v.detail.contains("commodity 1: 10 − 7 ≠ 2"),
+            "{}",
+            v.detail
+        );
+        let bad = vec![result("o3", "RMB", true, "1", 1, 0, "1:x")];
+        assert!(stock_conserved(&bad, &[])
+            .detail
+            .contains("unreadable items"));
+    }
+
+    #[test]
+    fn totals_must_agree_in_mysql_and_zookeeper() {
+        let results = vec![
+            result("o1", "USD", true, "2.50", 1, 0, "1:1"),
+            result("o2", "USD", true, "1.25", 1, 0, "1:1"),
+            result("o3", "USD", false, "0", 1, 0, "1:1"),
+        ];
+        let sums = paid_sums(&results);
+        let usd = Currency::from_str("USD").unwrap();
+        let row = |t: &str| TotalRow {
+            currency: "USD".into(),
+            total: Decimal::from_str(t).unwrap(),
+            orders: 2,
+        };
+        let good = [(usd, Decimal::from_str("3.75").unwrap(), 2)];
+        assert!(totals_problems(&[usd], &sums, &[row("3.75")], &good).is_empty());
+        let p = totals_problems(&[usd], &sums, &[row("3.70")], &good);
+        assert_eq!(p, ["USD: MySQL totals 3.70 ≠ Σ paid 3.75"]);
+        let stale = [(usd, Decimal::from_str("2.50").unwrap(), 1)];
+        assert_eq!(
+            totals_problems(&[usd], &sums, &[row("3.75")], &stale).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn paid_is_recomputed_at_the_version_in_force() {
+        let history = vec![
+            rate(1, "RMB", "1", 0),
+            rate(1, "USD", "7", 0),
+            rate(2, "RMB", "1", 100),
+            rate(2, "USD", "8", 100),
+        ];
+        let stock = [stock(1, 10, 10, "2", "USD")];
+        // 3 × 2 USD at 8 RMB/USD = 48 RMB, at version 2 (epoch 150).
+        let good = result("o1", "RMB", true, "48", 2, 150, "1:3");
+        assert!(paid_matches_formula(std::slice::from_ref(&good), &stock, &history).ok);
+        let wrong_paid = result("o2", "RMB", true, "42", 2, 150, "1:3");
+        let v = paid_matches_formula(&[wrong_paid], &stock, &history);
+        assert!(v.detail.contains("formula gives 48"), "{}", v.detail);
+        let wrong_version = result("o3", "RMB", true, "42", 1, 150, "1:3");
+        let v = paid_matches_formula(&[wrong_version], &stock, &history);
+        assert!(v.detail.contains("in force: Some(2)"), "{}", v.detail);
+    }
 }

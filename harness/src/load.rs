@@ -4,8 +4,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
-use mysql_async::prelude::*;
-
 use crate::send::{Tally, Target};
 use crate::OrderGen;
 
@@ -114,18 +112,8 @@ pub async fn wait_settled(
     timeout: Duration,
 ) -> Result<SettleSummary> {
     let deadline = Instant::now() + timeout;
-    let mut conn = pool.get_conn().await?;
-    let chunks: Vec<String> = ids.chunks(5000).map(quoted).collect();
     loop {
-        let mut settled = 0u64;
-        for c in &chunks {
-            let n: Option<u64> = conn
-                .query_first(format!(
-                    "SELECT COUNT(*) FROM result WHERE order_id IN ({c})"
-                ))
-                .await?;
-            settled += n.unwrap_or(0);
-        }
+        let settled = sinks::audit::count_results(pool, ids).await?;
         if settled >= ids.len() as u64 || Instant::now() >= deadline {
             break;
         }
@@ -141,24 +129,15 @@ pub async fn wait_settled(
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("bounds");
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
-    for c in ids.chunks(5000) {
-        let rows: Vec<(bool, Option<String>, i64, i64)> = conn
-            .query(format!(
-                "SELECT success, reason, accepted_at, settled_at FROM result WHERE order_id IN ({})",
-                quoted(c)
-            ))
-            .await?;
-        for (ok, reason, acc, set) in rows {
-            summary.settled += 1;
-            if ok {
-                summary.succeeded += 1;
-            } else {
-                *reasons.entry(reason.unwrap_or_default()).or_default() += 1;
-            }
-            first = first.min(acc);
-            last = last.max(set);
-            hist.saturating_record((set - acc).max(1) as u64);
+    for r in sinks::audit::result_timings_of(pool, ids).await? {
+        summary.settled += 1;
+        match r.reason {
+            None => summary.succeeded += 1,
+            Some(reason) => *reasons.entry(reason.as_str().to_string()).or_default() += 1,
         }
+        first = first.min(r.accepted_at);
+        last = last.max(r.settled_at);
+        hist.saturating_record((r.settled_at - r.accepted_at).max(1) as u64);
     }
     summary.by_reason = reasons.into_iter().collect();
     summary.span_ms = if summary.settled > 0 { last - first } else { 0 };
@@ -168,12 +147,4 @@ pub async fn wait_settled(
         hist.max(),
     );
     Ok(summary)
-}
-
-fn quoted(ids: &[String]) -> String {
-    ids.iter()
-        .filter(|id| id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(",")
 }

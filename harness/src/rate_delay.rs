@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 use model::{Config, Currency, Decimal};
-use mysql_async::prelude::*;
 
 use crate::send::Target;
 use crate::OrderGen;
@@ -74,29 +73,17 @@ pub async fn rate_delay(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut conn = pool.get_conn().await?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("bounds");
     for (rate, t) in &written {
-        let version: Option<Option<u64>> = conn
-            .exec_first(
-                "SELECT MIN(version) FROM rate_history WHERE currency = ? AND rate = ? AND recorded_at >= ?",
-                (usd.as_str(), *rate, t - 1000),
-            )
-            .await?;
-        let Some(version) = version.flatten() else {
+        let Some(version) =
+            sinks::audit::first_version_with(&pool, usd.as_str(), *rate, t - 1000).await?
+        else {
             continue;
         };
-        let first: Option<Option<i64>> = conn
-            .exec_first(
-                "SELECT MIN(settled_at) FROM result WHERE rate_version >= ?",
-                (version,),
-            )
-            .await?;
-        if let Some(first) = first.flatten() {
+        if let Some(first) = sinks::audit::first_settled_at_version(&pool, version).await? {
             hist.saturating_record((first - t).max(1) as u64);
         }
     }
-    drop(conn);
     pool.disconnect().await.ok();
     Ok(RateDelayReport {
         injections: written.len(),

@@ -1,6 +1,10 @@
-//! MySQL, the system of record: schema, catalogue, the settlement transaction that
-//! commits results + stock + totals delta + offset together (SPEC §4–§5), and queries.
+//! MySQL, the system of record: schema (`schema.rs`), catalogue (`catalogue.rs`), the
+//! settlement transaction that commits results + stock + totals delta + offset together
+//! (`settle/`, docs/DESIGN.md "Exactly once"), the API's queries (`query.rs`), the
+//! harness's and checker's reads (`audit.rs`), and totals publishing (`publish.rs`).
+//! Nothing outside this crate writes SQL against these tables.
 
+pub mod audit;
 mod catalogue;
 mod publish;
 mod query;
@@ -13,7 +17,7 @@ pub use query::{
     ResultRow, TotalRow,
 };
 pub use schema::{connect, ensure_schema};
-pub use settle::items_text;
+pub use settle::{items_text, parse_items_text};
 pub use settle::{
     prepare_partition, settle_batch, Batch, Outcome, SettleState, Settlement, Settling,
 };

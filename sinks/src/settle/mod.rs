@@ -40,7 +40,7 @@ use mysql_async::prelude::*;
 use mysql_async::Pool;
 
 pub use pipeline::{Batch, Settlement};
-pub use sql::items_text;
+pub use sql::{items_text, parse_items_text};
 pub use view::SettleState;
 
 /// An order ready to settle: where it was read, its epoch and the rates of that epoch.

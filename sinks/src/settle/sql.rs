@@ -307,6 +307,17 @@ pub fn items_text(order: &Order) -> String {
     s
 }
 
+/// An order's items as `items_text` wrote them: `(id, number)` pairs, or None if the
+/// text is not of that form.
+pub fn parse_items_text(text: &str) -> Option<Vec<(u32, u32)>> {
+    text.split(',')
+        .map(|part| {
+            let (id, n) = part.split_once(':')?;
+            Some((id.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Bytes as hex digits, for an `X'…'` literal.
 struct Hex<'a>(&'a [u8]);
 
@@ -478,6 +489,17 @@ mod tests {
             !sql.contains("settle_stock"),
             "no stock statements without changes"
         );
+    }
+
+    #[test]
+    fn items_text_reads_back() {
+        let s = settling("u", None);
+        assert_eq!(
+            parse_items_text(&items_text(&s.order)),
+            Some(vec![(3, 2), (1, 1)])
+        );
+        assert_eq!(parse_items_text("3:2,x"), None);
+        assert_eq!(parse_items_text("3:-1"), None);
     }
 
     #[test]
