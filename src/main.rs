@@ -1,10 +1,17 @@
-//! `dtss`: the command-line program that wires the crates together. See README.md.
+//! `dtss`: the command-line program that wires the crates together. It parses the
+//! command line and the config once, and hands each subcommand to its module.
 
 mod bench;
 mod broker;
+mod check;
+mod init;
+mod load;
+mod proc;
+mod rates;
 mod services;
 mod signals;
 mod up;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use model::Config;
+use model::{exit, Config};
 
 /// mimalloc rather than glibc's malloc: every process of the pipeline allocates per
 /// order (HTTP bodies, JSON, Kafka records, rows), and glibc's malloc/free took ~11 %
@@ -21,11 +28,7 @@ use model::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "dtss",
-    version,
-    about = "Distributed transaction settlement system"
-)]
+#[command(name = "dtss", version, about = "Distributed transaction settlement system", after_help = exit::HELP)]
 struct Cli {
     /// The cluster description.
     #[arg(
@@ -42,25 +45,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Bring the whole system up locally and keep it serving until Ctrl-C.
+    #[command(after_help = exit::HELP)]
     Up(up::UpArgs),
     /// Start, stop or inspect the local MariaDB and ZooKeeper (scripts/services.sh).
+    #[command(after_help = exit::HELP)]
     Services {
         #[arg(value_parser = ["up", "down", "status"])]
         action: String,
     },
     /// Create the schema, load the catalogue and seed the rates (idempotent).
+    #[command(after_help = exit::HELP)]
     Init,
     /// Run the embedded Kafka-protocol broker (when kafka.brokers is empty).
+    #[command(after_help = exit::HELP)]
     Broker,
     /// Run one HTTP ingest replica.
+    #[command(after_help = exit::HELP)]
     Ingest {
         /// Listen address; default: ingest.listen from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
     /// Run timely process N of the cluster (its workers read partitions N*w .. N*w+w-1).
-    /// Exits 0 after SIGTERM (once what it read is settled), 5 when another process of
-    /// the cluster is lost: then restart them all; they resume from MySQL's offsets.
+    /// Exits 0 after SIGTERM (once what it read is settled).
+    #[command(after_help = exit::HELP)]
     Worker {
         /// Which entry of cluster.processes this is; default: the one entry whose
         /// address this host can bind.
@@ -68,8 +76,11 @@ enum Command {
         process: Option<usize>,
     },
     /// Post generated orders over HTTP, wait until they settle, print a summary.
-    Load(up::LoadArgs),
-    /// Verify the invariants of SPEC §7 against MySQL and ZooKeeper; non-zero exit on failure.
+    #[command(after_help = exit::HELP)]
+    Load(load::LoadArgs),
+    /// Verify the invariants (docs/DESIGN.md) against MySQL and ZooKeeper; non-zero exit
+    /// on failure.
+    #[command(after_help = exit::HELP)]
     Check {
         /// File of the order ids that got 202, one per line (as `dtss load --ids` writes).
         #[arg(long)]
@@ -78,32 +89,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
-    /// Load the running system and report throughput and latency (see README,
-    /// Performance); `dtss bench rate-delay` measures how fast rate changes apply.
+    /// Load the running system and report throughput and latency (docs/PERFORMANCE.md);
+    /// `dtss bench rate-delay` measures how fast rate changes apply.
+    #[command(after_help = exit::HELP)]
     Bench(bench::BenchArgs),
     /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
-    #[command(subcommand)]
-    Rates(RatesCommand),
-}
-
-#[derive(Subcommand)]
-enum RatesCommand {
-    /// Step every non-base rate each period while leader; several may run.
-    Run {
-        /// Period in milliseconds; default: currencies.modifier_period_ms.
-        #[arg(long)]
-        period_ms: Option<u64>,
-        /// Seed for reproducible steps.
-        #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Set rates, e.g. `dtss rates set USD=7.12 EUR=7.80`.
-    Set {
-        #[arg(required = true, value_name = "CUR=RATE")]
-        rates: Vec<String>,
-    },
-    /// Print the current rates.
-    Show,
+    #[command(subcommand, after_help = exit::HELP)]
+    Rates(rates::RatesCommand),
 }
 
 fn main() {
@@ -118,197 +110,49 @@ fn main() {
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::FAILED);
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let cfg = Config::load(&cli.config).context(
-        "loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)",
-    )?;
-    let runtime = |mut builder: tokio::runtime::Builder| {
-        builder.enable_all().build().context("starting tokio")
-    };
-    let rt = || runtime(tokio::runtime::Builder::new_multi_thread());
+    let cfg = Config::load(&cli.config)
+        .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
-        Command::Up(args) => rt()?.block_on(up::up(cfg, args)),
+        Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
         Command::Services { action } => services::run(&cfg, &action),
-        Command::Init => rt()?.block_on(init(&cfg)),
+        Command::Init => multi_thread()?.block_on(init::init(&cfg)),
         Command::Broker => broker::run(&cfg),
+        // One thread: requests, Kafka delivery reports and responses all meet on it.
+        // With a worker per core they hand off between threads (futex wake-ups, context
+        // switches), and over HTTP the whole machine took ~45 % more CPU per order.
         Command::Ingest { listen } => {
-            let listen = match listen {
-                Some(l) => l,
-                None => cfg.ingest.listen,
-            };
-            // One thread: requests, Kafka delivery reports and responses all meet on
-            // it. With a worker per core they hand off between threads (futex wake-ups,
-            // context switches), and over HTTP the whole machine took ~45 % more CPU
-            // per order (on 2 cores; 10k → 15k orders/s).
-            runtime(tokio::runtime::Builder::new_current_thread())?.block_on(ingest::serve(
-                cfg,
-                listen,
-                signals::shutdown_signal(),
-            ))
+            let listen = listen.unwrap_or(cfg.ingest.listen);
+            one_thread()?.block_on(ingest::serve(cfg, listen, signals::shutdown_signal()))
         }
-        Command::Worker { process } => {
-            let process = match process {
-                Some(p) => p,
-                None => own_process(&cfg)?,
-            };
-            let stop = signals::stop_flag();
-            dataflow::run(cfg, process, stop)
-        }
-        Command::Load(args) => rt()?.block_on(up::load(&cfg, &args)),
-        Command::Rates(cmd) => rt()?.block_on(rates_cmd(&cfg, cmd)),
-        Command::Check { accepted, wait } => {
-            let ids = match &accepted {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading --accepted {}", p.display()))?
-                        .lines()
-                        .map(|l| l.trim().to_string())
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>(),
-                ),
-                None => None,
-            };
-            let verdicts = rt()?.block_on(harness::check(
-                &cfg,
-                ids.as_deref(),
-                Duration::from_secs(wait),
-            ))?;
-            harness::report(&verdicts, "")
-        }
+        Command::Worker { process } => worker::run(cfg, process),
+        Command::Load(args) => multi_thread()?.block_on(load::load(&cfg, &args)),
+        Command::Rates(cmd) => multi_thread()?.block_on(rates::run(&cfg, cmd)),
+        Command::Check { accepted, wait } => multi_thread()?.block_on(check::run(
+            &cfg,
+            accepted.as_deref(),
+            Duration::from_secs(wait),
+        )),
         // One thread, like ingest: the load generator's requests and their answers meet
         // on it instead of handing off between threads.
-        Command::Bench(args) => {
-            runtime(tokio::runtime::Builder::new_current_thread())?.block_on(bench::run(&cfg, args))
-        }
+        Command::Bench(args) => one_thread()?.block_on(bench::run(&cfg, args)),
     }
 }
 
-async fn rates_cmd(cfg: &Config, cmd: RatesCommand) -> Result<()> {
-    match cmd {
-        RatesCommand::Run { period_ms, seed } => {
-            let period = period_ms.map_or(cfg.currencies.modifier_period, Duration::from_millis);
-            anyhow::ensure!(
-                period >= Duration::from_millis(10),
-                "--period-ms must be at least 10"
-            );
-            let opts = rates::ModifierOptions {
-                period,
-                seed,
-                max_periods: None,
-            };
-            rates::run_modifier(cfg, opts, signals::shutdown_signal()).await
-        }
-        RatesCommand::Set { rates: pairs } => {
-            let mut parsed = vec![];
-            for p in &pairs {
-                let (c, r) = p
-                    .split_once('=')
-                    .with_context(|| format!("{p:?}: write CUR=RATE, e.g. USD=7.12"))?;
-                let (c, r) =
-                    rates::parse_injection(cfg, c, r).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-                parsed.push((c, r));
-            }
-            let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
-            rates::seed_rates(&zk, cfg).await?;
-            for (c, r) in parsed {
-                let v = rates::inject(&zk, cfg, c, r).await?;
-                println!("{c} = {r} (znode version {v})");
-            }
-            Ok(())
-        }
-        RatesCommand::Show => {
-            let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
-            for (c, r, v) in rates::read_rates(&zk, cfg).await? {
-                println!("{c} = {r} (znode version {v})");
-            }
-            Ok(())
-        }
-    }
+fn multi_thread() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }
 
-/// The index of the one `cluster.processes` entry this host owns: the one whose
-/// address it can bind (the port must be free, as timely is about to take it).
-fn own_process(cfg: &Config) -> Result<usize> {
-    let mine: Vec<usize> = cfg
-        .cluster
-        .processes
-        .iter()
-        .enumerate()
-        .filter(|(_, addr)| std::net::TcpListener::bind(addr.as_str()).is_ok())
-        .map(|(i, _)| i)
-        .collect();
-    match mine.as_slice() {
-        [one] => {
-            tracing::info!("this host is process {one} ({})", cfg.cluster.processes[*one]);
-            Ok(*one)
-        }
-        [] => anyhow::bail!(
-            "none of cluster.processes is an address of this host with a free port: pass --process N"
-        ),
-        many => anyhow::bail!(
-            "cluster.processes entries {many:?} are all addresses of this host: pass --process N"
-        ),
-    }
-}
-
-/// Schema, catalogue (first start only) and rates (when missing), idempotently.
-pub async fn init(cfg: &Config) -> Result<()> {
-    sinks::ensure_schema(&cfg.mysql.url).await?;
-    let pool = sinks::connect(&cfg.mysql.url, 2)?;
-    let csv = cfg.catalogue.csv.as_ref().map(|p| cfg.resolve(p));
-    let n = sinks::load_catalogue(
-        &pool,
-        csv.as_deref(),
-        cfg.catalogue.items,
-        cfg.catalogue.seed,
-        &cfg.currencies.all.clone(),
-    )
-    .await?;
-    if n > 0 {
-        tracing::info!("loaded a catalogue of {n} commodities");
-    }
-    pool.disconnect().await.ok();
-    let zk = rates::connect(cfg, Duration::from_secs(30)).await?;
-    rates::seed_rates(&zk, cfg).await?;
-    if !cfg.kafka.brokers.is_empty() {
-        dataflow::ensure_topic(cfg).await?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(processes: &str) -> Config {
-        Config::parse(&format!(
-            "[cluster]\nprocesses = [{processes}]\nworkers_per_process = 1\n\
-             [currencies]\nbase = \"RMB\"\ninitial = {{ RMB = \"1\", USD = \"7.12\" }}\n"
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_process_index_is_found_from_the_hosts_own_addresses() {
-        // TEST-NET-1 is nobody's address; port 0 on loopback always binds.
-        assert_eq!(
-            own_process(&cfg(r#""192.0.2.1:2101", "127.0.0.1:0""#)).unwrap(),
-            1
-        );
-        let none = own_process(&cfg(r#""192.0.2.1:2101""#))
-            .unwrap_err()
-            .to_string();
-        assert!(none.contains("pass --process"), "{none}");
-        let many = own_process(&cfg(r#""127.0.0.1:0", "127.0.0.1:0""#))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            many.contains("[0, 1]") && many.contains("pass --process"),
-            "{many}"
-        );
-    }
+fn one_thread() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }
