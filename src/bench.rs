@@ -86,6 +86,41 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> Result<()> {
 }
 
 async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
+    let opts = options(cfg, &a)?;
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => cfg
+            .data_dir()
+            .join("bench")
+            .join(model::now_ms().to_string()),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut reports = vec![];
+    for run in 1..=a.runs {
+        let mut opts = opts.clone();
+        opts.seed = opts.seed.wrapping_add(run as u64 - 1);
+        let report = one_run(cfg, &opts, run, a.runs).await?;
+        write_reports(&report, &out, run)?;
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        let m = harness::medians(&reports);
+        println!("{m}");
+        std::fs::write(out.join("medians.txt"), &m)?;
+    }
+    write_accepted(&reports, &out)?;
+    let unsettled: u64 = reports.iter().map(|r| r.counts.unsettled).sum();
+    let verdicts = harness::check(cfg, None, Duration::from_secs(10)).await?;
+    let checked = harness::report(&verdicts, "check: ");
+    anyhow::ensure!(
+        unsettled == 0,
+        "{unsettled} accepted orders had no result after the drain (raise --drain-timeout, or look at the worker logs)"
+    );
+    checked
+}
+
+/// The bench's options from the command line, checked.
+fn options(cfg: &Config, a: &LoadBench) -> Result<harness::BenchOptions> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
     let connections = a
         .connections
@@ -99,7 +134,7 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
         a.rate_changes_per_s >= 0.0,
         "--rate-changes-per-s must not be negative"
     );
-    let opts = harness::BenchOptions {
+    Ok(harness::BenchOptions {
         url: a
             .url
             .clone()
@@ -113,53 +148,49 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
         rate_changes_per_s: a.rate_changes_per_s,
         seed: a.seed,
         zipf: a.zipf,
-    };
-    let out = match a.out {
-        Some(o) => o,
-        None => cfg
-            .data_dir()
-            .join("bench")
-            .join(model::now_ms().to_string()),
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut reports = vec![];
-    for run in 1..=a.runs {
-        let mut opts = opts.clone();
-        opts.seed = opts.seed.wrapping_add(run as u64 - 1);
-        let load_s = opts.ramp_s + opts.steady_s;
-        let bar = indicatif::ProgressBar::new((load_s * 10.0) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(&format!(
-                "run {run}/{} {{bar:30}} {{msg}}",
-                a.runs
-            ))
-            .expect("template"),
-        );
-        let b2 = bar.clone();
-        let report = harness::bench(cfg, &opts, move |p| {
-            b2.set_position((p.elapsed_s * 10.0) as u64);
-            b2.set_message(format!(
-                "{} {:.0} s: sent {}, accepted {}, settled {}, Kafka lag {}",
-                p.phase, p.elapsed_s, p.sent, p.accepted, p.settled, p.lag
-            ));
-        })
-        .await?;
-        bar.finish_and_clear();
-        let json = out.join(format!("run-{run}.json"));
-        std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", json.display()))?;
-        let html = out.join(format!("run-{run}.html"));
-        std::fs::write(&html, harness::html(&report)?)
-            .with_context(|| format!("writing {}", html.display()))?;
-        println!("{}", harness::table(&report));
-        println!("  report: {} (plots), {}", html.display(), json.display());
-        reports.push(report);
-    }
-    if reports.len() > 1 {
-        let m = harness::medians(&reports);
-        println!("{m}");
-        std::fs::write(out.join("medians.txt"), &m)?;
-    }
+    })
+}
+
+/// Run `run` of `runs`, with a progress bar.
+async fn one_run(
+    cfg: &Config,
+    opts: &harness::BenchOptions,
+    run: usize,
+    runs: usize,
+) -> Result<harness::BenchReport> {
+    let load_s = opts.ramp_s + opts.steady_s;
+    let bar = indicatif::ProgressBar::new((load_s * 10.0) as u64);
+    let style =
+        indicatif::ProgressStyle::with_template(&format!("run {run}/{runs} {{bar:30}} {{msg}}"));
+    bar.set_style(style.expect("template"));
+    let b2 = bar.clone();
+    let report = harness::bench(cfg, opts, move |p| {
+        b2.set_position((p.elapsed_s * 10.0) as u64);
+        b2.set_message(format!(
+            "{} {:.0} s: sent {}, accepted {}, settled {}, Kafka lag {}",
+            p.phase, p.elapsed_s, p.sent, p.accepted, p.settled, p.lag
+        ));
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// The run's JSON and HTML reports in `out`, and its table on the terminal.
+fn write_reports(report: &harness::BenchReport, out: &std::path::Path, run: usize) -> Result<()> {
+    let json = out.join(format!("run-{run}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let html = out.join(format!("run-{run}.html"));
+    std::fs::write(&html, harness::html(report)?)
+        .with_context(|| format!("writing {}", html.display()))?;
+    println!("{}", harness::table(report));
+    println!("  report: {} (plots), {}", html.display(), json.display());
+    Ok(())
+}
+
+/// Every run's accepted order ids, one per line, for `dtss check --accepted`.
+fn write_accepted(reports: &[harness::BenchReport], out: &std::path::Path) -> Result<()> {
     let ids: String = reports
         .iter()
         .flat_map(|r| {
@@ -168,20 +199,13 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
                 .map(|id| format!("{}\n", id.hyphenated()))
         })
         .collect();
-    let ids_file = out.join("accepted.txt");
-    std::fs::write(&ids_file, ids).with_context(|| format!("writing {}", ids_file.display()))?;
+    let file = out.join("accepted.txt");
+    std::fs::write(&file, ids).with_context(|| format!("writing {}", file.display()))?;
     println!(
         "  accepted order ids: {} (for dtss check --accepted)",
-        ids_file.display()
+        file.display()
     );
-    let unsettled: u64 = reports.iter().map(|r| r.counts.unsettled).sum();
-    let verdicts = harness::check(cfg, None, Duration::from_secs(10)).await?;
-    let checked = harness::report(&verdicts, "check: ");
-    anyhow::ensure!(
-        unsettled == 0,
-        "{unsettled} accepted orders had no result after the drain (raise --drain-timeout, or look at the worker logs)"
-    );
-    checked
+    Ok(())
 }
 
 async fn rate_delay(

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::Sender;
@@ -78,87 +78,141 @@ pub fn spawn_reader(
         high,
         "reading {topic}/{partition} from offset {start}"
     );
-    let handle = std::thread::Builder::new()
+    let reader = Reader {
+        consumer,
+        topic,
+        partition,
+        expected: start,
+        tx,
+        wake,
+        stop,
+        chunk: Vec::with_capacity(CHUNK),
+        drain_to: None,
+        lag_checked: Instant::now(),
+    };
+    std::thread::Builder::new()
         .name(format!("kafka-p{partition}"))
-        .spawn(move || {
-            let mut chunk: Vec<Read> = Vec::with_capacity(CHUNK);
-            let mut expected = start;
-            // On stop: read on up to the partition's end as of that moment (ingest stops
-            // first), so an orderly shutdown leaves nothing unsettled in the broker.
-            let mut drain_to: Option<(i64, std::time::Instant)> = None;
-            let mut lag_checked = std::time::Instant::now();
-            loop {
-                if lag_checked.elapsed() >= Duration::from_secs(10) {
-                    lag_checked = std::time::Instant::now();
-                    if let Ok((_, high)) =
-                        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
-                    {
-                        let lag = high - expected;
-                        if lag > 0 {
-                            tracing::info!(partition, lag, "Kafka lag: {lag} orders not yet read");
-                        }
-                    }
+        .spawn(move || reader.run())
+        .context("spawning Kafka reader thread")
+}
+
+/// A partition's reader thread.
+struct Reader<W> {
+    consumer: BaseConsumer,
+    topic: String,
+    partition: i32,
+    /// The next offset to read.
+    expected: i64,
+    tx: Sender<Vec<Read>>,
+    wake: W,
+    stop: Arc<AtomicBool>,
+    /// Messages read and not yet handed to the worker.
+    chunk: Vec<Read>,
+    /// On stop: read on up to the partition's end as of that moment (ingest stops
+    /// first), so an orderly shutdown leaves nothing unsettled in the broker; give up at
+    /// the deadline.
+    drain_to: Option<(i64, Instant)>,
+    lag_checked: Instant,
+}
+
+impl<W: Fn()> Reader<W> {
+    fn run(mut self) {
+        loop {
+            self.log_lag();
+            if self.drained() {
+                if !self.chunk.is_empty() && self.tx.send(std::mem::take(&mut self.chunk)).is_ok() {
+                    (self.wake)();
                 }
-                if drain_to.is_none() && stop.load(Ordering::Relaxed) {
-                    let end = consumer
-                        .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                        .map(|(_, high)| high)
-                        .unwrap_or(expected);
-                    tracing::info!(partition, "stopping: reading on to offset {end} first");
-                    drain_to = Some((end, std::time::Instant::now() + Duration::from_secs(30)));
-                }
-                if let Some((end, deadline)) = drain_to {
-                    if expected >= end || std::time::Instant::now() > deadline {
-                        if !chunk.is_empty() && tx.send(std::mem::take(&mut chunk)).is_ok() {
-                            wake();
-                        }
-                        break;
-                    }
-                }
-                let timeout = if chunk.is_empty() {
-                    Duration::from_millis(50)
-                } else {
-                    Duration::ZERO
-                };
-                match consumer.poll(timeout) {
-                    Some(Ok(msg)) => {
-                        let offset = msg.offset();
-                        if offset < expected {
-                            continue; // a re-delivery after a fetch retry
-                        }
-                        expected = offset + 1;
-                        let order = match model::wire::decode(msg.payload().unwrap_or_default()) {
-                            Ok(o) => Some(o),
-                            Err(e) => {
-                                tracing::error!(
-                                    partition,
-                                    offset,
-                                    "skipping undecodable message: {e}"
-                                );
-                                None
-                            }
-                        };
-                        chunk.push((offset, order));
-                        if chunk.len() < CHUNK {
-                            continue;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(partition, "Kafka consumer error: {e}");
-                    }
-                    None => {}
-                }
-                if !chunk.is_empty() {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                    // Blocks while the worker is behind: the backpressure.
-                    if tx.send(full).is_err() {
-                        break;
-                    }
-                    wake();
-                }
+                break;
             }
-            wake();
-        })
-        .context("spawning Kafka reader thread")?;
-    Ok(handle)
+            if self.poll() && self.chunk.len() < CHUNK {
+                continue;
+            }
+            if !self.chunk.is_empty() {
+                let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+                // Blocks while the worker is behind: the backpressure.
+                if self.tx.send(full).is_err() {
+                    break;
+                }
+                (self.wake)();
+            }
+        }
+        (self.wake)();
+    }
+
+    /// Every 10 s, how far the partition's end is ahead of what was read.
+    fn log_lag(&mut self) {
+        if self.lag_checked.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.lag_checked = Instant::now();
+        let w = self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition, Duration::from_secs(1));
+        if let Ok((_, high)) = w {
+            let lag = high - self.expected;
+            if lag > 0 {
+                tracing::info!(
+                    partition = self.partition,
+                    lag,
+                    "Kafka lag: {lag} orders not yet read"
+                );
+            }
+        }
+    }
+
+    /// Whether a stop was asked for and everything up to the partition's end at that
+    /// moment was read (or the drain's deadline passed).
+    fn drained(&mut self) -> bool {
+        if self.drain_to.is_none() && self.stop.load(Ordering::Relaxed) {
+            let end = self
+                .consumer
+                .fetch_watermarks(&self.topic, self.partition, Duration::from_secs(5))
+                .map(|(_, high)| high)
+                .unwrap_or(self.expected);
+            tracing::info!(
+                partition = self.partition,
+                "stopping: reading on to offset {end} first"
+            );
+            self.drain_to = Some((end, Instant::now() + Duration::from_secs(30)));
+        }
+        self.drain_to
+            .is_some_and(|(end, deadline)| self.expected >= end || Instant::now() > deadline)
+    }
+
+    /// Poll once (waiting up to 50 ms when nothing is pending); true when a message was
+    /// added to the chunk.
+    fn poll(&mut self) -> bool {
+        let timeout = if self.chunk.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        let msg = match self.consumer.poll(timeout) {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                tracing::warn!(partition = self.partition, "Kafka consumer error: {e}");
+                return false;
+            }
+            None => return false,
+        };
+        let offset = msg.offset();
+        if offset < self.expected {
+            return true; // a re-delivery after a fetch retry
+        }
+        self.expected = offset + 1;
+        let order = match model::wire::decode(msg.payload().unwrap_or_default()) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::error!(
+                    partition = self.partition,
+                    offset,
+                    "skipping undecodable message: {e}"
+                );
+                None
+            }
+        };
+        self.chunk.push((offset, order));
+        true
+    }
 }

@@ -80,39 +80,53 @@ pub(crate) fn settle<'s>(
                 let closed = |e: &u64| {
                     !f_orders.frontier().less_equal(e) && !f_rates.frontier().less_equal(e)
                 };
-                let ready: Vec<u64> = pending.keys().copied().take_while(|e| closed(e)).collect();
-                if ready.is_empty() {
-                    return;
-                }
                 if tables.is_empty() {
                     // Only when the rate source stopped before delivering any rate
                     // (shutdown): settle nothing; these orders are read again next start.
-                    tracing::warn!(
-                        partition,
-                        "no rates yet; leaving {} epochs unsettled",
-                        ready.len()
-                    );
+                    if pending.keys().next().is_some_and(closed) {
+                        tracing::warn!(partition, "no rates yet; leaving closed epochs unsettled");
+                    }
                     return;
                 }
-                let mut epochs = Vec::with_capacity(ready.len());
-                for e in &ready {
-                    let (cap, reads) = pending.remove(e).expect("key from map");
-                    // Epochs are in order: the first capability is the least.
-                    if epochs.is_empty() {
-                        out.push_back(cap);
-                    }
-                    epochs.push((*e, reads));
-                }
+                let Some((least, epochs)) = take_closed(&mut pending, closed) else {
+                    return;
+                };
+                out.push_back(least);
                 settler.send(handover(epochs, &tables));
-                // Keep only the newest table at or below what is still open.
                 if let Some(&open) = f_orders.frontier().first() {
-                    if let Some(keep) = tables.range(..=open).next_back().map(|(k, _)| *k) {
-                        tables.retain(|k, _| *k >= keep);
-                    }
+                    keep_from(&mut tables, open);
                 }
             }
         })
         .container::<Vec<Outcome>>())
+}
+
+/// An epoch and its messages, in offset order.
+type Epoch = (u64, Vec<Read>);
+
+/// The closed epochs of `pending` (the first ones, while `closed`), taken out with the
+/// capability of the least; None when none is closed.
+fn take_closed(
+    pending: &mut BTreeMap<u64, (Capability<u64>, Vec<Read>)>,
+    closed: impl Fn(&u64) -> bool,
+) -> Option<(Capability<u64>, Vec<Epoch>)> {
+    let ready: Vec<u64> = pending.keys().copied().take_while(|e| closed(e)).collect();
+    let mut least = None;
+    let mut epochs = Vec::with_capacity(ready.len());
+    for e in ready {
+        let (cap, reads) = pending.remove(&e).expect("key from map");
+        // Epochs are in order: the first capability is the least.
+        least.get_or_insert(cap);
+        epochs.push((e, reads));
+    }
+    least.map(|cap| (cap, epochs))
+}
+
+/// Keep only the newest rate table at or below the open epoch `open`, and those after.
+fn keep_from(tables: &mut BTreeMap<u64, Arc<RateTable>>, open: u64) {
+    if let Some(keep) = tables.range(..=open).next_back().map(|(k, _)| *k) {
+        tables.retain(|k, _| *k >= keep);
+    }
 }
 
 /// Closed epochs (in order, each with its messages in offset order) joined with their
@@ -207,6 +221,19 @@ mod tests {
     fn a_backlog_from_before_the_first_rates_moves_to_their_epoch() {
         let b = handover(vec![(3, vec![(7, Some(order()))])], &tables(&[50]));
         assert_eq!((b.orders[0].epoch, b.orders[0].rates.version), (50, 1));
+    }
+
+    #[test]
+    fn only_the_newest_table_at_or_below_the_open_epoch_is_kept() {
+        let mut t = tables(&[5, 20, 30, 40]);
+        keep_from(&mut t, 35);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), [30, 40]);
+        keep_from(&mut t, 10);
+        assert_eq!(
+            t.keys().copied().collect::<Vec<_>>(),
+            [30, 40],
+            "nothing at or below 10"
+        );
     }
 
     #[test]

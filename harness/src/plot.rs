@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::bench::{BenchReport, Percentiles};
+use crate::bench::{BenchReport, Percentiles, Second};
 
 const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
@@ -40,6 +40,13 @@ pub fn table(r: &BenchReport) -> String {
             String::new()
         }
     );
+    counts_lines(&mut s, r);
+    latency_lines(&mut s, r);
+    s
+}
+
+/// What happened to the orders, and the throughput.
+fn counts_lines(s: &mut String, r: &BenchReport) {
     let c = &r.counts;
     let reasons: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(
@@ -69,6 +76,11 @@ pub fn table(r: &BenchReport) -> String {
         "throughput (orders/s, steady phase): offered {:.0}, accepted {:.0}, settled {:.0}; end to end over the run {:.0}",
         t.offered_per_s, t.accepted_per_s, t.settled_per_s, t.end_to_end_per_s
     );
+}
+
+/// The latency table, the slowest transactions and the CPU use.
+fn latency_lines(s: &mut String, r: &BenchReport) {
+    let o = &r.options;
     let _ = writeln!(
         s,
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -86,9 +98,9 @@ pub fn table(r: &BenchReport) -> String {
     } else {
         "ack"
     };
-    row(&mut s, ack_name, &r.ack_ms);
-    row(&mut s, "accepted → committed", &r.e2e_ms);
-    row(&mut s, "settlement transaction", &r.transactions_ms);
+    row(s, ack_name, &r.ack_ms);
+    row(s, "accepted → committed", &r.e2e_ms);
+    row(s, "settlement transaction", &r.transactions_ms);
     if !r.slowest_transactions.is_empty() {
         let slowest: Vec<String> = r
             .slowest_transactions
@@ -104,7 +116,6 @@ pub fn table(r: &BenchReport) -> String {
             c.busy_pct, c.steal_pct
         );
     }
-    s
 }
 
 type Figure = dyn Fn(&BenchReport) -> f64;
@@ -147,119 +158,15 @@ pub fn medians(runs: &[BenchReport]) -> String {
 
 /// A self-contained HTML page for one run.
 pub fn html(r: &BenchReport) -> anyhow::Result<String> {
-    let tl = &r.timeline;
-    let xmax = (tl.len() as f64).max(1.0);
-    let mut plots = vec![];
-
-    let series = |f: &dyn Fn(&crate::bench::Second) -> u64| -> Vec<(f64, f64)> {
-        tl.iter().map(|s| (s.t as f64 + 0.5, f(s) as f64)).collect()
-    };
-    let tput = vec![
-        ("offered", series(&|s| s.offered)),
-        ("accepted (202)", series(&|s| s.accepted)),
-        ("settled", series(&|s| s.settled)),
+    let xmax = (r.timeline.len() as f64).max(1.0);
+    let mut plots = vec![
+        throughput_plot(r, xmax)?,
+        latency_plot(r, xmax)?,
+        distribution_plot(r)?,
     ];
-    let ymax = tput
-        .iter()
-        .flat_map(|(_, v)| v.iter().map(|p| p.1))
-        .fold(1.0, f64::max);
-    plots.push(svg(
-        "Throughput per second",
-        "seconds since start",
-        "orders/s",
-        0f64..xmax,
-        0f64..ymax * 1.1,
-        &tput,
-        |x| format!("{x:.0}"),
-    )?);
-
-    let lat = |f: &dyn Fn(&crate::bench::Second) -> f64| -> Vec<(f64, f64)> {
-        tl.iter()
-            .map(|s| (s.t as f64 + 0.5, f(s)))
-            .filter(|p| p.1 > 0.0)
-            .collect()
-    };
-    let lats = vec![
-        ("ack p50", lat(&|s| s.ack_p50_ms)),
-        ("ack p99", lat(&|s| s.ack_p99_ms)),
-        ("accepted→committed p50", lat(&|s| s.e2e_p50_ms)),
-        ("accepted→committed p99", lat(&|s| s.e2e_p99_ms)),
-    ];
-    let (lo, hi) = bounds(&lats);
-    plots.push(svg(
-        "Latency percentiles per second (ms, log scale; ack by due second, end to end by acceptance second)",
-        "seconds since start",
-        "ms",
-        0f64..xmax,
-        (lo..hi).log_scale(),
-        &lats,
-        |x| format!("{x:.0}"),
-    )?);
-
-    // Percentile spectrum: x = −log10(1 − q), labelled as percentiles.
-    let spectrum = |d: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        let mut out: Vec<(f64, f64)> = d
-            .iter()
-            .filter(|(q, _)| *q < 1.0)
-            .map(|(q, ms)| (-(1.0 - q).log10(), ms.max(0.001)))
-            .collect();
-        if let (Some(last), Some((_, max))) = (out.last().copied(), d.last()) {
-            out.push((last.0 + 0.1, max.max(0.001)));
-        }
-        out
-    };
-    let dist = vec![
-        ("ack", spectrum(&r.ack_distribution)),
-        ("accepted→committed", spectrum(&r.e2e_distribution)),
-    ];
-    let (lo, hi) = bounds(&dist);
-    let dx = dist
-        .iter()
-        .flat_map(|(_, v)| v.iter().map(|p| p.0))
-        .fold(1.0, f64::max);
-    plots.push(svg(
-        "Latency distribution, steady phase (ms, log scale)",
-        "percentile",
-        "ms",
-        0f64..dx,
-        (lo..hi).log_scale(),
-        &dist,
-        |x| {
-            let q = 100.0 * (1.0 - 10f64.powf(-x));
-            format!("{q:.*}%", (x.floor() as usize).saturating_sub(1).min(4))
-        },
-    )?);
-
     if !r.lag.is_empty() {
-        let lag: Vec<(String, Vec<(f64, f64)>)> = (0..r.partitions)
-            .map(|p| {
-                (
-                    format!("partition {p}"),
-                    r.lag
-                        .iter()
-                        .map(|s| (s.t_s, s.partitions.get(p).copied().unwrap_or(0) as f64))
-                        .collect(),
-                )
-            })
-            .collect();
-        let lag: Vec<(&str, Vec<(f64, f64)>)> =
-            lag.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        let ymax = lag
-            .iter()
-            .flat_map(|(_, v)| v.iter().map(|p| p.1))
-            .fold(1.0, f64::max);
-        let xmax = r.lag.last().map(|s| s.t_s).unwrap_or(1.0).max(xmax);
-        plots.push(svg(
-            "Kafka lag per partition (orders in Kafka not yet settled)",
-            "seconds since start",
-            "orders",
-            0f64..xmax,
-            0f64..ymax * 1.1,
-            &lag,
-            |x| format!("{x:.0}"),
-        )?);
+        plots.push(lag_plot(r, xmax)?);
     }
-
     let json = serde_json::to_string_pretty(r)?;
     let esc = |s: &str| {
         s.replace('&', "&amp;")
@@ -285,6 +192,133 @@ pub fn html(r: &BenchReport) -> anyhow::Result<String> {
         esc(&json)
     );
     Ok(page)
+}
+
+type Series<'a> = Vec<(&'a str, Vec<(f64, f64)>)>;
+
+fn throughput_plot(r: &BenchReport, xmax: f64) -> anyhow::Result<String> {
+    let series = |f: &dyn Fn(&Second) -> u64| -> Vec<(f64, f64)> {
+        r.timeline
+            .iter()
+            .map(|s| (s.t as f64 + 0.5, f(s) as f64))
+            .collect()
+    };
+    let tput: Series = vec![
+        ("offered", series(&|s| s.offered)),
+        ("accepted (202)", series(&|s| s.accepted)),
+        ("settled", series(&|s| s.settled)),
+    ];
+    let ymax = tput
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let title = "Throughput per second";
+    svg(
+        title,
+        "seconds since start",
+        "orders/s",
+        0f64..xmax,
+        0f64..ymax * 1.1,
+        &tput,
+        |x| format!("{x:.0}"),
+    )
+}
+
+fn latency_plot(r: &BenchReport, xmax: f64) -> anyhow::Result<String> {
+    let lat = |f: &dyn Fn(&Second) -> f64| -> Vec<(f64, f64)> {
+        r.timeline
+            .iter()
+            .map(|s| (s.t as f64 + 0.5, f(s)))
+            .filter(|p| p.1 > 0.0)
+            .collect()
+    };
+    let lats: Series = vec![
+        ("ack p50", lat(&|s| s.ack_p50_ms)),
+        ("ack p99", lat(&|s| s.ack_p99_ms)),
+        ("accepted→committed p50", lat(&|s| s.e2e_p50_ms)),
+        ("accepted→committed p99", lat(&|s| s.e2e_p99_ms)),
+    ];
+    let (lo, hi) = bounds(&lats);
+    let title = "Latency percentiles per second (ms, log scale; ack by due second, end to end by acceptance second)";
+    svg(
+        title,
+        "seconds since start",
+        "ms",
+        0f64..xmax,
+        (lo..hi).log_scale(),
+        &lats,
+        |x| format!("{x:.0}"),
+    )
+}
+
+/// The percentile spectrum: x = −log10(1 − q), labelled as percentiles.
+fn distribution_plot(r: &BenchReport) -> anyhow::Result<String> {
+    let spectrum = |d: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        let mut out: Vec<(f64, f64)> = d
+            .iter()
+            .filter(|(q, _)| *q < 1.0)
+            .map(|(q, ms)| (-(1.0 - q).log10(), ms.max(0.001)))
+            .collect();
+        if let (Some(last), Some((_, max))) = (out.last().copied(), d.last()) {
+            out.push((last.0 + 0.1, max.max(0.001)));
+        }
+        out
+    };
+    let dist: Series = vec![
+        ("ack", spectrum(&r.ack_distribution)),
+        ("accepted→committed", spectrum(&r.e2e_distribution)),
+    ];
+    let (lo, hi) = bounds(&dist);
+    let dx = dist
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let label = |x: &f64| {
+        let q = 100.0 * (1.0 - 10f64.powf(-x));
+        format!("{q:.*}%", (x.floor() as usize).saturating_sub(1).min(4))
+    };
+    let title = "Latency distribution, steady phase (ms, log scale)";
+    svg(
+        title,
+        "percentile",
+        "ms",
+        0f64..dx,
+        (lo..hi).log_scale(),
+        &dist,
+        label,
+    )
+}
+
+fn lag_plot(r: &BenchReport, xmax: f64) -> anyhow::Result<String> {
+    let names: Vec<String> = (0..r.partitions)
+        .map(|p| format!("partition {p}"))
+        .collect();
+    let lag: Series = names
+        .iter()
+        .enumerate()
+        .map(|(p, name)| {
+            let points = r
+                .lag
+                .iter()
+                .map(|s| (s.t_s, s.partitions.get(p).copied().unwrap_or(0) as f64));
+            (name.as_str(), points.collect())
+        })
+        .collect();
+    let ymax = lag
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let xmax = r.lag.last().map(|s| s.t_s).unwrap_or(1.0).max(xmax);
+    let title = "Kafka lag per partition (orders in Kafka not yet settled)";
+    svg(
+        title,
+        "seconds since start",
+        "orders",
+        0f64..xmax,
+        0f64..ymax * 1.1,
+        &lag,
+        |x| format!("{x:.0}"),
+    )
 }
 
 fn bounds(series: &[(&str, Vec<(f64, f64)>)]) -> (f64, f64) {

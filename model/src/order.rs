@@ -83,7 +83,17 @@ pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderReque
     let obj = value
         .as_object()
         .ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+    Ok(OrderRequest {
+        user_id: user_id(obj)?,
+        initiator: initiator(obj, currencies)?,
+        items: items(obj)?,
+        time: time(obj)?,
+    })
+}
 
+type Object = serde_json::Map<String, Value>;
+
+fn user_id(obj: &Object) -> Result<String, FieldError> {
     let user_id = match obj.get("user_id") {
         None | Some(Value::Null) => return Err(FieldError::new("user_id", "is required")),
         Some(Value::String(s)) => s.clone(),
@@ -97,30 +107,32 @@ pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderReque
             format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}"),
         ));
     }
+    Ok(user_id)
+}
 
-    let initiator = match obj.get("initiator") {
-        None | Some(Value::Null) => return Err(FieldError::new("initiator", "is required")),
+fn initiator(obj: &Object, currencies: &[Currency]) -> Result<Currency, FieldError> {
+    match obj.get("initiator") {
+        None | Some(Value::Null) => Err(FieldError::new("initiator", "is required")),
         Some(Value::String(s)) => s
             .parse::<Currency>()
             .ok()
             .filter(|c| currencies.contains(c))
             .ok_or_else(|| {
-                FieldError::new(
-                    "initiator",
-                    format!(
-                        "unknown currency {s:?}; expected one of {}",
-                        list(currencies)
-                    ),
-                )
-            })?,
-        Some(_) => {
-            return Err(FieldError::new(
-                "initiator",
-                "must be a currency code string",
-            ))
-        }
-    };
+                let problem = format!(
+                    "unknown currency {s:?}; expected one of {}",
+                    list(currencies)
+                );
+                FieldError::new("initiator", problem)
+            }),
+        Some(_) => Err(FieldError::new(
+            "initiator",
+            "must be a currency code string",
+        )),
+    }
+}
 
+/// The items, the same id twice merged (numbers added).
+fn items(obj: &Object) -> Result<Vec<Item>, FieldError> {
     let items = match obj.get("items") {
         None | Some(Value::Null) => return Err(FieldError::new("items", "is required")),
         Some(Value::Array(a)) => a,
@@ -134,42 +146,41 @@ pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderReque
     }
     let mut merged: Vec<Item> = Vec::with_capacity(items.len());
     for (i, entry) in items.iter().enumerate() {
-        let entry = entry
-            .as_object()
-            .ok_or_else(|| FieldError::new(format!("items[{i}]"), "must be an object"))?;
-        let id =
-            parse_id(entry.get("id")).map_err(|p| FieldError::new(format!("items[{i}].id"), p))?;
-        let number = match entry.get("number") {
-            None | Some(Value::Null) => {
-                return Err(FieldError::new(format!("items[{i}].number"), "is required"))
-            }
-            Some(Value::Number(n)) => n.as_u64().filter(|n| (1..=MAX_NUMBER).contains(n)),
-            Some(_) => None,
-        }
-        .ok_or_else(|| {
-            FieldError::new(
-                format!("items[{i}].number"),
-                format!("must be an integer from 1 to {MAX_NUMBER}"),
-            )
-        })? as u32;
+        let Item { id, number } = item(i, entry)?;
         match merged.iter_mut().find(|it| it.id == id) {
             Some(it) => it.number += number,
             None => merged.push(Item { id, number }),
         }
     }
+    Ok(merged)
+}
 
-    let time = match obj.get("time") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.is_i64() => n.as_i64(),
-        Some(_) => return Err(FieldError::new("time", "must be an integer (milliseconds)")),
-    };
+/// Entry `i` of the items.
+fn item(i: usize, entry: &Value) -> Result<Item, FieldError> {
+    let entry = entry
+        .as_object()
+        .ok_or_else(|| FieldError::new(format!("items[{i}]"), "must be an object"))?;
+    let id = parse_id(entry.get("id")).map_err(|p| FieldError::new(format!("items[{i}].id"), p))?;
+    let number = match entry.get("number") {
+        None | Some(Value::Null) => {
+            return Err(FieldError::new(format!("items[{i}].number"), "is required"))
+        }
+        Some(Value::Number(n)) => n.as_u64().filter(|n| (1..=MAX_NUMBER).contains(n)),
+        Some(_) => None,
+    }
+    .ok_or_else(|| {
+        let problem = format!("must be an integer from 1 to {MAX_NUMBER}");
+        FieldError::new(format!("items[{i}].number"), problem)
+    })? as u32;
+    Ok(Item { id, number })
+}
 
-    Ok(OrderRequest {
-        user_id,
-        initiator,
-        items: merged,
-        time,
-    })
+fn time(obj: &Object) -> Result<Option<i64>, FieldError> {
+    match obj.get("time") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+        Some(_) => Err(FieldError::new("time", "must be an integer (milliseconds)")),
+    }
 }
 
 fn parse_id(v: Option<&Value>) -> Result<u32, &'static str> {

@@ -153,15 +153,25 @@ impl Settlement {
         self.state
             .committed(decided.plan.verified, decided.plan.stock);
         self.state.unrecorded = Some(target.record(started_at, committed_at));
+        self.keep_next(then, started)?;
+        Ok(Some(decided.plan.outcomes))
+    }
+
+    /// After a commit: the next batch, open (held for the next call) or not (settled
+    /// next, the plain way), unless opening it failed fatally.
+    fn keep_next(
+        &mut self,
+        then: Option<Batch>,
+        started: Result<Option<(Conn, Open)>, Failure>,
+    ) -> Result<()> {
         match (then, started) {
             (Some(then), Ok(Some((then_conn, then_open)))) => {
                 self.open = Some((then, then_conn, then_open));
             }
             (_, Err(Failure::Fatal(e))) => return Err(e),
-            // Started but not opened: settled next, the plain way.
             (then, _) => self.waiting = then,
         }
-        Ok(Some(decided.plan.outcomes))
+        Ok(())
     }
 
     /// Round trips 1 and 2 of a batch not started while the one before committed, with
