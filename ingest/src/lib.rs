@@ -1,6 +1,9 @@
-//! The HTTP service (SPEC §3): order intake to Kafka, result queries, health, metrics.
-//! Stateless: any number of replicas may run behind a load balancer.
+//! The HTTP service (docs/DESIGN.md, "API"): order intake to Kafka, result queries,
+//! rates, totals, health and metrics. Stateless: any number of replicas may run behind a
+//! load balancer. A request goes `http.rs` (connections) → `endpoint.rs` (which endpoint)
+//! → `routes.rs` (its handler) → `produce.rs` (to Kafka, for an order).
 
+mod endpoint;
 mod http;
 mod produce;
 mod routes;

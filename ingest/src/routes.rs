@@ -1,3 +1,5 @@
+//! The handlers of the API's endpoints (`endpoint.rs` says which one a request names).
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -5,11 +7,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use model::{validate_order, Config, Currency, Uuid};
 use serde_json::json;
 use sinks::Pool;
 
+use crate::endpoint::{Endpoint, UserQuery};
 use crate::produce::{NotTaken, OrderProducer};
 
 pub const MAX_BODY: usize = 64 * 1024;
@@ -93,43 +96,31 @@ fn admin(state: &State, req: &Request<Incoming>) -> Option<Resp> {
     }
 }
 
+/// Answer one request.
 pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let needs_admin = matches!(
-        (req.method(), segments.as_slice()),
-        (&Method::GET, ["api", "orders"])
-            | (&Method::GET, ["api", "totals"])
-            | (&Method::PUT, ["api", "rates", _])
-    );
-    if needs_admin {
+    let endpoint = Endpoint::decode(req.method(), &path);
+    if endpoint.needs_admin() {
         if let Some(denied) = admin(&state, &req) {
             return denied;
         }
     }
-    match (req.method(), segments.as_slice()) {
-        (&Method::POST, ["api", "orders"]) | (&Method::POST, ["order"]) => submit(state, req).await,
-        (&Method::GET, ["api", "orders"]) => by_user(&state, req.uri().query().unwrap_or("")).await,
-        (&Method::GET, ["api", "rates"]) => get_rates(&state).await,
-        (&Method::PUT, ["api", "rates", cur]) => {
-            let cur = cur.to_string();
-            put_rate(state, &cur, req).await
-        }
-        (&Method::GET, ["api", "totals"]) => get_totals(&state, None).await,
-        (&Method::GET, ["amount", cur]) => get_totals(&state, Some(cur)).await,
-        (&Method::GET, ["api", "orders", id]) | (&Method::GET, ["order", id]) => {
-            lookup(&state, id).await
-        }
-        (&Method::GET, ["healthz"]) => json(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, ["metrics"]) => metrics(&state),
-        (_, ["api", "orders"]) | (_, ["order"]) | (_, ["api", "orders", _]) | (_, ["order", _]) => {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                format!("{} is not allowed on {path}", req.method()),
-            )
-        }
-        _ => error(
+    match endpoint {
+        Endpoint::Submit => submit(state, req).await,
+        Endpoint::ByUser => by_user(&state, req.uri().query().unwrap_or("")).await,
+        Endpoint::Rates => get_rates(&state).await,
+        Endpoint::PutRate(cur) => put_rate(state, &cur, req).await,
+        Endpoint::Totals => get_totals(&state, None).await,
+        Endpoint::Amount(cur) => get_totals(&state, Some(&cur)).await,
+        Endpoint::Lookup(id) => lookup(&state, &id).await,
+        Endpoint::Health => json(StatusCode::OK, json!({"status": "ok"})),
+        Endpoint::Metrics => metrics(&state),
+        Endpoint::MethodNotAllowed => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            format!("{} is not allowed on {path}", req.method()),
+        ),
+        Endpoint::NotFound => error(
             StatusCode::NOT_FOUND,
             "path",
             format!("no such endpoint: {path}"),
@@ -172,62 +163,17 @@ async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, Resp>
 }
 
 async fn by_user(state: &State, query: &str) -> Resp {
-    let mut user = None;
-    let mut limit = 50u32;
-    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-        match k {
-            "user_id" => user = Some(percent_decode(v)),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "limit",
-                        "must be an integer from 1 to 1000",
-                    )
-                }
-            },
-            _ => {}
-        }
-    }
-    let Some(user) = user.filter(|u| !u.is_empty()) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "user_id",
-            "is required: /api/orders?user_id=…&limit=…",
-        );
+    let q = match UserQuery::parse(query) {
+        Ok(q) => q,
+        Err((field, problem)) => return error(StatusCode::BAD_REQUEST, field, problem),
     };
-    match sinks::results_by_user(&state.pool, &user, limit).await {
-        Ok(rows) => json(StatusCode::OK, json!({"user_id": user, "results": rows})),
+    match sinks::results_by_user(&state.pool, &q.user_id, q.limit).await {
+        Ok(rows) => json(
+            StatusCode::OK,
+            json!({"user_id": q.user_id, "results": rows}),
+        ),
         Err(e) => store_unavailable(e),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = (b[i] == b'%' && i + 3 <= b.len())
-            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (_, Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, None) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn store_unavailable(e: anyhow::Error) -> Resp {
