@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The end-to-end scenarios of README "Performance", in its order, against a running system
+# The end-to-end scenarios of docs/PERFORMANCE.md, in its order, against a running system
 # (`cargo run --release -- up` in another terminal; a fresh one for comparable figures).
 # Each bench ends with `dtss check`. Logs, JSON and HTML reports go under
 # {data_dir}/bench/; this prints each scenario's summary lines.
 #
 # Usage: benches/scenarios.sh [dtss binary]   (default: target/release/dtss)
 #        SCENARIOS="http direct" benches/scenarios.sh   (a subset, by name)
-#        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the README's)
+#        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the figures of record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dtss=${1:-${CARGO_TARGET_DIR:-target}/release/dtss}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke bench: bring a fresh local system up (own database, ZooKeeper root and ports;
 # MariaDB and ZooKeeper must be up), run a few seconds of open-loop load with
-# `dtss bench` (which ends with the SPEC §7 checks), run `dtss check`, stop it all.
+# `dtss bench` (which ends with the invariant checks), run `dtss check`, stop it all.
 # Usage: scripts/smoke-bench.sh [path/to/dtss]
 set -euo pipefail
 cd "$(dirname "$0")/.."

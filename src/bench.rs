@@ -1,6 +1,6 @@
 //! `dtss bench`: load against the running system (open loop at `--rate`, or max
 //! throughput), reports in the terminal, as JSON and as HTML with plots, then the
-//! SPEC §7 checks. `dtss bench rate-delay`: rate write → first order settled with it.
+//! invariant checks (docs/DESIGN.md, "Invariants"). `dtss bench rate-delay`: rate write → first order settled with it.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Totals by epoch (SPEC §4): successful `paid` summed per initiator currency, exchanged
+//! Totals by epoch (docs/DESIGN.md, "Totals"): successful `paid` summed per initiator currency, exchanged
 //! so that currency i (config order) is reduced by worker i % peers; when an epoch
 //! closes the cumulative totals are published with the epoch they are complete up to.
 //! Cumulative totals start from what MySQL had committed when this run started.

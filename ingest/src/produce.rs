@@ -1,4 +1,4 @@
-//! Accepting an order: stamp it (UUIDv7, `accepted_at`), encode it (SPEC §3 wire format)
+//! Accepting an order: stamp it (UUIDv7, `accepted_at`), encode it (the wire format, `model::wire`)
 //! and hand it to Kafka with acks=all on an idempotent producer. Used by the HTTP
 //! intake and by `dtss bench --direct-kafka`, which skips only the HTTP part.
 //!

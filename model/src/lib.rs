@@ -1,6 +1,6 @@
-//! Domain types shared by every DTSS crate: orders and their validation (SPEC §3),
-//! currencies and exact money (§2), rates, the settlement rule (§4), the Kafka wire
-//! format and the `cluster.toml` configuration (§6).
+//! Domain types shared by every DTSS crate: orders and their validation, currencies
+//! and exact money, rates, the settlement rule, the Kafka wire format, the
+//! `cluster.toml` configuration and the exit codes (docs/DESIGN.md names each).
 
 pub mod config;
 mod currency;

@@ -75,7 +75,7 @@ impl std::fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
-/// Parse and validate an order body (SPEC §3). `currencies` are the configured ones.
+/// Parse and validate an order body (docs/DESIGN.md, "API"). `currencies` are the configured ones.
 /// Unknown fields are ignored; the first problem found is reported.
 pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderRequest, FieldError> {
     let value: Value = serde_json::from_slice(body)

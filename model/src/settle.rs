@@ -1,4 +1,4 @@
-//! The settlement rule of SPEC §4, pure and in memory: the sink applies it inside
+//! The settlement rule (docs/DESIGN.md, "Settlement"), pure and in memory: the sink applies it inside
 //! the database transaction, the checker recomputes it afterwards.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! ZooKeeper: the rate store at `{root}/rates/{C}` (decimal strings), and the
-//! watch-fed rate feed the dataflow listens to (SPEC §5).
+//! watch-fed rate feed the dataflow listens to (docs/DESIGN.md, "Time and rates").
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn rate_path(cfg: &Config, c: Currency) -> String {
     format!("{}/rates/{c}", cfg.zookeeper.root)
 }
 
-/// Check an injected rate (SPEC §3, `PUT /api/rates/{CUR}`, `dtss rates set`): a
+/// Check an injected rate (`PUT /api/rates/{CUR}`, `dtss rates set`): a
 /// configured currency other than the base, a positive decimal of at most 6 decimals.
 /// The error names the field: `currency` or `rate`.
 pub fn parse_injection(

@@ -1,4 +1,4 @@
-//! The rate modifier (SPEC §5): every period it moves each non-base rate by a random step
+//! The rate modifier (docs/DESIGN.md, "Time and rates"): every period it moves each non-base rate by a random step
 //! of at most ±max_step_pct, kept within ±bound_pct of its initial value. Several may run;
 //! the one holding the ZooKeeper lock `{root}/modifier` (Curator-compatible, ephemeral
 //! sequential) writes, and every write is a compare-and-set on the znode version.

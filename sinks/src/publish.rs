@@ -1,4 +1,4 @@
-//! Publishing the dataflow's cumulative totals (SPEC §4): to ZooKeeper
+//! Publishing the dataflow's cumulative totals (docs/DESIGN.md, "Totals"): to ZooKeeper
 //! `{root}/totals/{C}` as JSON and to MySQL `totals_published`, with the epoch they are
 //! complete up to. A thread of its own writes only the newest snapshot it has, at most
 //! every `min_interval`, so the dataflow never waits on it.

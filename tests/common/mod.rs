@@ -401,7 +401,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
-    /// SPEC §7 with `dtss check`'s own code: one result per accepted id and no other;
+    /// The invariants with `dtss check`'s own code: one result per accepted id and no other;
     /// stock conserved; totals equal three ways; every paid recomputed at the rate
     /// version that was in force at its epoch.
     pub fn check_invariants(&self, accepted: &[String]) {
