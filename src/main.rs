@@ -115,7 +115,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let cfg = Config::load(&cli.config)
+    let cfg = read_config(&cli.config)
         .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
@@ -141,6 +141,12 @@ fn run(cli: Cli) -> Result<()> {
         // on it instead of handing off between threads.
         Command::Bench(args) => one_thread()?.block_on(bench::run(&cfg, args)),
     }
+}
+
+fn read_config(path: &std::path::Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    Config::parse_at(&text, path)
 }
 
 fn multi_thread() -> Result<tokio::runtime::Runtime> {

@@ -263,10 +263,10 @@ mod raw {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut cfg = Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
+    /// Check the text of the file at `path` (read by the caller: this crate does no I/O);
+    /// relative paths in it are then taken from the file's folder.
+    pub fn parse_at(text: &str, path: &Path) -> Result<Config> {
+        let mut cfg = Config::parse(text).with_context(|| format!("in {}", path.display()))?;
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
