@@ -1,6 +1,11 @@
 //! One Kafka consumer per worker, on its own thread: manual assignment of the worker's
 //! partition from the offset stored in MySQL, messages handed to the worker in chunks
 //! over a bounded channel (so a slow sink stops the reading), waking the worker.
+//!
+//! Nothing on the topic is trusted. Each message is decoded with limits and checked as
+//! ingest checks an order; one that fails goes on as a dead letter, kept by the
+//! transaction that moves the offset past it. A message of a newer wire format than this
+//! build holds the partition where it is until the workers are upgraded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,15 +13,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::Sender;
-use model::Order;
+use model::wire::{self, WireError};
+use model::{Currency, Order};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use sinks::DeadLetter;
 
-/// A message read from the worker's partition: its offset and the order, or `None`
-/// for a message that does not decode (logged; its offset still counts as settled).
-pub type Read = (i64, Option<Order>);
+/// A message read from the worker's partition: its offset and the order, or the dead
+/// letter it makes when it does not decode or fails the checks (its epoch is set when
+/// it is handed over).
+pub type Read = (i64, Result<Order, DeadLetter>);
+
+/// Where a partition waits: the offset of a message of a newer wire format, and that
+/// format's version.
+pub type Hold = (i64, u8);
 
 const CHUNK: usize = 1024;
 
@@ -38,8 +50,16 @@ pub fn consumer(bootstrap: &str) -> Result<BaseConsumer> {
         .context("creating Kafka consumer")
 }
 
+/// What a reader is given besides its partition: the currencies an order may be in, and
+/// what to do when the partition holds (record it for `/healthz`).
+pub struct Checks {
+    pub currencies: Vec<Currency>,
+    pub on_hold: Box<dyn Fn(Hold) + Send>,
+}
+
 /// Start reading `topic`/`partition` at `start` on a new thread. Stops when `stop` is
 /// set or the receiving side hangs up.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_reader(
     bootstrap: String,
     topic: String,
@@ -48,6 +68,7 @@ pub fn spawn_reader(
     tx: Sender<Vec<Read>>,
     wake: impl Fn() + Send + 'static,
     stop: Arc<AtomicBool>,
+    checks: Checks,
 ) -> Result<std::thread::JoinHandle<()>> {
     let consumer = consumer(&bootstrap)?;
     let (low, high) = consumer
@@ -89,6 +110,8 @@ pub fn spawn_reader(
         chunk: Vec::with_capacity(CHUNK),
         drain_to: None,
         lag_checked: Instant::now(),
+        checks,
+        held: None,
     };
     std::thread::Builder::new()
         .name(format!("kafka-p{partition}"))
@@ -113,6 +136,9 @@ struct Reader<W> {
     /// the deadline.
     drain_to: Option<(i64, Instant)>,
     lag_checked: Instant,
+    checks: Checks,
+    /// Set when a message of a newer format was read: nothing more is read.
+    held: Option<Hold>,
 }
 
 impl<W: Fn()> Reader<W> {
@@ -123,6 +149,10 @@ impl<W: Fn()> Reader<W> {
                 if !self.chunk.is_empty() && self.tx.send(std::mem::take(&mut self.chunk)).is_ok() {
                     (self.wake)();
                 }
+                break;
+            }
+            if self.held.is_some() {
+                self.wait_held();
                 break;
             }
             if self.poll() && self.chunk.len() < CHUNK {
@@ -200,19 +230,84 @@ impl<W: Fn()> Reader<W> {
         if offset < self.expected {
             return true; // a re-delivery after a fetch retry
         }
+        let read = match self.read(offset, msg.payload().unwrap_or_default()) {
+            Ok(read) => read,
+            Err(hold) => {
+                self.hold(hold);
+                return false;
+            }
+        };
         self.expected = offset + 1;
-        let order = match model::wire::decode(msg.payload().unwrap_or_default()) {
-            Ok(o) => Some(o),
-            Err(e) => {
+        self.chunk.push((offset, read));
+        true
+    }
+
+    /// The message at `offset` as an order, or the dead letter it makes; Err when it is
+    /// of a newer wire format (the partition holds).
+    fn read(&self, offset: i64, bytes: &[u8]) -> Result<Result<Order, DeadLetter>, Hold> {
+        let dead = |order_id, reason, detail: String| {
+            tracing::error!(
+                partition = self.partition,
+                offset,
+                reason,
+                "a message that cannot be settled, kept as a dead letter: {detail}"
+            );
+            Ok(Err(DeadLetter::new(
+                offset, 0, order_id, reason, detail, bytes,
+            )))
+        };
+        match wire::decode(bytes) {
+            Ok(order) => {
+                let id = order.order_id;
+                match order.check(&self.checks.currencies) {
+                    Ok(order) => Ok(Ok(order)),
+                    Err(e) => dead(Some(id), "invalid_order", e.to_string()),
+                }
+            }
+            Err(WireError::Newer(version)) => Err((offset, version)),
+            Err(e) => dead(wire::order_id(bytes), "undecodable", e.to_string()),
+        }
+    }
+
+    /// A message of a newer format at `hold`: read nothing more (the fetcher paused),
+    /// say so, and hand over what was read before it.
+    fn hold(&mut self, hold: Hold) {
+        let (offset, version) = hold;
+        tracing::error!(
+            partition = self.partition,
+            offset,
+            version,
+            "partition {} holds at offset {offset}: its message is of wire format {version}, \
+             newer than this build's {}; upgrade the workers (nothing is skipped)",
+            self.partition,
+            wire::FORMAT_VERSION
+        );
+        if let Ok(tpl) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&tpl);
+        }
+        (self.checks.on_hold)(hold);
+        self.held = Some(hold);
+    }
+
+    /// Held: hand over what was read before, then wait for the stop, reminding the log
+    /// every minute.
+    fn wait_held(&mut self) {
+        if !self.chunk.is_empty() && self.tx.send(std::mem::take(&mut self.chunk)).is_ok() {
+            (self.wake)();
+        }
+        let mut said = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if said.elapsed() >= Duration::from_secs(60) {
+                let (offset, version) = self.held.expect("held");
                 tracing::error!(
                     partition = self.partition,
                     offset,
-                    "skipping undecodable message: {e}"
+                    version,
+                    "still holding: upgrade the workers to read wire format {version}"
                 );
-                None
+                said = Instant::now();
             }
-        };
-        self.chunk.push((offset, order));
-        true
+        }
     }
 }

@@ -133,7 +133,7 @@ fn keep_from(tables: &mut BTreeMap<u64, Arc<RateTable>>, open: u64) {
 /// rates, as one batch: each epoch takes the newest table at or before it. Orders older
 /// than the first table observed (a backlog read after a restart) were read after their
 /// epoch closed in an earlier run: they belong to the current epoch, the first of this
-/// run's rates. A message that did not decode still counts in the next offset.
+/// run's rates. A message that cannot be settled goes in as a dead letter, at its epoch.
 pub(crate) fn handover(
     epochs: Vec<(u64, Vec<Read>)>,
     tables: &BTreeMap<u64, Arc<RateTable>>,
@@ -150,17 +150,20 @@ pub(crate) fn handover(
     let mut batch = Batch::default();
     for (e, reads) in epochs {
         let rates = table_for(e);
-        for (offset, order) in reads {
+        let epoch = e.max(first_epoch);
+        for (offset, read) in reads {
             batch.next_offset = offset + 1;
-            if let Some(order) = order {
-                let epoch = e.max(first_epoch);
-                let rates = rates.clone();
-                batch.orders.push(Settling {
+            match read {
+                Ok(order) => batch.orders.push(Settling {
                     offset,
                     epoch,
                     order,
-                    rates,
-                });
+                    rates: rates.clone(),
+                }),
+                Err(mut dead) => {
+                    dead.epoch = epoch;
+                    batch.dead.push(dead);
+                }
             }
         }
     }
@@ -172,6 +175,7 @@ mod tests {
     use std::str::FromStr;
 
     use model::{Currency, Item, Order, OrderRequest, Uuid};
+    use sinks::DeadLetter;
 
     use super::*;
 
@@ -203,9 +207,9 @@ mod tests {
     #[test]
     fn each_epoch_takes_the_newest_rates_at_or_before_it() {
         let epochs = vec![
-            (10, vec![(0, Some(order()))]),
-            (20, vec![(1, Some(order()))]),
-            (35, vec![(2, Some(order()))]),
+            (10, vec![(0, Ok(order()))]),
+            (20, vec![(1, Ok(order()))]),
+            (35, vec![(2, Ok(order()))]),
         ];
         let b = handover(epochs, &tables(&[5, 20, 30]));
         let versions: Vec<u64> = b.orders.iter().map(|s| s.rates.version).collect();
@@ -219,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_backlog_from_before_the_first_rates_moves_to_their_epoch() {
-        let b = handover(vec![(3, vec![(7, Some(order()))])], &tables(&[50]));
+        let b = handover(vec![(3, vec![(7, Ok(order()))])], &tables(&[50]));
         assert_eq!((b.orders[0].epoch, b.orders[0].rates.version), (50, 1));
     }
 
@@ -237,13 +241,25 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_messages_are_skipped_but_their_offsets_count() {
+    fn messages_that_cannot_be_settled_go_in_as_dead_letters_at_their_epoch() {
+        let dead = |offset| {
+            Err(DeadLetter::new(
+                offset,
+                0,
+                None,
+                "undecodable",
+                "x",
+                b"\x07",
+            ))
+        };
         let epochs = vec![
-            (10, vec![(4, Some(order())), (5, None)]),
-            (11, vec![(6, None)]),
+            (10, vec![(4, Ok(order())), (5, dead(5))]),
+            (11, vec![(6, dead(6))]),
         ];
         let b = handover(epochs, &tables(&[0]));
         assert_eq!(b.orders.iter().map(|s| s.offset).collect::<Vec<_>>(), [4]);
+        let dead: Vec<_> = b.dead.iter().map(|d| (d.offset, d.epoch)).collect();
+        assert_eq!(dead, [(5, 10), (6, 11)]);
         assert_eq!(b.next_offset, 7);
     }
 }

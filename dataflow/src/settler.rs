@@ -37,6 +37,9 @@ pub(crate) struct Done {
     pub batches: u64,
     pub from_view: u64,
     pub stale: u64,
+    /// Dead letters kept and copies skipped.
+    pub dead: u64,
+    pub skipped: u64,
     pub handovers: usize,
 }
 
@@ -112,8 +115,9 @@ struct Progress {
     given: VecDeque<usize>,
     outcomes: Vec<Outcome>,
     batches: u64,
-    /// `Settlement::view_counts` as last reported.
+    /// `Settlement::view_counts` and `Settlement::poison_counts` as last reported.
     counted: (u64, u64),
+    poisons: (u64, u64),
 }
 
 impl Thread {
@@ -166,14 +170,18 @@ impl Thread {
             return true;
         }
         let now = self.settlement.view_counts();
+        let poisons = self.settlement.poison_counts();
         let done = Done {
             outcomes: std::mem::take(&mut p.outcomes),
             batches: std::mem::take(&mut p.batches),
             from_view: now.0 - p.counted.0,
             stale: now.1 - p.counted.1,
+            dead: poisons.0 - p.poisons.0,
+            skipped: poisons.1 - p.poisons.1,
             handovers: ends,
         };
         p.counted = now;
+        p.poisons = poisons;
         self.done.send(done).is_ok() && self.wake.activate().is_ok()
     }
 
@@ -215,6 +223,8 @@ fn merge(handovers: impl Iterator<Item = Batch>) -> (Batch, usize) {
     let mut n = 0;
     for b in handovers {
         merged.orders.extend(b.orders);
+        merged.dead.extend(b.dead);
+        merged.skipped.extend(b.skipped);
         merged.next_offset = b.next_offset;
         n += 1;
     }
@@ -222,40 +232,53 @@ fn merge(handovers: impl Iterator<Item = Batch>) -> (Batch, usize) {
 }
 
 /// `handovers` hand-overs merged into `batch`, as batches of at most MAX_BATCH orders,
-/// each with the number of those hand-overs it completes (all of them on the last).
+/// each with the number of those hand-overs it completes (all of them on the last). A
+/// dead letter or skipped copy goes with the batch whose offsets it lies among.
 fn batches_of(batch: Batch, handovers: usize) -> Vec<(Batch, usize)> {
     if batch.orders.len() <= MAX_BATCH {
         return vec![(batch, handovers)];
     }
     let Batch {
         orders,
+        dead,
+        skipped,
         next_offset,
     } = batch;
     let chunks = orders.len().div_ceil(MAX_BATCH);
     let mut orders = orders.into_iter();
+    let (mut dead, mut skipped) = (dead.into_iter().peekable(), skipped.into_iter().peekable());
     (0..chunks)
         .map(|i| {
             let chunk: Vec<_> = orders.by_ref().take(MAX_BATCH).collect();
-            if i + 1 == chunks {
-                (
-                    Batch {
-                        orders: chunk,
-                        next_offset,
-                    },
-                    handovers,
-                )
+            let last = i + 1 == chunks;
+            let end = if last {
+                next_offset
             } else {
-                let next_offset = chunk.last().expect("non-empty").offset + 1;
-                (
-                    Batch {
-                        orders: chunk,
-                        next_offset,
-                    },
-                    0,
-                )
-            }
+                chunk.last().expect("non-empty").offset + 1
+            };
+            let batch = Batch {
+                orders: chunk,
+                dead: take_below(&mut dead, end, |d| d.offset, last),
+                skipped: take_below(&mut skipped, end, |s| s.offset, last),
+                next_offset: end,
+            };
+            (batch, if last { handovers } else { 0 })
         })
         .collect()
+}
+
+/// The next items of `it` (in offset order) below offset `end`, or all that are left.
+fn take_below<T>(
+    it: &mut std::iter::Peekable<impl Iterator<Item = T>>,
+    end: i64,
+    offset: impl Fn(&T) -> i64,
+    all: bool,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(x) = it.next_if(|x| all || offset(x) < end) {
+        out.push(x);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -290,6 +313,7 @@ mod tests {
         Batch {
             orders,
             next_offset,
+            ..Batch::default()
         }
     }
 
@@ -314,6 +338,30 @@ mod tests {
             shape,
             [(MAX_BATCH, n, 0), (MAX_BATCH, 2 * n, 0), (5, 2 * n + 9, 4)]
         );
+    }
+
+    #[test]
+    fn dead_letters_and_copies_go_with_the_part_whose_offsets_they_lie_among() {
+        let n = MAX_BATCH as i64;
+        let mut b = batch(0..n + 3, n + 10);
+        let dead = |offset| sinks::DeadLetter::new(offset, 0, None, "undecodable", "x", b"");
+        // One order's offset is taken by a dead letter in each part, and one after all.
+        b.orders.remove(3);
+        b.orders.remove(n as usize); // offset n + 1
+        b.dead = vec![dead(3), dead(n + 1), dead(n + 5)];
+        b.skipped = vec![sinks::Skipped {
+            offset: n - 1,
+            order_id: Uuid::nil(),
+        }];
+        let cut = batches_of(b, 1);
+        let dead: Vec<Vec<i64>> = cut
+            .iter()
+            .map(|(b, _)| b.dead.iter().map(|d| d.offset).collect())
+            .collect();
+        assert_eq!(cut.len(), 2);
+        assert_eq!(dead, [vec![3], vec![n + 1, n + 5]]);
+        assert_eq!(cut[0].0.skipped.len(), 1);
+        assert!(cut[1].0.skipped.is_empty());
     }
 
     #[test]

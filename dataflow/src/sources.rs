@@ -69,7 +69,7 @@ pub(crate) fn order_source<'s>(
                     let epochs = chunk.iter().map(|r| {
                         let lo = floor.max(*c.time());
                         let e = order_epoch(
-                            r.1.as_ref().map(|o| cfg.epoch_of(o.accepted_at)),
+                            r.1.as_ref().ok().map(|o| cfg.epoch_of(o.accepted_at)),
                             lo,
                             wall,
                         );

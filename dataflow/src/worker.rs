@@ -20,7 +20,7 @@ use sinks::Pool;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::worker::Worker;
 
-use crate::kafka::{spawn_reader, Read};
+use crate::kafka::{spawn_reader, Checks, Hold, Read};
 use crate::settler::Done;
 use crate::sources::{order_source, rate_source};
 
@@ -60,6 +60,9 @@ pub(crate) struct Stats {
     /// times that view was found stale (`sinks::Settlement::view_counts`).
     from_view: u64,
     stale: u64,
+    /// Messages kept as dead letters, and copies of settled orders skipped.
+    dead: u64,
+    skipped: u64,
 }
 
 impl Stats {
@@ -68,9 +71,22 @@ impl Stats {
         self.batches += done.batches;
         self.from_view += done.from_view;
         self.stale += done.stale;
+        self.dead += done.dead;
+        self.skipped += done.skipped;
     }
 
     fn log(&self, partition: i32, period: Duration) {
+        if self.dead + self.skipped > 0 {
+            tracing::warn!(
+                partition,
+                dead_letters = self.dead,
+                skipped_copies = self.skipped,
+                "in the last {period:.0?}: {} messages kept as dead letters (dtss dead-letters), \
+                 {} copies of settled orders skipped",
+                self.dead,
+                self.skipped
+            );
+        }
         if self.orders == 0 {
             return;
         }
@@ -122,6 +138,10 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let wake = move || {
         let _ = order_wake.activate();
     };
+    let checks = Checks {
+        currencies: cfg.currencies.all.clone(),
+        on_hold: Box::new(record_hold(cfg.mysql.url.clone(), topic.clone(), partition)),
+    };
     let reader = spawn_reader(
         ctx.bootstrap.clone(),
         topic,
@@ -130,6 +150,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         order_tx,
         wake,
         ctx.stop.clone(),
+        checks,
     )?;
     if index == 0 {
         rates::spawn_rate_feed(cfg.clone(), move |table| {
@@ -162,6 +183,28 @@ fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
         .block_on(sinks::load_offsets(&db.pool, topic))
         .context("loading stored offsets")?;
     Ok(offsets.get(&partition).copied().unwrap_or(0))
+}
+
+/// What the reader calls when the partition holds: the hold recorded in MySQL (where
+/// ingest's `/healthz` reads it), from the reader's thread.
+fn record_hold(url: String, topic: String, partition: i32) -> impl Fn(Hold) + Send {
+    move |(offset, version)| {
+        let done = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let pool = sinks::connect(&url, 1)?;
+                    sinks::record_hold(&pool, &topic, partition, offset, version).await?;
+                    pool.disconnect().await?;
+                    anyhow::Ok(())
+                })
+            });
+        if let Err(e) = done {
+            tracing::warn!(partition, "recording the hold for /healthz: {e:#}");
+        }
+    }
 }
 
 /// The committed totals at start (before any epoch of this run can close).

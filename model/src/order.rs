@@ -51,6 +51,51 @@ pub struct Order {
     pub accepted_at: i64,
 }
 
+impl Order {
+    /// The rules `validate_order` applies at ingest, applied again to an order read from
+    /// Kafka (nothing on the topic is trusted): the user id's length, a configured
+    /// initiator, 1–100 items of 1–1,000,000 units each, positive commodity ids. The same
+    /// id twice is merged, as ingest does.
+    pub fn check(mut self, currencies: &[Currency]) -> Result<Order, FieldError> {
+        let chars = self.user_id.chars().count();
+        if chars == 0 || chars > MAX_USER_ID_CHARS {
+            let problem = format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}");
+            return Err(FieldError::new("user_id", problem));
+        }
+        if !currencies.contains(&self.initiator) {
+            let problem = format!(
+                "{} is not a configured currency ({})",
+                self.initiator,
+                list(currencies)
+            );
+            return Err(FieldError::new("initiator", problem));
+        }
+        if self.items.is_empty() || self.items.len() > MAX_ITEMS {
+            let problem = format!(
+                "must hold 1 to {MAX_ITEMS} entries, got {}",
+                self.items.len()
+            );
+            return Err(FieldError::new("items", problem));
+        }
+        let mut merged: Vec<Item> = Vec::with_capacity(self.items.len());
+        for (i, it) in self.items.iter().enumerate() {
+            if it.id == 0 || !(1..=MAX_NUMBER).contains(&(it.number as u64)) {
+                let problem = format!(
+                    "id {} × {}: ids are positive, numbers 1 to {MAX_NUMBER}",
+                    it.id, it.number
+                );
+                return Err(FieldError::new(format!("items[{i}]"), problem));
+            }
+            match merged.iter_mut().find(|m| m.id == it.id) {
+                Some(m) => m.number += it.number,
+                None => merged.push(*it),
+            }
+        }
+        self.items = merged;
+        Ok(self)
+    }
+}
+
 /// What is wrong with one field of an order; becomes the 400 body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -349,5 +394,81 @@ mod tests {
         };
         assert_eq!(check(&body(100)).unwrap().items.len(), 100);
         assert_eq!(field_of(&body(101)), "items");
+    }
+
+    #[test]
+    fn an_order_read_from_kafka_is_checked_like_one_posted() {
+        let usd: Currency = "USD".parse().unwrap();
+        let eur: Currency = "EUR".parse().unwrap();
+        let good = || Order {
+            order_id: Uuid::nil(),
+            user_id: "u".into(),
+            initiator: usd,
+            items: vec![
+                Item { id: 7, number: 2 },
+                Item { id: 3, number: 1 },
+                Item { id: 7, number: 5 },
+            ],
+            time: None,
+            accepted_at: 1,
+        };
+        let ok = good().check(&[usd]).unwrap();
+        assert_eq!(
+            ok.items,
+            vec![Item { id: 7, number: 7 }, Item { id: 3, number: 1 }]
+        );
+        let field = |o: Order| o.check(&[usd]).unwrap_err().field;
+        assert_eq!(
+            field(Order {
+                initiator: eur,
+                ..good()
+            }),
+            "initiator"
+        );
+        assert_eq!(
+            field(Order {
+                user_id: "x".repeat(65),
+                ..good()
+            }),
+            "user_id"
+        );
+        assert_eq!(
+            field(Order {
+                user_id: String::new(),
+                ..good()
+            }),
+            "user_id"
+        );
+        assert_eq!(
+            field(Order {
+                items: vec![],
+                ..good()
+            }),
+            "items"
+        );
+        assert_eq!(
+            field(Order {
+                items: vec![Item { id: 1, number: 1 }; 101],
+                ..good()
+            }),
+            "items"
+        );
+        assert_eq!(
+            field(Order {
+                items: vec![Item { id: 0, number: 1 }],
+                ..good()
+            }),
+            "items[0]"
+        );
+        assert_eq!(
+            field(Order {
+                items: vec![Item {
+                    id: 1,
+                    number: 1_000_001
+                }],
+                ..good()
+            }),
+            "items[0]"
+        );
     }
 }

@@ -34,6 +34,9 @@ pub struct Commodity {
 pub enum Reason {
     UnknownItem,
     InsufficientInventory,
+    /// The order could not be settled at all: it failed validation when read from Kafka,
+    /// or its amount cannot be computed or stored. Its message is kept as a dead letter.
+    InvalidOrder,
 }
 
 impl Reason {
@@ -41,6 +44,7 @@ impl Reason {
         match self {
             Reason::UnknownItem => "unknown_item",
             Reason::InsufficientInventory => "insufficient_inventory",
+            Reason::InvalidOrder => "invalid_order",
         }
     }
 }
@@ -50,10 +54,14 @@ impl std::str::FromStr for Reason {
 
     /// The form `as_str` gives, as the result table keeps it.
     fn from_str(s: &str) -> Result<Reason, String> {
-        [Reason::UnknownItem, Reason::InsufficientInventory]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown reason {s:?}"))
+        [
+            Reason::UnknownItem,
+            Reason::InsufficientInventory,
+            Reason::InvalidOrder,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown reason {s:?}"))
     }
 }
 
@@ -78,6 +86,15 @@ pub enum SettleError {
     NonPositiveRate(Currency),
     #[error("amount overflows exact decimal arithmetic")]
     Overflow,
+    #[error("paid {0} does not fit the result table (below 10^22)")]
+    TooLarge(Decimal),
+    #[error("commodity {0} is asked for more than 2^32 units in all")]
+    TooMany(u32),
+}
+
+/// Paid amounts are stored as DECIMAL(24,2): below 10^22.
+fn max_paid() -> Decimal {
+    Decimal::from_i128_with_scale(10i128.pow(22), 0)
 }
 
 /// `round_half_even(Σ price_i × number_i × rate(currency_i) / rate(initiator), 2)`.
@@ -104,12 +121,19 @@ pub fn paid(
     }
     let amount = sum
         .checked_div(rate(initiator)?)
-        .ok_or(SettleError::Overflow)?;
-    Ok(amount.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven))
+        .ok_or(SettleError::Overflow)?
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+    if amount >= max_paid() {
+        return Err(SettleError::TooLarge(amount));
+    }
+    Ok(amount)
 }
 
 /// Decide one order against the (locked) stock and apply it: unknown item first, then
 /// insufficient inventory (no stock changes), else take the stock and compute `paid`.
+/// The same commodity twice in one order counts once with the numbers added (ingest
+/// merges them; a message read from Kafka may not have). An error leaves the stock as it
+/// was: the order cannot be settled.
 pub fn decide(
     order: &Order,
     stock: &mut HashMap<u32, Commodity>,
@@ -122,11 +146,8 @@ pub fn decide(
     if order.items.iter().any(|it| !stock.contains_key(&it.id)) {
         return Ok(rejected(Reason::UnknownItem));
     }
-    if order
-        .items
-        .iter()
-        .any(|it| stock[&it.id].inventory < it.number)
-    {
+    let demand = demand(order)?;
+    if demand.iter().any(|(id, n)| stock[id].inventory < *n) {
         return Ok(rejected(Reason::InsufficientInventory));
     }
     let paid = paid(
@@ -137,11 +158,27 @@ pub fn decide(
         order.initiator,
         rates,
     )?;
-    for it in &order.items {
-        let c = stock.get_mut(&it.id).expect("checked above");
-        c.inventory -= it.number;
+    for (id, n) in demand {
+        let c = stock.get_mut(&id).expect("checked above");
+        c.inventory = c.inventory.checked_sub(n).expect("checked above");
     }
     Ok(Decision { reason: None, paid })
+}
+
+/// Units asked for per commodity, in first-seen order.
+fn demand(order: &Order) -> Result<Vec<(u32, u32)>, SettleError> {
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(order.items.len());
+    for it in &order.items {
+        match out.iter_mut().find(|(id, _)| *id == it.id) {
+            Some((_, n)) => {
+                *n = n
+                    .checked_add(it.number)
+                    .ok_or(SettleError::TooMany(it.id))?
+            }
+            None => out.push((it.id, it.number)),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -288,8 +325,40 @@ mod tests {
     }
 
     #[test]
+    fn the_same_commodity_twice_is_asked_for_once_in_all() {
+        let mut s = stock();
+        // Item 1 has 5 units: 3 + 3 is more than that, though each line alone fits.
+        let r = decide(&order(&[(1, 3), (1, 3)]), &mut s, &table()).unwrap();
+        assert_eq!(r.reason, Some(Reason::InsufficientInventory));
+        assert_eq!(s[&1].inventory, 5);
+        let r = decide(&order(&[(1, 2), (1, 3)]), &mut s, &table()).unwrap();
+        assert!(r.success());
+        assert_eq!(s[&1].inventory, 0);
+        assert_eq!(
+            decide(&order(&[(2, u32::MAX), (2, 1)]), &mut s, &table()),
+            Err(SettleError::TooMany(2))
+        );
+    }
+
+    #[test]
+    fn a_paid_amount_the_result_table_cannot_hold_is_an_error() {
+        let huge = Decimal::from_i128_with_scale(10i128.pow(20), 0);
+        let lines = [(huge, 1_000u32, c("RMB"))];
+        assert!(matches!(
+            paid(lines, c("RMB"), &table()),
+            Err(SettleError::TooLarge(_))
+        ));
+        let fits = [(huge, 99u32, c("RMB"))];
+        assert!(paid(fits, c("RMB"), &table()).is_ok());
+    }
+
+    #[test]
     fn reasons_parse_from_their_stored_form() {
-        for r in [Reason::UnknownItem, Reason::InsufficientInventory] {
+        for r in [
+            Reason::UnknownItem,
+            Reason::InsufficientInventory,
+            Reason::InvalidOrder,
+        ] {
             assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
         }
         assert!("out_of_stock".parse::<Reason>().is_err());

@@ -1,15 +1,36 @@
 //! The Kafka message format: one format-version byte, then the order encoded with
-//! bincode 2 (serde, standard configuration).
+//! bincode 2 (serde, standard configuration). Nothing read from the topic is trusted:
+//! a message is at most `MAX_MESSAGE` bytes, and every length inside it is checked
+//! against what is left before anything is allocated.
+
+use uuid::Uuid;
 
 use crate::Order;
 
 /// Bumped whenever `Order`'s encoding changes; readers reject versions they do not know.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The largest message a reader decodes. An order within ingest's limits (64 KiB of
+/// JSON, 100 items, a 64-character user id) encodes in well under 2 KiB.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// bincode's configuration, with every length claimed against `MAX_MESSAGE`.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("empty message")]
     Empty,
+    #[error("{0} bytes, over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// Written by a newer ingest than this reader: the partition must wait for an
+    /// upgrade rather than skip it.
+    #[error(
+        "wire format version {0} is newer than this build's {FORMAT_VERSION}: upgrade the workers"
+    )]
+    Newer(u8),
     #[error("unknown wire format version {0} (this build reads {FORMAT_VERSION})")]
     UnknownVersion(u8),
     #[error("undecodable order: {0}")]
@@ -27,15 +48,37 @@ pub fn encode(order: &Order) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Order, WireError> {
-    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(WireError::UnknownVersion(version));
-    }
-    let (order, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())?;
+    let body = body(bytes)?;
+    let (order, used) = bincode::serde::decode_from_slice(body, config())?;
     if used != body.len() {
         return Err(WireError::Trailing(body.len() - used));
     }
     Ok(order)
+}
+
+/// The message's body after a version byte this build reads.
+fn body(bytes: &[u8]) -> Result<&[u8], WireError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    match version {
+        FORMAT_VERSION => Ok(body),
+        v if v > FORMAT_VERSION && v < 0x80 => Err(WireError::Newer(v)),
+        v => Err(WireError::UnknownVersion(v)),
+    }
+}
+
+/// The order id at the front of a message whose whole order did not decode, if that
+/// much of it does (the id is the order's first field).
+pub fn order_id(bytes: &[u8]) -> Option<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct Front {
+        order_id: Uuid,
+    }
+    let body = body(bytes).ok()?;
+    let (front, _): (Front, usize) = bincode::serde::decode_from_slice(body, config()).ok()?;
+    Some(front.order_id)
 }
 
 #[cfg(test)]
@@ -79,6 +122,49 @@ mod tests {
         bytes.push(0);
         assert!(matches!(decode(&bytes), Err(WireError::Trailing(1))));
         bytes[0] = 9;
-        assert!(matches!(decode(&bytes), Err(WireError::UnknownVersion(9))));
+        assert!(matches!(decode(&bytes), Err(WireError::Newer(9))));
+        bytes[0] = 0;
+        assert!(matches!(decode(&bytes), Err(WireError::UnknownVersion(0))));
+        bytes[0] = 0xff;
+        assert!(matches!(
+            decode(&bytes),
+            Err(WireError::UnknownVersion(0xff))
+        ));
+    }
+
+    /// A message whose user id claims `len` bytes, after a readable order id.
+    fn claiming(o: &Order, len: u64) -> Vec<u8> {
+        let mut bytes = encode(o);
+        let at = 1 + 1 + 16; // version, the id's length (16) and its bytes
+        bytes.truncate(at);
+        // bincode's varint: 253 then a u64.
+        bytes.push(253);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        bytes
+    }
+
+    #[test]
+    fn huge_length_prefixes_are_refused_without_allocating() {
+        let o = sample();
+        for len in [u64::MAX, 1 << 60, (MAX_MESSAGE as u64) + 1] {
+            let bytes = claiming(&o, len);
+            let e = decode(&bytes).unwrap_err();
+            assert!(matches!(e, WireError::Decode(_)), "{len}: {e}");
+            // The id in front still reads.
+            assert_eq!(order_id(&bytes), Some(o.order_id));
+        }
+        let big = vec![FORMAT_VERSION; MAX_MESSAGE + 1];
+        assert!(matches!(decode(&big), Err(WireError::TooLarge(_))));
+        assert_eq!(order_id(&[FORMAT_VERSION, 1, 2]), None);
+    }
+
+    #[test]
+    fn the_order_id_reads_from_the_front_of_a_message() {
+        let o = sample();
+        assert_eq!(order_id(&encode(&o)), Some(o.order_id));
+        let mut newer = encode(&o);
+        newer[0] = FORMAT_VERSION + 1;
+        assert_eq!(order_id(&newer), None);
     }
 }

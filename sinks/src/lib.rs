@@ -17,10 +17,11 @@ pub use query::{
     ResultRow, TotalRow,
 };
 pub use schema::{connect, ensure_schema};
-pub use settle::{items_text, parse_items_text};
 pub use settle::{
-    prepare_partition, settle_batch, Batch, Outcome, SettleState, Settlement, Settling,
+    holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Outcome,
+    SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,
 };
+pub use settle::{items_text, parse_items_text};
 
 pub use mysql_async::Pool;
 pub use publish::{read_published, spawn_publisher, totals_path, TotalsSnapshot};

@@ -98,6 +98,43 @@ const TABLES: &[&str] = &[
         orders BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (`partition`, currency)
     ) ENGINE=InnoDB",
+    // A message read from the topic that could not be settled (it did not decode, it
+    // failed validation, or its amount cannot be computed or stored), written in the
+    // transaction that moves its partition's offset past it. `bytes` holds the first
+    // 4 KiB of the message, `size` its length.
+    "CREATE TABLE IF NOT EXISTS dead_letter (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        `offset` BIGINT NOT NULL,
+        order_id CHAR(36) CHARACTER SET ascii NULL,
+        reason VARCHAR(32) NOT NULL,
+        detail VARCHAR(1024) NOT NULL,
+        bytes VARBINARY(4096) NOT NULL,
+        size INT UNSIGNED NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        PRIMARY KEY (topic, `partition`, `offset`)
+    ) ENGINE=InnoDB",
+    // A message whose order id already had a result (a producer retry, a re-produce, a
+    // replay): skipped, and kept here so that every offset is accounted for.
+    "CREATE TABLE IF NOT EXISTS skipped_copy (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        `offset` BIGINT NOT NULL,
+        order_id CHAR(36) CHARACTER SET ascii NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        PRIMARY KEY (topic, `partition`, `offset`)
+    ) ENGINE=InnoDB",
+    // A partition whose reader met a message of a newer wire format than it reads: it
+    // waits there (nothing skipped) until the workers are upgraded. Cleared when the
+    // partition's worker starts.
+    "CREATE TABLE IF NOT EXISTS held_partition (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        `offset` BIGINT NOT NULL,
+        format_version INT UNSIGNED NOT NULL,
+        since BIGINT NOT NULL,
+        PRIMARY KEY (topic, `partition`)
+    ) ENGINE=InnoDB",
     // What the dataflow last published: cumulative totals complete up to an epoch.
     "CREATE TABLE IF NOT EXISTS totals_published (
         currency CHAR(3) NOT NULL PRIMARY KEY,

@@ -656,6 +656,7 @@ fn three_batches(rates: &RateTable) -> (Vec<dtss_sinks::Batch>, Vec<Vec<Option<R
             })
             .collect(),
         next_offset: first + items.len() as i64,
+        ..Default::default()
     };
     let short = Some(Reason::InsufficientInventory);
     (
@@ -836,5 +837,106 @@ async fn when_a_commit_fails_the_next_batch_waits_and_both_settle_once() {
     check_three_batches(&pool, &ids).await;
     drop(conn);
     drop(settlement);
+    drop_db(&db, pool, dir).await;
+}
+
+/// A batch as the dataflow hands it over: `orders` at their offsets, `dead` letters,
+/// and the offset after its last message.
+fn batch_of(
+    orders: Vec<Settling>,
+    dead: Vec<dtss_sinks::DeadLetter>,
+    next: i64,
+) -> dtss_sinks::Batch {
+    dtss_sinks::Batch {
+        orders,
+        dead,
+        next_offset: next,
+        ..Default::default()
+    }
+}
+
+/// offset, order_id, reason, bytes, size
+type DeadRow = (i64, Option<String>, String, Vec<u8>, u32);
+
+#[tokio::test]
+async fn poisons_are_kept_as_dead_letters_and_copies_skipped_and_the_partition_goes_on() {
+    let (db, pool, dir, rates, _shared) = fresh_db("poison", 2).await;
+    let a = order("u-a", 2, 1);
+    let b = order("u-b", 2, 1);
+    let c = order("u-c", 2, 1);
+    let mut usd = order("u-usd", 2, 1);
+    usd.initiator = Currency::from_str("USD").unwrap(); // no rate: cannot be settled
+    let lost = Uuid::now_v7(); // a message that did not decode but whose id could be read
+    let dead = dtss_sinks::DeadLetter::new(2, 1, Some(lost), "undecodable", "garbage", b"\x01junk");
+    let first = batch_of(
+        vec![
+            settling(0, &a, &rates),
+            settling(1, &a, &rates), // the same order twice in one batch
+            settling(3, &usd, &rates),
+            settling(4, &b, &rates),
+        ],
+        vec![dead],
+        5,
+    );
+    // A replay of `a` (already settled) at a new offset, and a new order after it.
+    let second = batch_of(
+        vec![settling(5, &a, &rates), settling(6, &c, &rates)],
+        vec![],
+        7,
+    );
+    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let got = settle_all(&mut settlement, vec![first, second]).await;
+    settlement.flush().await.unwrap();
+    let invalid = Some(Reason::InvalidOrder);
+    assert_eq!(got, vec![vec![None, invalid, None], vec![None]]);
+    let mut conn = pool.get_conn().await.unwrap();
+    let results: Vec<(String, Option<String>, i64)> = conn
+        .query("SELECT order_id, reason, `offset` FROM result ORDER BY `offset`")
+        .await
+        .unwrap();
+    let want = [
+        (a.order_id, None, 0),
+        (lost, invalid, 2),
+        (usd.order_id, invalid, 3),
+        (b.order_id, None, 4),
+        (c.order_id, None, 6),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(id, r, o)| (id.to_string(), r.map(|r| r.as_str().to_string()), *o))
+        .collect();
+    assert_eq!(results, want);
+    let dead: Vec<DeadRow> = conn
+        .query("SELECT `offset`, order_id, reason, bytes, size FROM dead_letter ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(
+        (dead[0].0, dead[0].2.as_str(), &dead[0].3[..], dead[0].4),
+        (2, "undecodable", &b"\x01junk"[..], 5)
+    );
+    assert_eq!((dead[1].0, dead[1].2.as_str()), (3, "unsettleable"));
+    assert_eq!(dead[1].1, Some(usd.order_id.to_string()));
+    let skipped: Vec<(i64, String)> = conn
+        .query("SELECT `offset`, order_id FROM skipped_copy ORDER BY `offset`")
+        .await
+        .unwrap();
+    let a_id = a.order_id.to_string();
+    assert_eq!(skipped, vec![(1, a_id.clone()), (5, a_id)]);
+    let (inventory, next, orders): (u32, i64, u64) = conn
+        .query_first(
+            "SELECT (SELECT inventory FROM commodity WHERE id = 2), \
+             (SELECT next_offset FROM offsets WHERE `partition` = 0), \
+             (SELECT orders FROM totals WHERE `partition` = 0)",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (inventory, next, orders),
+        (10 - 3, 7, 3),
+        "a, b and c took stock once each"
+    );
+    drop(conn);
     drop_db(&db, pool, dir).await;
 }

@@ -52,6 +52,63 @@ pub struct Settling {
     pub rates: Arc<RateTable>,
 }
 
+/// The most bytes of a message a dead letter keeps.
+pub const MAX_DEAD_BYTES: usize = 4096;
+
+/// A message of the partition that cannot be settled, kept with its bytes in the
+/// `dead_letter` table by the transaction that moves the offset past it. When its order
+/// id can be read, the order also gets a result (`invalid_order`) unless it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub epoch: u64,
+    pub order_id: Option<model::Uuid>,
+    /// `undecodable`, `invalid_order` (failed validation) or `unsettleable` (its amount
+    /// cannot be computed or stored).
+    pub reason: &'static str,
+    pub detail: String,
+    /// The message's first `MAX_DEAD_BYTES` bytes.
+    pub bytes: Vec<u8>,
+    /// The message's length.
+    pub size: usize,
+}
+
+impl DeadLetter {
+    pub fn new(
+        offset: i64,
+        epoch: u64,
+        order_id: Option<model::Uuid>,
+        reason: &'static str,
+        detail: impl Into<String>,
+        message: &[u8],
+    ) -> DeadLetter {
+        let mut detail: String = detail.into();
+        if detail.len() > 1000 {
+            let cut = (0..=1000)
+                .rev()
+                .find(|i| detail.is_char_boundary(*i))
+                .unwrap_or(0);
+            detail.truncate(cut);
+        }
+        DeadLetter {
+            offset,
+            epoch,
+            order_id,
+            reason,
+            detail,
+            bytes: message[..message.len().min(MAX_DEAD_BYTES)].to_vec(),
+            size: message.len(),
+        }
+    }
+}
+
+/// A message whose order id already has a result, or comes twice in one batch: skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub offset: i64,
+    pub order_id: model::Uuid,
+}
+
 /// What was committed for one order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -65,7 +122,8 @@ pub struct Outcome {
 }
 
 /// Create the partition's `offsets` row and its `totals` rows (one per currency) if
-/// missing, so the settlement transaction only ever updates rows that exist.
+/// missing, so the settlement transaction only ever updates rows that exist; and clear
+/// a hold on it (`record_hold`): a worker starting reads it again.
 pub async fn prepare_partition(
     pool: &Pool,
     topic: &str,
@@ -79,6 +137,12 @@ pub async fn prepare_partition(
     )
     .await
     .context("creating the offsets row")?;
+    conn.exec_drop(
+        "DELETE FROM held_partition WHERE topic = ? AND `partition` = ?",
+        (topic, partition),
+    )
+    .await
+    .context("clearing the partition's hold")?;
     for c in currencies {
         conn.exec_drop(
             "INSERT IGNORE INTO totals (`partition`, currency, total, orders) VALUES (?, ?, 0, 0)",
@@ -88,6 +152,58 @@ pub async fn prepare_partition(
         .context("creating a totals row")?;
     }
     Ok(())
+}
+
+/// Say that `partition` holds at `offset`, whose message is of wire format `version`,
+/// newer than this build reads.
+pub async fn record_hold(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    version: u8,
+) -> Result<()> {
+    pool.get_conn()
+        .await?
+        .exec_drop(
+            "REPLACE INTO held_partition (topic, `partition`, `offset`, format_version, since) \
+             VALUES (?, ?, ?, ?, ?)",
+            (topic, partition, offset, version, now_ms()),
+        )
+        .await
+        .context("recording a held partition")
+}
+
+/// A partition waiting for an upgrade: where, and for which wire format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Hold {
+    pub partition: i32,
+    pub offset: i64,
+    pub format_version: u8,
+    pub since: i64,
+}
+
+/// The partitions of `topic` that hold.
+pub async fn holds(pool: &Pool, topic: &str) -> Result<Vec<Hold>> {
+    let rows: Vec<(i32, i64, u8, i64)> = pool
+        .get_conn()
+        .await?
+        .exec(
+            "SELECT `partition`, `offset`, format_version, since FROM held_partition \
+             WHERE topic = ? ORDER BY `partition`",
+            (topic,),
+        )
+        .await
+        .context("reading held partitions")?;
+    Ok(rows
+        .into_iter()
+        .map(|(partition, offset, format_version, since)| Hold {
+            partition,
+            offset,
+            format_version,
+            since,
+        })
+        .collect())
 }
 
 /// Settle `batch` (offset order, one partition) and store `next_offset` for the
@@ -102,6 +218,12 @@ pub async fn settle_batch(
     next_offset: i64,
     state: &mut SettleState,
 ) -> Result<Vec<Outcome>> {
-    let target = txn::Target::new(topic, partition, batch, next_offset);
+    let batch = Batch {
+        orders: batch.to_vec(),
+        next_offset,
+        ..Batch::default()
+    }
+    .deduped();
+    let target = txn::Target::of(topic, partition, &batch);
     txn::settle_with_retries(pool, target, state, now_ms(), false).await
 }

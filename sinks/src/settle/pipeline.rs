@@ -16,19 +16,41 @@ use super::txn::{
     Expect, Failure, Opening, Target,
 };
 use super::view::SettleState;
-use super::{Outcome, Settling};
+use super::{DeadLetter, Outcome, Settling, Skipped};
 
-/// A partition's batch: its orders that decoded, in offset order, and the offset after
-/// its last message.
+/// A partition's batch: its orders, in offset order; the messages that cannot be
+/// settled; the copies of orders seen before; and the offset after its last message.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub orders: Vec<Settling>,
+    pub dead: Vec<DeadLetter>,
+    pub skipped: Vec<Skipped>,
     pub next_offset: i64,
 }
 
 impl Batch {
     fn target<'a>(&'a self, topic: &'a str, partition: i32) -> Target<'a> {
-        Target::new(topic, partition, &self.orders, self.next_offset)
+        Target::of(topic, partition, self)
+    }
+
+    /// The batch with every later copy of an order id that comes twice moved to
+    /// `skipped`: an order settles once.
+    pub fn deduped(mut self) -> Batch {
+        let mut seen = std::collections::HashSet::with_capacity(self.orders.len());
+        let (mut keep, mut copies) = (Vec::with_capacity(self.orders.len()), Vec::new());
+        for s in self.orders {
+            if seen.insert(s.order.order_id) {
+                keep.push(s);
+            } else {
+                copies.push(Skipped {
+                    offset: s.offset,
+                    order_id: s.order.order_id,
+                });
+            }
+        }
+        self.orders = keep;
+        self.skipped.extend(copies);
+        self
     }
 }
 
@@ -66,6 +88,12 @@ impl Settlement {
         (self.state.verified_batches(), self.state.stale_views())
     }
 
+    /// Messages kept as dead letters and copies skipped so far (see
+    /// `SettleState::poison_counts`).
+    pub fn poison_counts(&self) -> (u64, u64) {
+        self.state.poison_counts()
+    }
+
     /// Write the last batch's commit record now (see `SettleState::flush`).
     pub async fn flush(&mut self) -> Result<()> {
         self.state.flush(&self.pool).await
@@ -86,6 +114,7 @@ impl Settlement {
         &mut self,
         mut pull: impl FnMut() -> Option<Batch>,
     ) -> Result<Option<Vec<Outcome>>> {
+        let mut pull = || pull().map(Batch::deduped);
         let (batch, mut conn, open) = match self.open.take() {
             Some(open) => open,
             None => {
@@ -150,11 +179,11 @@ impl Settlement {
             .map(Some);
         }
         conn.reset_connection(false);
-        self.state
-            .committed(decided.plan.verified, decided.plan.stock);
-        self.state.unrecorded = Some(target.record(started_at, committed_at));
+        let record = target.record(started_at, committed_at);
+        let outcomes = self.state.committed(decided.plan);
+        self.state.unrecorded = Some(record);
         self.keep_next(then, started)?;
-        Ok(Some(decided.plan.outcomes))
+        Ok(Some(outcomes))
     }
 
     /// After a commit: the next batch, open (held for the next call) or not (settled

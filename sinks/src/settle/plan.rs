@@ -1,12 +1,31 @@
 //! The pure step between round trips 2 and 3: decide a batch's orders against the stock
 //! its transaction holds, and say what round trip 3 must write. No I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
-use model::{decide, Commodity, Currency, Decimal, Decision};
+use model::{decide, Commodity, Currency, Decimal, Decision, Reason, SettleError, Uuid};
 
-use super::{Outcome, Settling};
+use super::{DeadLetter, Outcome, Settling, Skipped};
+
+/// The decision for one order against `stock` (applied to it), and the error that made
+/// it `invalid_order` when the rule could not settle it (no rate for a currency, an amount
+/// the result table cannot hold): such an order changes no stock.
+pub(super) fn decision(
+    s: &Settling,
+    stock: &mut HashMap<u32, Commodity>,
+) -> (Decision, Option<SettleError>) {
+    match decide(&s.order, stock, &s.rates) {
+        Ok(d) => (d, None),
+        Err(e) => {
+            let d = Decision {
+                reason: Some(Reason::InvalidOrder),
+                paid: Decimal::ZERO,
+            };
+            (d, Some(e))
+        }
+    }
+}
 
 /// A transaction whose results are written and whose rows are held, as round trip 2
 /// leaves it: left to do are the decisions and the commit.
@@ -14,6 +33,8 @@ use super::{Outcome, Settling};
 pub(super) struct Open {
     /// The index in the batch of the first order not committed before.
     pub todo_from: usize,
+    /// Orders from there on whose id already had a result: skipped as copies.
+    pub copies: HashSet<Uuid>,
     /// The decisions of `batch[todo_from..]` as the results were written.
     pub guessed: Vec<Decision>,
     pub settled_at: i64,
@@ -25,6 +46,29 @@ pub(super) struct Open {
     /// the view, locking it as it does, and the commit happens only if all of them
     /// matched.
     pub left: Option<HashMap<u32, Commodity>>,
+}
+
+impl Open {
+    /// The orders it settles: the batch's from `todo_from` on, but for the copies.
+    pub(super) fn todo<'b>(&self, batch: &'b [Settling]) -> Vec<&'b Settling> {
+        batch[self.todo_from..]
+            .iter()
+            .filter(|s| !self.copies.contains(&s.order.order_id))
+            .collect()
+    }
+
+    /// Every copy it skips: those of `in_batch` (ids twice in the batch) and those whose
+    /// id already had a result.
+    pub(super) fn copies_in(&self, batch: &[Settling], in_batch: &[Skipped]) -> Vec<Skipped> {
+        let found = batch[self.todo_from..]
+            .iter()
+            .filter(|s| self.copies.contains(&s.order.order_id))
+            .map(|s| Skipped {
+                offset: s.offset,
+                order_id: s.order.order_id,
+            });
+        in_batch.iter().copied().chain(found).collect()
+    }
 }
 
 /// What round trip 3 writes for a batch.
@@ -42,10 +86,20 @@ pub(super) struct Plan {
     pub stock: HashMap<u32, Commodity>,
     /// Decided against the view, which the stock UPDATE checks.
     pub verified: bool,
+    /// The messages kept as dead letters: the batch's, and its orders the rule could not
+    /// settle.
+    pub dead: Vec<DeadLetter>,
+    pub skipped: Vec<Skipped>,
 }
 
-/// Decide `todo` (the batch from `open.todo_from` on) against `open`'s stock.
-pub(super) fn plan(todo: &[Settling], open: Open) -> Result<Plan> {
+/// Decide `todo` (`open.todo` of the batch) against `open`'s stock; `dead` and `skipped`
+/// are the batch's other messages.
+pub(super) fn plan(
+    todo: &[&Settling],
+    open: Open,
+    dead: &[DeadLetter],
+    skipped: Vec<Skipped>,
+) -> Result<Plan> {
     let Open {
         guessed,
         settled_at,
@@ -57,14 +111,27 @@ pub(super) fn plan(todo: &[Settling], open: Open) -> Result<Plan> {
     let verified = left.is_some();
     let mut outcomes = Vec::with_capacity(todo.len());
     let mut corrections = Vec::new();
+    let mut dead = dead.to_vec();
     for (s, g) in todo.iter().zip(&guessed) {
         // Verified: the guesses were made against this very stock.
-        let d = if verified {
-            *g
+        let (d, error) = if verified {
+            let error = (g.reason == Some(Reason::InvalidOrder)).then(|| why_invalid(s, &stock));
+            (*g, error.flatten())
         } else {
-            decide(&s.order, &mut stock, &s.rates)
-                .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))?
+            decision(s, &mut stock)
         };
+        if let Some(e) = error {
+            let bytes = model::wire::encode(&s.order);
+            let detail = format!("cannot be settled: {e}");
+            dead.push(DeadLetter::new(
+                s.offset,
+                s.epoch,
+                Some(s.order.order_id),
+                "unsettleable",
+                detail,
+                &bytes,
+            ));
+        }
         if d != *g {
             corrections.push((s.order.order_id, d));
         }
@@ -95,7 +162,31 @@ pub(super) fn plan(todo: &[Settling], open: Open) -> Result<Plan> {
         totals_delta,
         stock,
         verified,
+        dead,
+        skipped,
     })
+}
+
+/// Why the rule cannot settle `s`: decided again against `stock`'s prices with all the
+/// units it could ask for (what makes an order unsettleable does not depend on stock).
+fn why_invalid(s: &Settling, stock: &HashMap<u32, Commodity>) -> Option<SettleError> {
+    let mut plenty: HashMap<u32, Commodity> = s
+        .order
+        .items
+        .iter()
+        .filter_map(|it| {
+            stock.get(&it.id).map(|c| {
+                (
+                    it.id,
+                    Commodity {
+                        inventory: u32::MAX,
+                        ..*c
+                    },
+                )
+            })
+        })
+        .collect();
+    decide(&s.order, &mut plenty, &s.rates).err()
 }
 
 /// Per initiator currency, the paid sum and count of the successful `outcomes`.
@@ -186,12 +277,13 @@ mod tests {
         // stock has 5 and 1.
         let open = Open {
             todo_from: 0,
+            copies: HashSet::new(),
             guessed: vec![ok(6), SHORT, SHORT],
             settled_at: 9,
             stock: stock(5, 1),
             left: None,
         };
-        let p = plan(&todo, open).unwrap();
+        let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         let reasons: Vec<_> = p.outcomes.iter().map(|o| o.reason).collect();
         assert_eq!(reasons, [None, Some(Reason::InsufficientInventory), None]);
         assert_eq!(p.corrections, vec![(todo[2].order.order_id, ok(7))]);
@@ -211,12 +303,13 @@ mod tests {
         // Item 1 is refused and unchanged, item 2 taken: both are checked.
         let open = Open {
             todo_from: 0,
+            copies: HashSet::new(),
             guessed: vec![SHORT, ok(1)],
             settled_at: 9,
             stock: stock(5, 1),
             left: Some(stock(5, 0)),
         };
-        let p = plan(&todo, open).unwrap();
+        let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         assert!(p.verified);
         assert!(p.corrections.is_empty());
         assert_eq!(p.stock_changes, vec![(1, 5, 5), (2, 1, 0)]);
@@ -232,27 +325,98 @@ mod tests {
         };
         let open = Open {
             todo_from: 0,
+            copies: HashSet::new(),
             guessed: vec![unknown],
             settled_at: 1,
             stock: stock(5, 1),
             left: None,
         };
-        let p = plan(&todo, open).unwrap();
+        let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         assert!(p.stock_changes.is_empty() && p.totals_delta.is_empty());
         assert!(p.corrections.is_empty());
     }
 
     #[test]
-    fn an_order_without_a_rate_is_an_error_naming_it() {
-        let todo = [settling(4, "EUR", &[(1, 1)])];
+    fn an_order_the_rule_cannot_settle_is_refused_and_kept_as_a_dead_letter() {
+        // No rate for EUR: the guess said paid, the plan says invalid_order and keeps
+        // the message; the stock is untouched.
+        let todo = [settling(4, "EUR", &[(1, 1)]), settling(5, "RMB", &[(1, 1)])];
         let open = Open {
             todo_from: 0,
-            guessed: vec![ok(2)],
+            copies: HashSet::new(),
+            guessed: vec![ok(2), ok(2)],
             settled_at: 1,
             stock: stock(5, 1),
             left: None,
         };
-        let e = format!("{:#}", plan(&todo, open).unwrap_err());
-        assert!(e.contains("at offset 4"), "{e}");
+        let copy = Skipped {
+            offset: 6,
+            order_id: todo[1].order.order_id,
+        };
+        let p = plan(&refs(&todo), open, &[], vec![copy]).unwrap();
+        assert_eq!(p.outcomes[0].reason, Some(Reason::InvalidOrder));
+        assert_eq!(p.corrections.len(), 1);
+        assert_eq!(p.corrections[0].0, todo[0].order.order_id);
+        assert_eq!(p.stock_changes, vec![(1, 5, 4)]);
+        assert_eq!(p.dead.len(), 1);
+        let d = &p.dead[0];
+        assert_eq!((d.offset, d.reason), (4, "unsettleable"));
+        assert_eq!(d.order_id, Some(todo[0].order.order_id));
+        assert!(d.detail.contains("EUR"), "{}", d.detail);
+        assert_eq!(model::wire::decode(&d.bytes).unwrap(), todo[0].order);
+        assert_eq!(p.skipped, vec![copy]);
+    }
+
+    #[test]
+    fn a_verified_batch_says_why_an_order_was_invalid() {
+        let todo = [settling(4, "EUR", &[(1, 1)])];
+        let invalid = Decision {
+            reason: Some(Reason::InvalidOrder),
+            paid: Decimal::ZERO,
+        };
+        let open = Open {
+            todo_from: 0,
+            copies: HashSet::new(),
+            guessed: vec![invalid],
+            settled_at: 1,
+            stock: stock(5, 1),
+            left: Some(stock(5, 1)),
+        };
+        let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
+        assert!(p.corrections.is_empty());
+        assert_eq!(p.dead.len(), 1);
+        assert!(p.dead[0].detail.contains("EUR"), "{}", p.dead[0].detail);
+    }
+
+    #[test]
+    fn open_skips_the_copies_it_found() {
+        let batch = [
+            settling(0, "RMB", &[(1, 1)]),
+            settling(1, "RMB", &[(1, 1)]),
+            settling(2, "RMB", &[(1, 1)]),
+        ];
+        let open = Open {
+            todo_from: 1,
+            copies: [batch[2].order.order_id].into(),
+            guessed: vec![],
+            settled_at: 1,
+            stock: HashMap::new(),
+            left: None,
+        };
+        let todo = open.todo(&batch);
+        assert_eq!(todo.len(), 1);
+        assert_eq!(todo[0].offset, 1);
+        let copies = open.copies_in(&batch, &[]);
+        assert_eq!(
+            copies,
+            vec![Skipped {
+                offset: 2,
+                order_id: batch[2].order.order_id
+            }]
+        );
+    }
+
+    fn refs(batch: &[Settling]) -> Vec<&Settling> {
+        batch.iter().collect()
     }
 }

@@ -112,6 +112,7 @@ pub(super) fn finish(
 ) -> String {
     let mut sql = String::with_capacity(1024);
     corrections(&mut sql, plan);
+    dead_and_skipped(&mut sql, plan, topic, partition, settled_at);
     stock_update(&mut sql, &plan.stock_changes);
     totals_delta(&mut sql, partition, plan);
     if let Some(c) = unrecorded {
@@ -208,7 +209,7 @@ fn totals_delta(sql: &mut String, partition: i32, plan: &Plan) {
 /// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
 /// the user id can hold a tab, newline, backslash or NUL: those are escaped.
 pub(super) fn results_tsv(
-    todo: &[Settling],
+    todo: &[&Settling],
     decisions: &[model::Decision],
     partition: i32,
     settled_at: i64,
@@ -251,7 +252,7 @@ pub(super) fn results_tsv(
 /// One multi-row insert of `todo`'s results, for a server that refuses LOAD DATA LOCAL:
 /// one round trip whatever the batch's size. User ids go in as hex.
 pub(super) fn results_insert(
-    todo: &[Settling],
+    todo: &[&Settling],
     decisions: &[model::Decision],
     partition: i32,
     settled_at: i64,
@@ -286,13 +287,95 @@ pub(super) fn results_insert(
     sql
 }
 
-/// The committed results of `batch` (read back after a commit whose answer was lost).
-pub(super) fn committed_results(batch: &[Settling]) -> String {
+/// The committed results of `batch` at its partition (read back after a commit whose
+/// answer was lost; a copy's original, settled elsewhere, is not the batch's).
+pub(super) fn committed_results(batch: &[Settling], partition: i32) -> String {
     format!(
         "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at FROM result \
-         WHERE order_id IN ({})",
+         WHERE `partition` = {partition} AND order_id IN ({})",
         join(batch.iter().map(|s| format!("'{}'", s.order.order_id)))
     )
+}
+
+/// The ids of `orders` that have a result.
+pub(super) fn existing_results(orders: &[Settling]) -> String {
+    format!(
+        "SELECT order_id FROM result WHERE order_id IN ({})",
+        join(orders.iter().map(|s| format!("'{}'", s.order.order_id)))
+    )
+}
+
+/// The batch's dead letters, the results of those whose order id is known (unless it
+/// has one: an order the rule could not settle has its result written already), and
+/// its skipped copies. INSERT IGNORE: a replayed message finds its row there.
+fn dead_and_skipped(sql: &mut String, plan: &Plan, topic: &str, partition: i32, settled_at: i64) {
+    let topic = Hex(topic.as_bytes());
+    if !plan.dead.is_empty() {
+        sql.push_str(
+            "INSERT IGNORE INTO dead_letter (topic, `partition`, `offset`, order_id, reason, \
+             detail, bytes, size, recorded_at) VALUES ",
+        );
+        for (i, d) in plan.dead.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let id = d.order_id.map_or("NULL".into(), |id| format!("'{id}'"));
+            write!(
+                sql,
+                "(X'{topic}',{partition},{},{id},'{}',X'{}',X'{}',{},{settled_at})",
+                d.offset,
+                d.reason,
+                Hex(d.detail.as_bytes()),
+                Hex(&d.bytes),
+                d.size
+            )
+            .unwrap();
+        }
+        sql.push_str("; ");
+    }
+    let stubs: Vec<_> = plan
+        .dead
+        .iter()
+        .filter_map(|d| Some((d, d.order_id?)))
+        .collect();
+    if !stubs.is_empty() {
+        sql.push_str(concat!(
+            "INSERT IGNORE INTO result ",
+            result_columns!(),
+            " VALUES "
+        ));
+        for (i, (d, id)) in stubs.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            write!(
+                sql,
+                "('{id}',X'','',false,'{}',0,0,{},'',NULL,0,{settled_at},{partition},{})",
+                Reason::InvalidOrder.as_str(),
+                d.epoch,
+                d.offset
+            )
+            .unwrap();
+        }
+        sql.push_str("; ");
+    }
+    if !plan.skipped.is_empty() {
+        sql.push_str(
+            "INSERT IGNORE INTO skipped_copy (topic, `partition`, `offset`, order_id, recorded_at) VALUES ",
+        );
+        for (i, s) in plan.skipped.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            write!(
+                sql,
+                "(X'{topic}',{partition},{},'{}',{settled_at})",
+                s.offset, s.order_id
+            )
+            .unwrap();
+        }
+        sql.push_str("; ");
+    }
 }
 
 /// `id:number,id:number`, the form the result table keeps an order's items in.
@@ -383,7 +466,8 @@ mod tests {
     #[test]
     fn a_tsv_line_escapes_the_user_id_and_writes_null_as_backslash_n() {
         let rows = [settling("a\tb\nc\\d\0e", None), settling("plain", Some(5))];
-        let tsv = String::from_utf8(results_tsv(&rows, &[SHORT, PAID], 2, 999)).unwrap();
+        let tsv =
+            String::from_utf8(results_tsv(&[&rows[0], &rows[1]], &[SHORT, PAID], 2, 999)).unwrap();
         let lines: Vec<&str> = tsv.lines().collect();
         assert_eq!(lines.len(), 2);
         let nil = "00000000-0000-0000-0000-000000000000";
@@ -401,7 +485,7 @@ mod tests {
 
     #[test]
     fn an_insert_writes_user_ids_as_hex() {
-        let sql = results_insert(&[settling("o'; --", None)], &[PAID], 0, 7);
+        let sql = results_insert(&[&settling("o'; --", None)], &[PAID], 0, 7);
         assert!(
             sql.starts_with("INSERT INTO result (order_id, user_id,"),
             "{sql}"
@@ -425,6 +509,8 @@ mod tests {
             )]),
             stock: HashMap::new(),
             verified: false,
+            dead: vec![],
+            skipped: vec![],
         }
     }
 

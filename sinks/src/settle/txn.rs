@@ -2,17 +2,18 @@
 //! a database problem is retried with backoff, a stale view is settled again under
 //! locks, and a batch that cannot be settled stops the caller.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use model::{now_ms, Commodity, Decimal, Decision, Reason};
+use model::{now_ms, Commodity, Decimal, Decision, Reason, Uuid};
 use mysql_async::prelude::*;
 use mysql_async::Pool;
 
+use super::pipeline::Batch;
 use super::plan::{plan, Open, Plan};
 use super::view::{Committed, SettleState};
-use super::{sql, Outcome, Settling};
+use super::{sql, DeadLetter, Outcome, Settling, Skipped};
 
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
 const ER_DUP_ENTRY: u16 = 1062;
@@ -78,30 +79,42 @@ impl Backoff {
 pub(super) struct Target<'a> {
     pub topic: &'a str,
     pub partition: i32,
+    /// Its orders, each id once.
     pub batch: &'a [Settling],
+    pub dead: &'a [DeadLetter],
+    pub skipped: &'a [Skipped],
     pub next_offset: i64,
 }
 
 impl<'a> Target<'a> {
-    pub(super) fn new(
-        topic: &'a str,
-        partition: i32,
-        batch: &'a [Settling],
-        next_offset: i64,
-    ) -> Self {
+    pub(super) fn of(topic: &'a str, partition: i32, batch: &'a Batch) -> Self {
         Target {
             topic,
             partition,
-            batch,
-            next_offset,
+            batch: &batch.orders,
+            dead: &batch.dead,
+            skipped: &batch.skipped,
+            next_offset: batch.next_offset,
         }
+    }
+
+    /// The offset of its first message.
+    fn first_offset(&self) -> i64 {
+        let orders = self.batch.first().map(|s| s.offset);
+        let dead = self.dead.iter().map(|d| d.offset).min();
+        let skipped = self.skipped.iter().map(|s| s.offset).min();
+        [orders, dead, skipped]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next_offset)
     }
 
     /// Its commit record.
     pub(super) fn record(&self, started_at: i64, committed_at: i64) -> Committed {
         Committed {
             partition: self.partition,
-            first_offset: self.batch.first().map_or(self.next_offset, |s| s.offset),
+            first_offset: self.first_offset(),
             next_offset: self.next_offset,
             orders: self.batch.len() as u32,
             started_at,
@@ -198,8 +211,7 @@ async fn settle_on(
     };
     let decided = decide_open(target, open, state)?;
     finish_on(conn, target.partition, &decided, commit_sent).await?;
-    state.committed(decided.plan.verified, decided.plan.stock);
-    Ok(decided.plan.outcomes)
+    Ok(state.committed(decided.plan))
 }
 
 /// A planned batch and its round trip 3.
@@ -216,8 +228,9 @@ pub(super) fn decide_open(
     state: &SettleState,
 ) -> Result<Decided, Failure> {
     let settled_at = open.settled_at;
-    let todo = &target.batch[open.todo_from..];
-    let plan = plan(todo, open).map_err(Failure::Fatal)?;
+    let todo = open.todo(target.batch);
+    let skipped = open.copies_in(target.batch, target.skipped);
+    let plan = plan(&todo, open, target.dead, skipped).map_err(Failure::Fatal)?;
     let sql = sql::finish(
         &plan,
         target.topic,
@@ -265,11 +278,16 @@ pub(super) async fn open_on(
         state.stock.extend(commodities(rows)?);
     }
     let settled_at = now_ms();
-    let (todo_from, guessed, left) =
-        match write_guesses(conn, target, &ids, state, expect, commit_sent, settled_at).await? {
-            Written::Todo(from, guessed, left) => (from, guessed, left),
-            Written::Committed(outcomes) => return Ok(Opening::Committed(outcomes)),
-        };
+    let written = write_guesses(conn, target, &ids, state, expect, commit_sent, settled_at).await?;
+    let Todo {
+        from: todo_from,
+        copies,
+        guessed,
+        left,
+    } = match written {
+        Written::Todo(todo) => todo,
+        Written::Committed(outcomes) => return Ok(Opening::Committed(outcomes)),
+    };
     let first_todo = target
         .batch
         .get(todo_from)
@@ -278,6 +296,7 @@ pub(super) async fn open_on(
     check_stored(target.partition, stored, first_todo, expect)?;
     Ok(Opening::Open(Open {
         todo_from,
+        copies,
         guessed,
         settled_at,
         stock,
@@ -285,11 +304,19 @@ pub(super) async fn open_on(
     }))
 }
 
-/// Round trip 1's outcome: the results written from the batch's index on, with their
-/// decisions and the stock they leave; or the batch found committed already.
+/// Round trip 1's outcome: the results written, or the batch found committed already.
 enum Written {
-    Todo(usize, Vec<Decision>, HashMap<u32, Commodity>),
+    Todo(Todo),
     Committed(Vec<Outcome>),
+}
+
+/// The results written: of the batch from index `from` on, but for `copies` (orders
+/// whose id already had a result), with their decisions and the stock they leave.
+struct Todo {
+    from: usize,
+    copies: HashSet<Uuid>,
+    guessed: Vec<Decision>,
+    left: HashMap<u32, Commodity>,
 }
 
 /// Round trip 1: begin and write the results as guessed. The new result rows are no
@@ -307,15 +334,25 @@ async fn write_guesses(
     let Target {
         partition, batch, ..
     } = target;
-    let (guessed, left) = state.guess(batch, ids).map_err(Failure::Fatal)?;
+    let all: Vec<&Settling> = batch.iter().collect();
+    let (guessed, left) = state.guess(&all, ids);
     let begin = format!("{}; ", sql::BEGIN);
     if !batch.is_empty()
-        && write_results(conn, &begin, batch, &guessed, partition, settled_at, state).await?
+        && write_results(conn, &begin, &all, &guessed, partition, settled_at, state).await?
     {
-        return Ok(Written::Todo(0, guessed, left));
+        let todo = Todo {
+            from: 0,
+            copies: HashSet::new(),
+            guessed,
+            left,
+        };
+        return Ok(Written::Todo(todo));
     }
     if !batch.is_empty() {
-        tracing::debug!(partition, "part of the batch was committed before");
+        tracing::debug!(
+            partition,
+            "part of the batch was committed before, or some of its orders were"
+        );
         conn.query_drop("ROLLBACK").await?;
         if let Expect::Exactly(_) = expect {
             return Err(Failure::Retry(anyhow::anyhow!(
@@ -338,21 +375,46 @@ async fn write_guesses(
         if !commit_sent {
             return Ok(Written::Committed(vec![]));
         }
-        return committed_outcomes(conn, batch)
+        return committed_outcomes(conn, target)
             .await
             .map(Written::Committed);
     }
-    let todo_from = batch.partition_point(|s| s.offset < stored);
-    let todo = &batch[todo_from..];
-    let (guessed, left) = state.guess(todo, ids).map_err(Failure::Fatal)?;
+    let from = batch.partition_point(|s| s.offset < stored);
+    // Orders at or above the stored offset whose id has a result are copies of orders
+    // settled before (a producer retry, a re-produce, a replay): skipped.
+    let copies = settled_ids(conn, &batch[from..]).await?;
+    let todo: Vec<&Settling> = batch[from..]
+        .iter()
+        .filter(|s| !copies.contains(&s.order.order_id))
+        .collect();
+    let (guessed, left) = state.guess(&todo, ids);
     if !todo.is_empty()
-        && !write_results(conn, "", todo, &guessed, partition, settled_at, state).await?
+        && !write_results(conn, "", &todo, &guessed, partition, settled_at, state).await?
     {
-        return Err(fatal(format!(
-            "partition {partition}: results exist for orders at or above the stored offset {stored}"
+        return Err(Failure::Retry(anyhow::anyhow!(
+            "partition {partition}: results appeared for orders at or above the stored offset {stored}"
         )));
     }
-    Ok(Written::Todo(todo_from, guessed, left))
+    Ok(Written::Todo(Todo {
+        from,
+        copies,
+        guessed,
+        left,
+    }))
+}
+
+/// The ids of `orders` that have a result.
+async fn settled_ids(
+    conn: &mut mysql_async::Conn,
+    orders: &[Settling],
+) -> Result<HashSet<Uuid>, Failure> {
+    if orders.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<String> = conn.query(sql::existing_results(orders)).await?;
+    ids.iter()
+        .map(|id| id.parse().map_err(|e| fatal(format!("result {id}: {e}"))))
+        .collect()
 }
 
 /// Round trip 2: lock the offsets row and the commodities (in id order), or only the
@@ -466,7 +528,7 @@ pub(super) async fn finish_on(
 async fn write_results(
     conn: &mut mysql_async::Conn,
     prefix: &str,
-    todo: &[Settling],
+    todo: &[&Settling],
     decisions: &[Decision],
     partition: i32,
     settled_at: i64,
@@ -531,20 +593,24 @@ fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commo
 /// order_id, initiator, reason, paid, epoch, accepted_at, settled_at
 type CommittedRow = (String, String, Option<String>, Decimal, u64, i64, i64);
 
-/// The outcomes of `batch` as committed, read back from the result table.
+/// The outcomes of `target`'s orders as committed, read back from the result table:
+/// the results of its orders at its own offsets (not a copy's original).
 async fn committed_outcomes(
     conn: &mut mysql_async::Conn,
-    batch: &[Settling],
+    target: Target<'_>,
 ) -> Result<Vec<Outcome>, Failure> {
+    let batch = target.batch;
     if batch.is_empty() {
         return Ok(vec![]);
     }
-    let rows: Vec<CommittedRow> = conn.query(sql::committed_results(batch)).await?;
+    let rows: Vec<CommittedRow> = conn
+        .query(sql::committed_results(batch, target.partition))
+        .await?;
     let out = rows
         .into_iter()
         .map(outcome_of)
         .collect::<Result<Vec<_>, _>>()?;
-    if out.len() != batch.len() {
+    if out.len() > batch.len() {
         return Err(fatal(format!(
             "offsets say {} orders were committed but {} results exist",
             batch.len(),

@@ -9,11 +9,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, Result};
-use model::{decide, Commodity, Decision};
+use model::{Commodity, Decision};
 use mysql_async::prelude::*;
 use mysql_async::Pool;
 
-use super::Settling;
+use super::plan::{decision, Plan};
+use super::{Outcome, Settling};
 
 /// What a partition's settlement carries from one batch to the next.
 #[derive(Default)]
@@ -33,6 +34,9 @@ pub struct SettleState {
     verified: u64,
     /// Times the view was found stale by that check.
     stale: u64,
+    /// Messages kept as dead letters, and copies of settled orders skipped.
+    dead_letters: u64,
+    skipped_copies: u64,
 }
 
 /// One settlement transaction, as kept in `settle_batches`: its partition's offsets
@@ -89,9 +93,24 @@ impl SettleState {
         }
     }
 
-    /// A batch committed, from the view alone (`verified`) or under locks, leaving
-    /// `stock`: that is the view now.
-    pub(super) fn committed(&mut self, verified: bool, stock: HashMap<u32, Commodity>) {
+    /// How many messages were kept as dead letters, and how many copies of settled
+    /// orders were skipped.
+    pub fn poison_counts(&self) -> (u64, u64) {
+        (self.dead_letters, self.skipped_copies)
+    }
+
+    /// A batch committed as `plan` says, from the view alone or under locks: the stock
+    /// it leaves is the view now. Its outcomes.
+    pub(super) fn committed(&mut self, plan: Plan) -> Vec<Outcome> {
+        self.dead_letters += plan.dead.len() as u64;
+        self.skipped_copies += plan.skipped.len() as u64;
+        self.keep_view(plan.verified, plan.stock);
+        plan.outcomes
+    }
+
+    /// The stock a batch committed with left (decided from the view alone, `verified`,
+    /// or under locks): the view now.
+    fn keep_view(&mut self, verified: bool, stock: HashMap<u32, Commodity>) {
         self.unrecorded = None;
         if verified {
             self.verified += 1;
@@ -106,21 +125,15 @@ impl SettleState {
     /// view): the decisions, and the stock of `ids` they leave.
     pub(super) fn guess(
         &self,
-        todo: &[Settling],
+        todo: &[&Settling],
         ids: &BTreeSet<u32>,
-    ) -> Result<(Vec<Decision>, HashMap<u32, Commodity>)> {
+    ) -> (Vec<Decision>, HashMap<u32, Commodity>) {
         let mut view: HashMap<u32, Commodity> = ids
             .iter()
             .filter_map(|id| self.stock.get(id).map(|c| (*id, *c)))
             .collect();
-        let decisions = todo
-            .iter()
-            .map(|s| {
-                decide(&s.order, &mut view, &s.rates)
-                    .with_context(|| format!("order {} at offset {}", s.order.order_id, s.offset))
-            })
-            .collect::<Result<_>>()?;
-        Ok((decisions, view))
+        let decisions = todo.iter().map(|s| decision(s, &mut view).0).collect();
+        (decisions, view)
     }
 
     /// Write the last batch's commit record now: the settlement thread calls this when
@@ -169,7 +182,7 @@ mod tests {
         for _ in 0..4 {
             s.stock = stocked(&[1, 2]).stock;
             assert!(!s.trusts(&ids));
-            s.committed(false, HashMap::new());
+            s.keep_view(false, HashMap::new());
         }
         assert!(s.trusts(&ids));
         // A second miss without a verified batch between: eight.
@@ -177,16 +190,16 @@ mod tests {
         s.stock = stocked(&[1, 2]).stock;
         for _ in 0..8 {
             assert!(!s.trusts(&ids));
-            s.committed(false, HashMap::new());
+            s.keep_view(false, HashMap::new());
         }
         assert!(s.trusts(&ids));
         // A batch settled from the view resets the penalty: the next miss costs four.
-        s.committed(true, HashMap::new());
+        s.keep_view(true, HashMap::new());
         assert_eq!(s.verified_batches(), 1);
         s.distrust(true);
         s.stock = stocked(&[1, 2]).stock;
         for _ in 0..4 {
-            s.committed(false, HashMap::new());
+            s.keep_view(false, HashMap::new());
         }
         assert!(s.trusts(&ids));
     }
