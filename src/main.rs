@@ -4,6 +4,7 @@
 mod bench;
 mod broker;
 mod check;
+mod dead_letters;
 mod init;
 mod load;
 mod proc;
@@ -89,6 +90,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
+    /// The messages of the topic that could not be settled (undecodable, invalid, or
+    /// unsettleable), as kept in MySQL: a table, or one in full with --show.
+    #[command(after_help = exit::HELP)]
+    DeadLetters(dead_letters::DeadLettersArgs),
     /// Load the running system and report throughput and latency (docs/PERFORMANCE.md);
     /// `dtss bench rate-delay` measures how fast rate changes apply.
     #[command(after_help = exit::HELP)]
@@ -137,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             accepted.as_deref(),
             Duration::from_secs(wait),
         )),
+        Command::DeadLetters(args) => multi_thread()?.block_on(dead_letters::run(&cfg, args)),
         // One thread, like ingest: the load generator's requests and their answers meet
         // on it instead of handing off between threads.
         Command::Bench(args) => one_thread()?.block_on(bench::run(&cfg, args)),

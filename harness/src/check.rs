@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use model::{Config, Currency, Decimal, RateTable};
-use sinks::audit::{AuditResult, RateRow, StockRow};
+use sinks::audit::{Accounted, AuditResult, RateRow, StockRow};
 use sinks::TotalRow;
 
 /// One invariant's verdict.
@@ -57,18 +57,99 @@ pub async fn check(
     let results = sinks::audit::audit_results(&pool).await?;
     let stock = sinks::audit::stock(&pool).await?;
     let history = sinks::audit::rate_history(&pool).await?;
+    let (offsets, stored) = sinks::audit::accounted_offsets(&pool, &cfg.kafka.topic).await?;
+    let dead = sinks::audit::dead_letters(&pool, &cfg.kafka.topic, None).await?;
     let totals = totals_agree(cfg, &pool, &results, patience).await?;
     pool.disconnect().await.ok();
+    // Results made for dead letters: their orders were never accepted through ingest.
+    let dead_ids: HashSet<&str> = dead.iter().filter_map(|d| d.order_id.as_deref()).collect();
     Ok(vec![
-        one_result_per_accepted(&ids, accepted),
+        one_result_per_accepted(&ids, accepted, &dead_ids),
         stock_conserved(&results, &stock),
         totals,
         paid_matches_formula(&results, &stock, &history),
+        every_offset_accounted(offsets, &stored),
     ])
 }
 
-/// Every order that got a 202 has exactly one result; no result exists for another.
-fn one_result_per_accepted(ids: &[String], accepted: Option<&[String]>) -> Verdict {
+/// Every offset of every partition below its stored offset is exactly one of a result,
+/// a skipped copy or a dead letter (whose order, when its id reads, also has a result
+/// there), and nothing lies at or above it.
+fn every_offset_accounted(
+    mut offsets: Vec<(i32, i64, Accounted)>,
+    stored: &[(i32, i64)],
+) -> Verdict {
+    offsets.sort_unstable();
+    let mut problems = vec![];
+    let mut counts: BTreeMap<Accounted, u64> = BTreeMap::new();
+    for &(partition, next) in stored {
+        let mine: Vec<(i64, Accounted)> = offsets
+            .iter()
+            .filter(|(p, ..)| *p == partition)
+            .map(|(_, o, a)| (*o, *a))
+            .collect();
+        let mut want = 0;
+        for (i, &(offset, what)) in mine.iter().enumerate() {
+            *counts.entry(what).or_default() += 1;
+            if i > 0 && mine[i - 1].0 == offset {
+                // A dead letter whose order id reads has its result at the same offset.
+                if (mine[i - 1].1, what) == (Accounted::Result, Accounted::Dead) {
+                    continue;
+                }
+                problems.push(format!(
+                    "partition {partition} offset {offset}: both {:?} and {what:?}",
+                    mine[i - 1].1
+                ));
+                continue;
+            }
+            if offset >= next {
+                problems.push(format!(
+                    "partition {partition} offset {offset}: a {what:?} at or above the stored \
+                     offset {next}"
+                ));
+            } else if offset != want {
+                problems.push(format!(
+                    "partition {partition}: offsets {want}..{offset} are neither a result, a \
+                     skipped copy nor a dead letter"
+                ));
+            }
+            want = offset + 1;
+        }
+        if want < next {
+            problems.push(format!(
+                "partition {partition}: offsets {want}..{next} are neither a result, a skipped \
+                 copy nor a dead letter"
+            ));
+        }
+    }
+    let on_partitions: HashSet<i32> = stored.iter().map(|(p, _)| *p).collect();
+    if let Some((p, o, what)) = offsets.iter().find(|(p, ..)| !on_partitions.contains(p)) {
+        problems.push(format!(
+            "a {what:?} at partition {p} offset {o}, which has no stored offset"
+        ));
+    }
+    let n = |a| counts.get(&a).copied().unwrap_or(0);
+    let detail = format!(
+        "{} partitions: {} results, {} skipped copies, {} dead letters",
+        stored.len(),
+        n(Accounted::Result),
+        n(Accounted::Skipped),
+        n(Accounted::Dead)
+    );
+    verdict(
+        "every offset below the stored one is a result, a skipped copy or a dead letter",
+        problems,
+        detail,
+    )
+}
+
+/// Every order that got a 202 has exactly one result; no result exists for another but
+/// for the orders of dead letters (`dead`, written to the topic by something else).
+fn one_result_per_accepted(
+    ids: &[String],
+    accepted: Option<&[String]>,
+    dead: &HashSet<&str>,
+) -> Verdict {
     let name = "one result per accepted order";
     let Some(acc) = accepted else {
         let detail = format!(
@@ -87,7 +168,10 @@ fn one_result_per_accepted(ids: &[String], accepted: Option<&[String]>) -> Verdi
         ));
     }
     let missing: Vec<&&str> = want.iter().filter(|id| !have.contains(**id)).collect();
-    let extra: Vec<&&str> = have.iter().filter(|id| !want.contains(**id)).collect();
+    let extra: Vec<&&str> = have
+        .iter()
+        .filter(|id| !want.contains(**id) && !dead.contains(**id))
+        .collect();
     if let Some(first) = missing.first() {
         problems.push(format!(
             "{} accepted orders have no result (e.g. {first})",
@@ -231,7 +315,9 @@ fn paid_matches_formula(
         .map(|s| (s.id, (s.price, s.currency.as_str())))
         .collect();
     let mut problems = vec![];
-    for r in results {
+    // An order refused as invalid was settled by no rate (a dead letter's has none).
+    let invalid = Some(model::Reason::InvalidOrder.as_str());
+    for r in results.iter().filter(|r| r.reason.as_deref() != invalid) {
         let in_force = tables
             .iter()
             .filter(|(_, (from, _))| *from <= r.epoch)
@@ -333,6 +419,7 @@ mod tests {
             rate_version: version,
             epoch,
             items: items.into(),
+            reason: (!success).then(|| "insufficient_inventory".into()),
         }
     }
 
@@ -357,10 +444,11 @@ mod tests {
 
     #[test]
     fn results_must_match_the_accepted_ids_one_to_one() {
+        let none = HashSet::new();
         let ids = vec!["a".to_string(), "b".to_string()];
-        assert!(one_result_per_accepted(&ids, None).ok);
-        assert!(one_result_per_accepted(&ids, Some(&["b".into(), "a".into()])).ok);
-        let v = one_result_per_accepted(&ids, Some(&["a".into(), "c".into()]));
+        assert!(one_result_per_accepted(&ids, None, &none).ok);
+        assert!(one_result_per_accepted(&ids, Some(&["b".into(), "a".into()]), &none).ok);
+        let v = one_result_per_accepted(&ids, Some(&["a".into(), "c".into()]), &none);
         assert!(!v.ok);
         assert!(
             v.detail
@@ -374,7 +462,11 @@ mod tests {
             "{}",
             v.detail
         );
-        let twice = one_result_per_accepted(&ids, Some(&["a".into(), "a".into(), "b".into()]));
+        let twice =
+            one_result_per_accepted(&ids, Some(&["a".into(), "a".into(), "b".into()]), &none);
+        // b is a dead letter's order: written to the topic, not accepted by ingest.
+        let dead: HashSet<&str> = ["b"].into();
+        assert!(one_result_per_accepted(&ids, Some(&["a".into()]), &dead).ok);
         assert!(twice.detail.contains("accepted twice"), "{}", twice.detail);
     }
 
@@ -449,5 +541,55 @@ mod tests {
         let wrong_version = result("o3", "RMB", true, "42", 1, 150, "1:3");
         let v = paid_matches_formula(&[wrong_version], &stock, &history);
         assert!(v.detail.contains("in force: Some(2)"), "{}", v.detail);
+    }
+
+    #[test]
+    fn every_offset_is_a_result_a_copy_or_a_dead_letter() {
+        use Accounted::*;
+        let good = vec![
+            (0, 0, Result),
+            (0, 2, Dead),
+            (0, 1, Skipped),
+            (1, 0, Result),
+        ];
+        let v = every_offset_accounted(good.clone(), &[(0, 3), (1, 1)]);
+        assert!(v.ok, "{}", v.detail);
+        assert!(
+            v.detail
+                .contains("2 results, 1 skipped copies, 1 dead letters"),
+            "{}",
+            v.detail
+        );
+        let v = every_offset_accounted(good.clone(), &[(0, 5), (1, 1)]);
+        assert!(
+            v.detail.contains("partition 0: offsets 3..5 are neither"),
+            "{}",
+            v.detail
+        );
+        let mut gap = good.clone();
+        gap.retain(|r| *r != (0, 1, Skipped));
+        let v = every_offset_accounted(gap, &[(0, 3), (1, 1)]);
+        assert!(
+            v.detail.contains("offsets 1..2 are neither"),
+            "{}",
+            v.detail
+        );
+        let mut with_result = good.clone();
+        with_result.push((0, 2, Result));
+        assert!(every_offset_accounted(with_result, &[(0, 3), (1, 1)]).ok);
+        let mut twice = good.clone();
+        twice.push((0, 1, Result));
+        let v = every_offset_accounted(twice, &[(0, 3), (1, 1)]);
+        assert!(
+            v.detail.contains("offset 1: both Result and Skipped"),
+            "{}",
+            v.detail
+        );
+        let v = every_offset_accounted(good, &[(0, 2), (1, 1)]);
+        assert!(
+            v.detail.contains("at or above the stored offset 2"),
+            "{}",
+            v.detail
+        );
     }
 }

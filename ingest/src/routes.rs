@@ -113,8 +113,8 @@ pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Resp {
         Endpoint::Totals => get_totals(&state, None).await,
         Endpoint::Amount(cur) => get_totals(&state, Some(&cur)).await,
         Endpoint::Lookup(id) => lookup(&state, &id).await,
-        Endpoint::Health => json(StatusCode::OK, json!({"status": "ok"})),
-        Endpoint::Metrics => metrics(&state),
+        Endpoint::Health => health(&state).await,
+        Endpoint::Metrics => metrics(&state).await,
         Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
@@ -348,8 +348,62 @@ async fn lookup(state: &State, id: &str) -> Resp {
     }
 }
 
-fn metrics(state: &State) -> Resp {
+/// How long `/healthz` and `/metrics` wait for MySQL's part of their answer.
+const DB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// 200 while ingest serves. The partitions that hold (a message of a newer wire format
+/// than their workers read) are listed, with what to do: `"status": "held"`.
+async fn health(state: &State) -> Resp {
+    let holds = tokio::time::timeout(
+        DB_PATIENCE,
+        sinks::holds(&state.pool, &state.cfg.kafka.topic),
+    )
+    .await;
+    let holds = match holds {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!("reading held partitions for /healthz: {e:#}");
+            vec![]
+        }
+        Err(_) => vec![],
+    };
+    if holds.is_empty() {
+        return json(StatusCode::OK, json!({"status": "ok"}));
+    }
+    let held: Vec<_> = holds
+        .iter()
+        .map(|h| {
+            json!({
+                "partition": h.partition,
+                "offset": h.offset,
+                "format_version": h.format_version,
+                "since": h.since,
+                "action": format!(
+                    "partition {} waits at offset {} for workers that read wire format {}: upgrade the workers",
+                    h.partition, h.offset, h.format_version
+                ),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, json!({"status": "held", "held": held}))
+}
+
+async fn metrics(state: &State) -> Resp {
     let m = &state.metrics;
+    let settled = tokio::time::timeout(
+        DB_PATIENCE,
+        sinks::poison_counts(&state.pool, &state.cfg.kafka.topic),
+    )
+    .await;
+    let poisons = match settled {
+        Ok(Ok((dead, skipped))) => format!(
+            "# TYPE dtss_dead_letters gauge\n\
+             dtss_dead_letters {dead}\n\
+             # TYPE dtss_skipped_copies gauge\n\
+             dtss_skipped_copies {skipped}\n"
+        ),
+        _ => String::new(),
+    };
     let body = format!(
         "# TYPE dtss_ingest_orders_total counter\n\
          dtss_ingest_orders_total{{outcome=\"accepted\"}} {}\n\
@@ -359,7 +413,7 @@ fn metrics(state: &State) -> Resp {
          # TYPE dtss_ingest_queries_total counter\n\
          dtss_ingest_queries_total {}\n\
          # TYPE dtss_ingest_unsettled_max gauge\n\
-         dtss_ingest_unsettled_max {}\n",
+         dtss_ingest_unsettled_max {}\n{poisons}",
         m.accepted.load(Ordering::Relaxed),
         m.invalid.load(Ordering::Relaxed),
         m.too_large.load(Ordering::Relaxed),

@@ -33,10 +33,23 @@ pub enum WireError {
     Newer(u8),
     #[error("unknown wire format version {0} (this build reads {FORMAT_VERSION})")]
     UnknownVersion(u8),
+    /// A length inside the message (a string's, the items') claims more memory than
+    /// the limit allows.
+    #[error("a length inside the message claims more than the {MAX_MESSAGE}-byte limit")]
+    OverLimit,
     #[error("undecodable order: {0}")]
-    Decode(#[from] bincode::error::DecodeError),
+    Decode(bincode::error::DecodeError),
     #[error("{0} trailing bytes after the order")]
     Trailing(usize),
+}
+
+impl From<bincode::error::DecodeError> for WireError {
+    fn from(e: bincode::error::DecodeError) -> Self {
+        match e {
+            bincode::error::DecodeError::LimitExceeded => WireError::OverLimit,
+            e => WireError::Decode(e),
+        }
+    }
 }
 
 pub fn encode(order: &Order) -> Vec<u8> {
@@ -150,7 +163,7 @@ mod tests {
         for len in [u64::MAX, 1 << 60, (MAX_MESSAGE as u64) + 1] {
             let bytes = claiming(&o, len);
             let e = decode(&bytes).unwrap_err();
-            assert!(matches!(e, WireError::Decode(_)), "{len}: {e}");
+            assert!(matches!(e, WireError::OverLimit), "{len}: {e}");
             // The id in front still reads.
             assert_eq!(order_id(&bytes), Some(o.order_id));
         }

@@ -43,6 +43,31 @@ pub struct AuditResult {
     pub epoch: u64,
     /// `id:number,…` (`parse_items_text`).
     pub items: String,
+    /// Why it failed (`Reason::as_str`), if it did.
+    pub reason: Option<String>,
+}
+
+/// Where one message of a partition went: a result, a skipped copy or a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Accounted {
+    Result,
+    Skipped,
+    Dead,
+}
+
+/// A message kept as a dead letter (`dtss dead-letters`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterRow {
+    pub partition: i32,
+    pub offset: i64,
+    pub order_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    /// The message's first bytes (at most `MAX_DEAD_BYTES`), and its length.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    pub size: u32,
+    pub recorded_at: i64,
 }
 
 /// A commodity's stock and price, with the inventory it was loaded with.
@@ -176,21 +201,116 @@ pub async fn result_ids(pool: &Pool) -> Result<Vec<String>> {
 /// Every result, as the checker recomputes it.
 pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
     let mut conn = pool.get_conn().await?;
-    let rows: Vec<(String, String, bool, Decimal, u64, u64, String)> = conn
-        .query("SELECT order_id, initiator, success, paid, rate_version, epoch, items FROM result")
+    type Row = (
+        String,
+        String,
+        bool,
+        Decimal,
+        u64,
+        u64,
+        String,
+        Option<String>,
+    );
+    let rows: Vec<Row> = conn
+        .query(
+            "SELECT order_id, initiator, success, paid, rate_version, epoch, items, reason \
+             FROM result",
+        )
         .await
         .context("reading results")?;
     Ok(rows
         .into_iter()
         .map(
-            |(order_id, initiator, success, paid, rate_version, epoch, items)| AuditResult {
-                order_id,
-                initiator,
-                success,
-                paid,
-                rate_version,
-                epoch,
-                items,
+            |(order_id, initiator, success, paid, rate_version, epoch, items, reason)| {
+                AuditResult {
+                    order_id,
+                    initiator,
+                    success,
+                    paid,
+                    rate_version,
+                    epoch,
+                    items,
+                    reason,
+                }
+            },
+        )
+        .collect())
+}
+
+/// Every message of `topic` accounted for, as (partition, offset, where it went); and
+/// each partition's stored offset.
+pub async fn accounted_offsets(
+    pool: &Pool,
+    topic: &str,
+) -> Result<(Vec<(i32, i64, Accounted)>, Vec<(i32, i64)>)> {
+    let mut conn = pool.get_conn().await?;
+    let mut out = Vec::new();
+    let reads = [
+        (
+            "SELECT `partition`, `offset` FROM result",
+            Accounted::Result,
+        ),
+        (
+            "SELECT `partition`, `offset` FROM skipped_copy WHERE topic = ?",
+            Accounted::Skipped,
+        ),
+        (
+            "SELECT `partition`, `offset` FROM dead_letter WHERE topic = ?",
+            Accounted::Dead,
+        ),
+    ];
+    for (sql, what) in reads {
+        let rows: Vec<(i32, i64)> = if what == Accounted::Result {
+            conn.query(sql).await
+        } else {
+            conn.exec(sql, (topic,)).await
+        }
+        .context("reading where each offset went")?;
+        out.extend(rows.into_iter().map(|(p, o)| (p, o, what)));
+    }
+    let stored: Vec<(i32, i64)> = conn
+        .exec(
+            "SELECT `partition`, next_offset FROM offsets WHERE topic = ? ORDER BY `partition`",
+            (topic,),
+        )
+        .await
+        .context("reading stored offsets")?;
+    Ok((out, stored))
+}
+
+/// The dead letters of `topic`, oldest offset first per partition; only `offset` of
+/// `partition` when given.
+pub async fn dead_letters(
+    pool: &Pool,
+    topic: &str,
+    at: Option<(i32, i64)>,
+) -> Result<Vec<DeadLetterRow>> {
+    let mut conn = pool.get_conn().await?;
+    let (p, o) = at.unwrap_or((-1, -1));
+    type Row = (i32, i64, Option<String>, String, Vec<u8>, Vec<u8>, u32, i64);
+    let rows: Vec<Row> = conn
+        .exec(
+            "SELECT `partition`, `offset`, order_id, reason, detail, bytes, size, recorded_at \
+             FROM dead_letter WHERE topic = ? AND (? < 0 OR (`partition` = ? AND `offset` = ?)) \
+             ORDER BY `partition`, `offset`",
+            (topic, p, p, o),
+        )
+        .await
+        .context("reading dead letters")?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(partition, offset, order_id, reason, detail, bytes, size, recorded_at)| {
+                DeadLetterRow {
+                    partition,
+                    offset,
+                    order_id,
+                    reason,
+                    detail: String::from_utf8_lossy(&detail).into_owned(),
+                    bytes,
+                    size,
+                    recorded_at,
+                }
             },
         )
         .collect())

@@ -162,3 +162,18 @@ pub async fn reset_offsets(pool: &Pool, topic: &str) -> Result<u64> {
         .await?;
     Ok(conn.affected_rows())
 }
+
+/// How many messages of `topic` were kept as dead letters, and how many copies of
+/// settled orders were skipped (for `/metrics`).
+pub async fn poison_counts(pool: &Pool, topic: &str) -> Result<(u64, u64)> {
+    let mut conn = pool.get_conn().await?;
+    let counts: Option<(u64, u64)> = conn
+        .exec_first(
+            "SELECT (SELECT COUNT(*) FROM dead_letter WHERE topic = ?), \
+             (SELECT COUNT(*) FROM skipped_copy WHERE topic = ?)",
+            (topic, topic),
+        )
+        .await
+        .context("counting dead letters and skipped copies")?;
+    Ok(counts.unwrap_or_default())
+}
