@@ -2,7 +2,9 @@
 //! machine, supervised until Ctrl-C, SIGTERM or SIGHUP. A worker process that dies takes
 //! the cluster's workers down and up again (timely cannot lose a process and go on);
 //! every worker resumes from the offsets committed in MySQL. Ingest and the rate
-//! modifier are restarted alone.
+//! modifier are restarted alone. Workers that fail `GIVE_UP_AFTER` times in a row
+//! without any committed offset moving (the same batch each time) are not started
+//! again: the supervisor says which partitions wait at which offsets, and why.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +14,10 @@ use model::Config;
 
 use crate::load::{LoadArgs, LoadOpts};
 use crate::proc::Proc;
+
+/// Worker failures in a row, with no committed offset moving, after which they are
+/// not restarted.
+const GIVE_UP_AFTER: u32 = 3;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -119,6 +125,72 @@ struct Supervisor {
     modifier: Proc,
     /// The wait before the workers are started again, doubling while they keep dying.
     backoff: Duration,
+    crashes: CrashLoop,
+}
+
+/// The workers' failures in a row on the same committed offsets.
+struct CrashLoop {
+    pool: sinks::Pool,
+    topic: String,
+    per_process: usize,
+    /// The committed offsets at the last failure, and how many failures in a row
+    /// found them so.
+    last: Option<std::collections::HashMap<i32, i64>>,
+    failures: u32,
+    /// Set once the workers are given up on.
+    gave_up: bool,
+}
+
+impl CrashLoop {
+    /// Whether a committed offset moved since the last failure (the failures in a row
+    /// end then).
+    async fn moved(&mut self) -> bool {
+        let read = sinks::load_offsets(&self.pool, &self.topic);
+        let Ok(Ok(now)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+            return false;
+        };
+        if self.last.as_ref() == Some(&now) {
+            return false;
+        }
+        self.last = None;
+        self.failures = 0;
+        true
+    }
+
+    /// Workers `dead` (process indexes) failed: whether to start them again.
+    async fn restart(&mut self, dead: &[usize], why: &str) -> bool {
+        let read = sinks::load_offsets(&self.pool, &self.topic);
+        let now = match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Ok(offsets)) => Some(offsets),
+            // MySQL does not answer: no telling whether they moved; keep trying.
+            _ => None,
+        };
+        self.failures = match (&self.last, &now) {
+            (Some(a), Some(b)) if a == b => self.failures + 1,
+            _ => 1,
+        };
+        self.last = now;
+        if self.failures < GIVE_UP_AFTER {
+            return true;
+        }
+        let offsets = self.last.as_ref().expect("counted only when read");
+        let waiting: Vec<String> = dead
+            .iter()
+            .flat_map(|p| p * self.per_process..(p + 1) * self.per_process)
+            .map(|partition| {
+                let at = offsets.get(&(partition as i32)).copied().unwrap_or(0);
+                format!("partition {partition} at offset {at}")
+            })
+            .collect();
+        tracing::error!(
+            "the workers failed {} times in a row without settling anything ({}): not \
+             restarting them. Fix the cause and start dtss up again. The last failure:\n{why}",
+            self.failures,
+            waiting.join(", ")
+        );
+        self.gave_up = true;
+        false
+    }
 }
 
 impl Supervisor {
@@ -140,6 +212,14 @@ impl Supervisor {
         let mut ingest = Proc::spawn("ingest", &args(&["ingest"]), &logs)?;
         let modifier = Proc::spawn("rate-modifier", &args(&["rates", "run"]), &logs)?;
         wait_healthy(cfg, &mut ingest).await?;
+        let crashes = CrashLoop {
+            pool: sinks::connect(&cfg.mysql.url, 1)?,
+            topic: cfg.kafka.topic.clone(),
+            per_process: cfg.cluster.workers_per_process,
+            last: None,
+            failures: 0,
+            gave_up: false,
+        };
         Ok(Supervisor {
             data,
             logs,
@@ -150,6 +230,7 @@ impl Supervisor {
             ingest,
             modifier,
             backoff: Duration::from_secs(1),
+            crashes,
         })
     }
 
@@ -167,13 +248,28 @@ impl Supervisor {
                 p.respawn(&self.logs)?;
             }
         }
-        let dead: Vec<String> = self
+        if self.crashes.gave_up {
+            return Ok(());
+        }
+        let dead: Vec<(usize, String)> = self
             .workers
             .iter_mut()
-            .filter_map(|w| w.exited().map(|s| format!("{} ({s})", w.name)))
+            .enumerate()
+            .filter_map(|(i, w)| w.exited().map(|s| (i, format!("{} ({s})", w.name))))
             .collect();
         if dead.is_empty() {
-            self.backoff = Duration::from_secs(1);
+            if self.backoff > Duration::from_secs(1) && self.crashes.moved().await {
+                self.backoff = Duration::from_secs(1);
+            }
+            return Ok(());
+        }
+        let indexes: Vec<usize> = dead.iter().map(|(i, _)| *i).collect();
+        let why = self.workers[indexes[0]].tail();
+        let dead: Vec<String> = dead.into_iter().map(|(_, d)| d).collect();
+        if !self.crashes.restart(&indexes, &why).await {
+            for w in self.workers.iter_mut() {
+                w.stop(Duration::from_secs(5)).await;
+            }
             return Ok(());
         }
         tracing::warn!(

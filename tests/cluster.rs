@@ -545,3 +545,35 @@ fn killed_embedded_broker_restarts_from_its_log_nothing_lost_or_repeated() {
     c.check_invariants(&accepted);
     Cluster::terminate(&mut restarted.unwrap());
 }
+
+#[test]
+fn dtss_up_stops_restarting_workers_that_fail_on_the_same_batch() {
+    let c = Cluster::configure(
+        "crashloop",
+        Spec {
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let _up = start_up(&c);
+    // The result table can no longer hold this order's user id: its batch fails the
+    // same way at every attempt.
+    c.query::<u8>("ALTER TABLE result MODIFY user_id VARBINARY(2) NOT NULL");
+    let body = r#"{"user_id": "long-user", "initiator": "RMB", "items": [{"id": 1, "number": 1}]}"#;
+    assert_eq!(c.post(body).0, 202);
+    let up_log = || std::fs::read_to_string(c.dir.join("up.log")).unwrap();
+    common::wait_for(Duration::from_secs(120), "dtss up to give up", || {
+        up_log().contains("not restarting them")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let log = up_log();
+    assert!(log.contains("failed 3 times in a row"), "{log}");
+    assert!(log.contains("partition 0 at offset 0"), "{log}");
+    assert_eq!(
+        log.matches("restarting all worker processes").count(),
+        2,
+        "restarted twice, then left stopped:\n{log}"
+    );
+    let (s, _) = common::http(&c.listen, "GET", "/healthz", None).unwrap();
+    assert_eq!(s, 200, "ingest still serves");
+}

@@ -198,6 +198,40 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
             assert_eq!(v["reason"], "invalid_order", "{what}: {v}");
         }
     }
+    // Batches the broker must refuse: nothing of them reaches the topic, and the offsets
+    // do not jump.
+    let end = offset_of(&c, 0);
+    let mut bad_crc = broker::batch::build(
+        &[&model::wire::encode(&order("u-c", "RMB", &[(1, 1)]))],
+        -1,
+        0,
+    );
+    let at = bad_crc.len() - 3;
+    bad_crc[at] ^= 0x01;
+    let mut lying = broker::batch::build(
+        &[&model::wire::encode(&order("u-l", "RMB", &[(1, 1)]))],
+        -1,
+        0,
+    );
+    lying[23..27].copy_from_slice(&1_000_000i32.to_be_bytes());
+    broker::batch::reseal(&mut lying);
+    for (what, batch) in [("wrong CRC", bad_crc), ("lastOffsetDelta that lies", lying)] {
+        let t0 = Instant::now();
+        assert_eq!(raw_produce(&c, &batch).0, 2, "{what}: CORRUPT_MESSAGE");
+        let next = order("u-next", "RMB", &[(1, 1)]);
+        raw.send(0, &model::wire::encode(&next));
+        c.wait_result(&next.order_id.to_string());
+        timings.push(format!(
+            "batch with a {what}: refused; next order settled {:?} after",
+            t0.elapsed()
+        ));
+        accepted.push(next.order_id.to_string());
+    }
+    assert_eq!(
+        offset_of(&c, 0),
+        end + 2,
+        "only the two good orders were written"
+    );
     // The replay was skipped, not settled twice; the same id twice in one order merged
     // (80,000 of the 100,000 left), checked.
     let skipped = c.count("SELECT COUNT(*) FROM skipped_copy");
@@ -207,7 +241,7 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
     assert_eq!(r["success"], true, "{r}");
     accepted.push(twice.order_id.to_string());
     let inventory: Vec<u32> = c.query("SELECT inventory FROM commodity WHERE id = 1");
-    let settled_units = 1 + poisons.len() as u32 + 80_000;
+    let settled_units = 1 + poisons.len() as u32 + 2 + 80_000;
     assert_eq!(inventory, [100_000 - settled_units]);
 
     // A newer wire format: partition 1 holds there, nothing after it settles, and
@@ -272,4 +306,85 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
     for t in timings {
         eprintln!("{t}");
     }
+}
+
+/// Send `batch` to partition 0 as a raw Produce request; its error code and offset.
+fn raw_produce(c: &Cluster, batch: &[u8]) -> (i16, i64) {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(c.dir.join("data/broker.addr")).unwrap();
+    let mut s = std::net::TcpStream::connect(addr.trim()).unwrap();
+    s.write_all(&broker::batch::produce_request("orders", 0, batch))
+        .unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut answer).unwrap();
+    broker::batch::produce_answer(&answer, "orders").unwrap()
+}
+
+/// The producer id, epoch and last sequence of the last batch in partition 0's log of
+/// the embedded broker (read from its segment file).
+fn last_batch_producer(c: &Cluster) -> (i64, i16, i32) {
+    let seg = c.dir.join("data/broker/orders-0/00000000000000000000.log");
+    let data = std::fs::read(seg).unwrap();
+    let (mut at, mut last) = (0, None);
+    while at + 61 <= data.len() {
+        let len = 12 + i32::from_be_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        let b = &data[at..at + len];
+        let pid = i64::from_be_bytes(b[43..51].try_into().unwrap());
+        let epoch = i16::from_be_bytes(b[51..53].try_into().unwrap());
+        let base_seq = i32::from_be_bytes(b[53..57].try_into().unwrap());
+        let delta = i32::from_be_bytes(b[23..27].try_into().unwrap());
+        last = Some((pid, epoch, base_seq + delta));
+        at += len;
+    }
+    last.expect("a batch in the log")
+}
+
+#[test]
+fn a_batch_forged_with_ingests_producer_id_never_earns_a_false_202() {
+    let mut c = Cluster::start(
+        "hijack",
+        Spec {
+            catalogue: Some(CATALOGUE),
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let body = r#"{"user_id": "u-h", "initiator": "RMB", "items": [{"id": 1, "number": 1}]}"#;
+    let (s, v) = c.post(body);
+    assert_eq!(s, 202, "{v}");
+    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
+    c.wait_result(&accepted[0]);
+    // Take ingest's next sequence number with a batch of someone else's.
+    let (pid, epoch, seq) = last_batch_producer(&c);
+    assert!(pid >= 0, "ingest's producer is idempotent");
+    let forged = order("u-forged", "RMB", &[(1, 1)]);
+    let mut batch = broker::batch::build(&[&model::wire::encode(&forged)], pid, seq + 1);
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    broker::batch::reseal(&mut batch);
+    assert_eq!(raw_produce(&c, &batch).0, 0, "the forged batch is written");
+    c.wait_result(&forged.order_id.to_string());
+    accepted.push(forged.order_id.to_string()); // written to the topic: it settles
+                                                // Ingest's next order takes that sequence: the broker refuses it, and the client is
+                                                // not told it was accepted. Ingest's producer cannot go on: ingest exits (a
+                                                // supervisor starts it again, with a new producer).
+    let (s, v) = common::http(&c.listen, "POST", "/api/orders", Some(body)).unwrap();
+    assert_eq!(s, 503, "{v}");
+    let mut ingest = c.ingest.take().unwrap();
+    wait_for(Duration::from_secs(30), "ingest to exit", || {
+        ingest.try_wait().unwrap().is_some()
+    });
+    assert!(!ingest.wait().unwrap().success());
+    assert!(c.log("ingest").contains("failed for good"));
+    c.start_ingest();
+    for _ in 0..5 {
+        let (s, v) = c.post(body);
+        assert_eq!(s, 202, "{v}");
+        accepted.push(v["order_id"].as_str().unwrap().to_string());
+    }
+    for id in &accepted {
+        c.wait_result(id);
+    }
+    c.check_invariants(&accepted);
 }

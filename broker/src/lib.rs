@@ -5,6 +5,7 @@
 //! Fetches find their batch by binary search, so their cost does not grow with the log.
 
 mod address;
+pub mod batch;
 mod log;
 
 pub use address::{bootstrap, publish};

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 
+use crate::batch::{be_i64, check, header, Header};
+
 /// A new segment file starts once the current one holds this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
-/// Record batch v2 header: the fixed part before the records.
-const HEADER: usize = 61;
 /// How many recent batches per producer are remembered to recognise a retried one.
 const RECENT: usize = 5;
 
@@ -39,10 +39,27 @@ struct Segment {
 
 /// Idempotent producer state: the sequence of the last batch and the recent batches,
 /// so a retried batch is answered with its original offset instead of written twice.
+/// A retry is the same producer id, epoch, first and last sequence, and CRC: a batch
+/// that takes a sequence another batch had is not a retry of it, and is refused.
 struct Producer {
     epoch: i16,
     last_seq: i32,
-    recent: VecDeque<(i32, i64)>,
+    recent: VecDeque<Sent>,
+}
+
+/// A batch a producer wrote: its sequence numbers, its CRC and its first offset.
+#[derive(Clone, Copy)]
+struct Sent {
+    base_seq: i32,
+    last_seq: i32,
+    crc: u32,
+    offset: i64,
+}
+
+impl Sent {
+    fn is_retry(&self, h: &Header) -> bool {
+        (self.base_seq, self.last_seq, self.crc) == (h.base_seq, h.last_seq(), h.crc)
+    }
 }
 
 pub struct PartitionLog {
@@ -53,45 +70,6 @@ pub struct PartitionLog {
     file_len: u64,
     end: i64,
     producers: HashMap<i64, Producer>,
-}
-
-/// The fields of a v2 record batch header that the broker needs.
-struct Header {
-    len: usize,
-    last_delta: i32,
-    producer_id: i64,
-    producer_epoch: i16,
-    base_seq: i32,
-}
-
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// The header of the batch at the start of `b`, if a whole v2 batch is there.
-fn header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER || b[16] != 2 {
-        return None;
-    }
-    let batch_len = be_i32(b, 8);
-    let len = 12 + usize::try_from(batch_len).ok()?;
-    let last_delta = be_i32(b, 23);
-    if len < HEADER || len > b.len() || last_delta < 0 {
-        return None;
-    }
-    Some(Header {
-        len,
-        last_delta,
-        producer_id: be_i64(b, 43),
-        producer_epoch: be_i16(b, 51),
-        base_seq: be_i32(b, 53),
-    })
 }
 
 /// Remember that `h`'s producer wrote the batch at `base` (as the log is written, and
@@ -110,8 +88,13 @@ fn note_producer(producers: &mut HashMap<i64, Producer>, h: &Header, base: i64) 
         p.epoch = h.producer_epoch;
         p.recent.clear();
     }
-    p.last_seq = h.base_seq.wrapping_add(h.last_delta);
-    p.recent.push_back((h.base_seq, base));
+    p.last_seq = h.last_seq();
+    p.recent.push_back(Sent {
+        base_seq: h.base_seq,
+        last_seq: h.last_seq(),
+        crc: h.crc,
+        offset: base,
+    });
     if p.recent.len() > RECENT {
         p.recent.pop_front();
     }
@@ -152,7 +135,7 @@ impl PartitionLog {
             end = end.max(base);
             let data = Bytes::from(data);
             let mut at = 0;
-            while let Some(h) = header(&data[at..]) {
+            while let Some(h) = header(&data[at..]).filter(|h| check(&data[at..], h).is_ok()) {
                 let first = be_i64(&data, at);
                 let last = first + h.last_delta as i64;
                 note_producer(&mut producers, &h, first);
@@ -219,23 +202,20 @@ impl PartitionLog {
         let mut at = 0;
         while at < records.len() {
             let h = header(&records[at..]).ok_or(Refused::CorruptMessage)?;
+            if let Err(e) = check(&records[at..], &h) {
+                tracing::warn!(
+                    "refusing a produced batch (producer {}, sequence {}): {e}",
+                    h.producer_id,
+                    h.base_seq
+                );
+                return Err(Refused::CorruptMessage);
+            }
             at += h.len;
             headers.push(h);
         }
         let first = headers.first().ok_or(Refused::CorruptMessage)?;
-        if first.producer_id >= 0 {
-            if let Some(p) = self.producers.get(&first.producer_id) {
-                if p.epoch == first.producer_epoch {
-                    if let Some(&(_, offset)) =
-                        p.recent.iter().find(|(seq, _)| *seq == first.base_seq)
-                    {
-                        return Ok(offset); // a retry of a batch already written
-                    }
-                    if first.base_seq != p.last_seq.wrapping_add(1) {
-                        return Err(Refused::OutOfOrderSequence);
-                    }
-                }
-            }
+        if let Some(offset) = self.sequence(first)? {
+            return Ok(offset); // a retry of a batch already written
         }
         let base = self.end;
         let mut buf = BytesMut::from(records);
@@ -266,6 +246,31 @@ impl PartitionLog {
             note_producer(&mut self.producers, h, base);
         }
         Ok(base)
+    }
+
+    /// Where `first` (a request's first batch) stands in its producer's sequence: Some
+    /// offset for a retry of a batch written, None for the next batch, or refused.
+    fn sequence(&self, first: &Header) -> Result<Option<i64>, Refused> {
+        let Some(p) = self.producers.get(&first.producer_id) else {
+            return Ok(None);
+        };
+        if first.producer_id < 0 || p.epoch != first.producer_epoch {
+            return Ok(None);
+        }
+        if let Some(sent) = p.recent.iter().find(|s| s.is_retry(first)) {
+            return Ok(Some(sent.offset));
+        }
+        if first.base_seq != p.last_seq.wrapping_add(1) {
+            tracing::warn!(
+                "refusing a batch of producer {} at sequence {}, after {}: out of order, or a \
+                 sequence another batch took",
+                first.producer_id,
+                first.base_seq,
+                p.last_seq
+            );
+            return Err(Refused::OutOfOrderSequence);
+        }
+        Ok(None)
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<()> {
@@ -347,23 +352,8 @@ mod tests {
 
     /// A v2 batch of `n` messages from `producer` (-1: not idempotent) at `seq`.
     fn batch(n: i32, producer: i64, seq: i32) -> Vec<u8> {
-        let records = vec![7u8; 10 * n as usize];
-        let mut b = Vec::new();
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&((HEADER - 12 + records.len()) as i32).to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&0u32.to_be_bytes()); // crc (not checked here)
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(n - 1).to_be_bytes());
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&producer.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&seq.to_be_bytes());
-        b.extend_from_slice(&n.to_be_bytes());
-        b.extend_from_slice(&records);
-        b
+        let values: Vec<&[u8]> = (0..n).map(|_| &b"0123456789"[..]).collect();
+        crate::batch::build(&values, producer, seq)
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -433,6 +423,52 @@ mod tests {
         );
         assert_eq!(log.end(), 6);
         assert_eq!(log.append(&batch(2, 9, 6)).unwrap(), 6);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_forged_at_a_producers_next_sequence_does_not_swallow_the_real_one() {
+        let dir = tmp("hijack");
+        let mut log = PartitionLog::open(&dir).unwrap();
+        assert_eq!(log.append(&batch(1, 9, 0)).unwrap(), 0);
+        // Someone else sends a batch with producer 9's id, epoch and next sequence.
+        let forged = crate::batch::build(&[b"forged"], 9, 1);
+        assert_eq!(log.append(&forged).unwrap(), 1);
+        // Producer 9's own batch at that sequence is not taken for a retry of it: refused,
+        // so its producer hears of it instead of getting an ack for nothing written.
+        let real = crate::batch::build(&[b"real order"], 9, 1);
+        assert_eq!(log.append(&real).unwrap_err(), Refused::OutOfOrderSequence);
+        assert_eq!(log.end(), 2);
+        // A true retry (the same bytes) still gets its first offset.
+        assert_eq!(log.append(&forged).unwrap(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_batches_are_refused_and_nothing_of_them_is_written() {
+        let dir = tmp("corrupt");
+        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut bad_crc = batch(2, -1, 0);
+        let last = bad_crc.len() - 3;
+        bad_crc[last] ^= 0x10;
+        assert_eq!(log.append(&bad_crc).unwrap_err(), Refused::CorruptMessage);
+        let mut lying = batch(2, -1, 0);
+        lying[23..27].copy_from_slice(&999_999i32.to_be_bytes());
+        crate::batch::reseal(&mut lying);
+        assert_eq!(log.append(&lying).unwrap_err(), Refused::CorruptMessage);
+        // A good batch and a bad one in one request: neither is written.
+        let mut both = batch(1, -1, 0);
+        both.extend_from_slice(&bad_crc);
+        assert_eq!(log.append(&both).unwrap_err(), Refused::CorruptMessage);
+        assert_eq!(log.end(), 0);
+        assert_eq!(log.append(&batch(1, -1, 0)).unwrap(), 0);
+        // A segment whose last batch rotted on disk is cut back to the good ones.
+        drop(log);
+        let seg = segment_path(&dir, 0);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&bad_crc).unwrap();
+        drop(f);
+        assert_eq!(PartitionLog::open(&dir).unwrap().end(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -15,7 +15,8 @@ use crate::produce::OrderProducer;
 use crate::routes::{route, Metrics, State};
 
 /// Serve the HTTP API on `listen` until `shutdown` resolves, then finish in-flight
-/// requests (up to 10 s) and return.
+/// requests (up to 10 s) and return. An error when the Kafka producer failed for good
+/// (no order can be taken any more): the supervisor starts ingest again.
 pub async fn serve(
     cfg: Config,
     listen: SocketAddr,
@@ -41,6 +42,9 @@ pub async fn serve(
     tracing::info!("ingest listening on http://{listen}");
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let failed = state.producer.failed();
+    tokio::pin!(failed);
+    let mut fatal = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -67,6 +71,11 @@ pub async fn serve(
                 });
             }
             _ = &mut shutdown => break,
+            why = &mut failed => {
+                tracing::error!("{why}: stopping ingest, to be started again");
+                fatal = Some(why);
+                break;
+            }
         }
     }
     drop(listener);
@@ -76,5 +85,8 @@ pub async fn serve(
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("in-flight requests did not finish in 10 s"),
     }
     state.producer.flush(Duration::from_secs(5));
-    Ok(())
+    match fatal {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }

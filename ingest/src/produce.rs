@@ -20,6 +20,9 @@ pub struct OrderProducer {
     producer: FutureProducer,
     topic: String,
     backlog: Arc<Backlog>,
+    /// Set when the producer failed for good (librdkafka's fatal error: e.g. the
+    /// broker refused a batch as out of sequence). Nothing sent after that is taken.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Why an order was not taken; nothing was written to Kafka that will settle.
@@ -81,6 +84,7 @@ impl OrderProducer {
             producer,
             topic: cfg.kafka.topic.clone(),
             backlog,
+            fatal: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -104,9 +108,24 @@ impl OrderProducer {
             }
             Err((e, _)) => {
                 tracing::warn!("Kafka did not take order {order_id}: {e}");
+                if let Some((code, why)) = self.producer.client().fatal_error() {
+                    let why = format!("the Kafka producer failed for good ({code:?}): {why}");
+                    self.fatal.send_replace(Some(why));
+                }
                 Err(NotTaken::Kafka(e.to_string()))
             }
         }
+    }
+
+    /// Resolves once the producer failed for good, with why: ingest must then stop (and
+    /// be started again, with a new producer).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        };
+        why
     }
 
     /// The largest number of unsettled orders in any partition, as far as known.
