@@ -149,10 +149,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The config at `path`; with no admin token configured, the one `dtss up` generated
+/// into the data directory, if there is one.
 fn read_config(path: &std::path::Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    Config::parse_at(&text, path)
+    let mut cfg = Config::parse_at(&text, path)?;
+    if cfg.ingest.admin_token.is_none() {
+        cfg.ingest.admin_token = up::read_admin_token(&cfg.admin_token_file())?;
+    }
+    Ok(cfg)
 }
 
 fn multi_thread() -> Result<tokio::runtime::Runtime> {

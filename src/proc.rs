@@ -13,7 +13,15 @@ pub(crate) struct Proc {
     args: Vec<String>,
     log: PathBuf,
     child: Child,
+    started: Instant,
+    /// The wait before the next restart, and when it is due once the process exited.
+    delay: Duration,
+    due: Option<Instant>,
 }
+
+/// A process that lived this long before it exited restarts at once; one that died
+/// sooner waits twice as long as the last time, from 1 s up to 30 s.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// The nice value of the services on the way to an order's 202 (ingest, the broker).
 const ACK_PATH_NICE: i32 = -5;
@@ -83,12 +91,35 @@ impl Proc {
             args: args.to_vec(),
             log,
             child,
+            started: Instant::now(),
+            delay: Duration::ZERO,
+            due: None,
         })
     }
 
-    pub(crate) fn respawn(&mut self, logs: &std::path::Path) -> Result<()> {
+    /// An exited process started again: at once if it had lived `STABLE`, else after a
+    /// wait that doubles while it keeps dying young. True when it was started now.
+    pub(crate) fn respawn(&mut self, logs: &std::path::Path) -> Result<bool> {
+        let now = Instant::now();
+        let due = *self.due.get_or_insert_with(|| {
+            self.delay = match self.started.elapsed() < STABLE {
+                true => (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                false => Duration::ZERO,
+            };
+            now + self.delay
+        });
+        if now < due {
+            return Ok(false);
+        }
+        let delay = self.delay;
         *self = Proc::spawn(&self.name.clone(), &self.args.clone(), logs)?;
-        Ok(())
+        self.delay = delay;
+        Ok(true)
+    }
+
+    /// The wait before its next restart.
+    pub(crate) fn restart_delay(&self) -> Duration {
+        self.delay
     }
 
     pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {

@@ -41,6 +41,12 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || crate::services::run(&c, "up")).await??;
     }
     crate::init::init(&cfg).await?;
+    let mut cfg = cfg;
+    if cfg.ingest.admin_token.is_none() {
+        let file = cfg.admin_token_file();
+        cfg.ingest.admin_token = Some(make_admin_token(&file)?);
+        println!("admin token generated into {} (mode 0600)", file.display());
+    }
     let mut sup = Supervisor::start(&cfg).await?;
     banner(&cfg, &sup, started.elapsed());
     let mut load_task = args
@@ -102,8 +108,9 @@ fn banner(cfg: &Config, sup: &Supervisor, took: Duration) {
         sup.logs.display()
     );
     println!(
-        "  rates change every {} ms (rate modifier); admin token: ingest.admin_token or DTSS_ADMIN_TOKEN",
-        cfg.currencies.modifier_period.as_millis()
+        "  rates change every {} ms (rate modifier); admin token: ingest.admin_token, DTSS_ADMIN_TOKEN or {}",
+        cfg.currencies.modifier_period.as_millis(),
+        cfg.admin_token_file().display()
     );
     println!(
         "  try: curl -s -XPOST http://{}/api/orders -d '{{\"user_id\":\"u-1\",\"initiator\":\"USD\",\"items\":[{{\"id\":1,\"number\":1}}]}}'",
@@ -244,8 +251,16 @@ impl Supervisor {
         }
         for p in [&mut self.modifier, &mut self.ingest] {
             if let Some(status) = p.exited() {
-                tracing::warn!("{} exited ({status}); restarting it\n{}", p.name, p.tail());
-                p.respawn(&self.logs)?;
+                let tail = p.tail();
+                if p.respawn(&self.logs)? {
+                    tracing::warn!("{} exited ({status}); restarted it\n{tail}", p.name);
+                } else if p.restart_delay() > Duration::ZERO {
+                    tracing::debug!(
+                        "{} exited ({status}); restarting in {:?}",
+                        p.name,
+                        p.restart_delay()
+                    );
+                }
             }
         }
         if self.crashes.gave_up {
@@ -303,6 +318,44 @@ impl Supervisor {
         }
         println!("stopped; MariaDB and ZooKeeper keep running (dtss services down stops them)");
     }
+}
+
+/// The admin token in `file`, if it exists (it must be readable by its owner only).
+pub fn read_admin_token(file: &Path) -> Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by others: chmod 600 it (or delete it for a new token)",
+            file.display()
+        );
+    }
+    let token =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// A new random admin token (256 bits, hex) in `file`, created with mode 0600.
+fn make_admin_token(file: &Path) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("writing {}", file.display()))?;
+    Ok(token)
 }
 
 /// A service's command line: `extra`, then `--config PATH`.
@@ -370,4 +423,30 @@ async fn healthz(addr: std::net::SocketAddr) -> bool {
     }
     let mut buf = vec![0u8; 64];
     matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_generated_admin_token_is_private_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("dtss-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("admin-token");
+        assert_eq!(read_admin_token(&file).unwrap(), None);
+        let token = make_admin_token(&file).unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(read_admin_token(&file).unwrap(), Some(token.clone()));
+        assert!(make_admin_token(&file).is_err(), "never overwritten");
+        assert_ne!(make_admin_token(&dir.join("other")).unwrap(), token);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_admin_token(&file).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -56,15 +56,17 @@ fn injected_rate_applies_from_its_epoch_and_totals_agree() {
     let put = |cur: &str, body: &str| c.admin("PUT", &format!("/api/rates/{cur}"), Some(body));
     let (s, _) = common::http(&c.listen, "PUT", "/api/rates/USD", Some(r#"{"rate":"8"}"#)).unwrap();
     assert_eq!(s, 401);
-    let (s, _) = common::http_with(
-        &c.listen,
-        "PUT",
-        "/api/rates/USD",
-        Some(r#"{"rate":"8"}"#),
-        &[("Authorization", "Bearer wrong")],
-    )
-    .unwrap();
-    assert_eq!(s, 401);
+    for token in ["Bearer wrong", "Bearer dtss-admin", "Bearer  secret"] {
+        let (s, _) = common::http_with(
+            &c.listen,
+            "PUT",
+            "/api/rates/USD",
+            Some(r#"{"rate":"8"}"#),
+            &[("Authorization", token)],
+        )
+        .unwrap();
+        assert_eq!(s, 401, "{token}");
+    }
     for (cur, body, field) in [
         ("GBP", r#"{"rate":"8"}"#, "currency"),
         ("RMB", r#"{"rate":"2"}"#, "currency"),
@@ -72,6 +74,14 @@ fn injected_rate_applies_from_its_epoch_and_totals_agree() {
         ("USD", r#"{"rate":"0"}"#, "rate"),
         ("USD", r#"{"rate":"7.1234567"}"#, "rate"),
         ("USD", r#"{"rate":"abc"}"#, "rate"),
+        // Not plain decimals, or outside the hard range (10× either way of 7.12).
+        ("USD", r#"{"rate":"1e3"}"#, "rate"),
+        ("USD", r#"{"rate":"1e21"}"#, "rate"),
+        ("USD", r#"{"rate":" 7.5"}"#, "rate"),
+        ("USD", r#"{"rate":"1000000"}"#, "rate"),
+        ("USD", r#"{"rate":"71.21"}"#, "rate"),
+        ("USD", r#"{"rate":"0.000001"}"#, "rate"),
+        ("USD", r#"{"rate":"0.711"}"#, "rate"),
         ("USD", r#"{}"#, "rate"),
     ] {
         let (s, v) = put(cur, body);

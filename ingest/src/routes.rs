@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use model::{validate_order, Config, Currency, Uuid};
 use serde_json::json;
 use sinks::Pool;
+use subtle::ConstantTimeEq;
 
 use crate::endpoint::{Endpoint, UserQuery};
 use crate::produce::{NotTaken, OrderProducer};
@@ -67,9 +68,10 @@ fn unavailable(field: &str, problem: &str) -> Resp {
 fn admin(state: &State, req: &Request<Incoming>) -> Option<Resp> {
     let Some(token) = &state.admin_token else {
         return Some(error(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
             "token",
-            "no admin token is configured (ingest.admin_token or DTSS_ADMIN_TOKEN)",
+            "the admin endpoints are off: no admin token is configured (ingest.admin_token, \
+             DTSS_ADMIN_TOKEN, or the file dtss up writes into the data directory)",
         ));
     };
     let h = req.headers();
@@ -82,7 +84,8 @@ fn admin(state: &State, req: &Request<Incoming>) -> Option<Resp> {
                 .and_then(|v| v.strip_prefix("Bearer "))
         });
     match given {
-        Some(g) if g.trim() == token => None,
+        // Exactly the token, compared in constant time.
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => None,
         Some(_) => Some(error(
             StatusCode::UNAUTHORIZED,
             "token",
@@ -146,7 +149,16 @@ async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, Resp>
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let timeout = state.cfg.ingest.body_timeout;
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body",
+            format!("not received within {timeout:?}"),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

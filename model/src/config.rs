@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rust_decimal::Decimal;
 
 use crate::Currency;
@@ -64,17 +64,53 @@ pub struct ZooKeeper {
     pub session_timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Mysql {
     pub url: String,
 }
 
-#[derive(Clone, Debug)]
+impl Mysql {
+    /// The URL with its password replaced by `***`: for messages and logs.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for Mysql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mysql")
+            .field("url", &self.redacted())
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[derive(Clone)]
 pub struct Ingest {
     pub listen: SocketAddr,
     /// The admin token: `DTSS_ADMIN_TOKEN` from the environment when set, else
     /// `ingest.admin_token`; None when neither is (admin requests are then refused).
     pub admin_token: Option<String>,
+    /// How long a client may take to send a request's headers, and how long a
+    /// keep-alive connection may wait idle for its next request.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Connections served at once; past it a new one gets a 503 and is closed.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +135,21 @@ pub struct Currencies {
     /// The most the modifier moves a rate in one step, in percent.
     pub max_step_pct: Decimal,
     pub modifier_period: Duration,
+    /// No rate may be set further than this factor from its initial value, either way
+    /// (`rates::parse_injection`).
+    pub hard_factor: Decimal,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("listen", &self.listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 /// The file as written: what serde reads, before any check.
@@ -196,6 +247,9 @@ mod raw {
     pub struct Ingest {
         pub listen: String,
         pub admin_token: String,
+        pub header_read_timeout_ms: u64,
+        pub body_timeout_ms: u64,
+        pub max_connections: usize,
     }
 
     impl Default for Ingest {
@@ -203,6 +257,9 @@ mod raw {
             Ingest {
                 listen: "127.0.0.1:8080".into(),
                 admin_token: String::new(),
+                header_read_timeout_ms: 10_000,
+                body_timeout_ms: 10_000,
+                max_connections: 10_000,
             }
         }
     }
@@ -237,6 +294,8 @@ mod raw {
         pub max_step_pct: String,
         #[serde(default = "default_period_ms")]
         pub modifier_period_ms: u64,
+        #[serde(default = "default_hard_factor")]
+        pub hard_factor: u32,
     }
 
     fn default_epoch_ms() -> u64 {
@@ -259,6 +318,9 @@ mod raw {
     }
     fn default_period_ms() -> u64 {
         60_000
+    }
+    fn default_hard_factor() -> u32 {
+        10
     }
 }
 
@@ -306,6 +368,12 @@ impl Config {
 
     pub fn data_dir(&self) -> PathBuf {
         self.resolve(&self.cluster.data_dir)
+    }
+
+    /// The admin token `dtss up` generates when none is configured (mode 0600), read by
+    /// every command then.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir().join("admin-token")
     }
 
     /// The file in which `dtss broker` publishes the embedded broker's address.
@@ -379,9 +447,26 @@ fn ingest(i: raw::Ingest) -> Result<Ingest> {
         .ok()
         .filter(|t| !t.is_empty())
         .or_else(|| Some(i.admin_token).filter(|t| !t.is_empty()));
+    for (key, ms) in [
+        ("header_read_timeout_ms", i.header_read_timeout_ms),
+        ("body_timeout_ms", i.body_timeout_ms),
+    ] {
+        ensure!(
+            (100..=600_000).contains(&ms),
+            "ingest.{key}: {ms} is not between 100 and 600000 (ms)"
+        );
+    }
+    ensure!(
+        (1..=1_000_000).contains(&i.max_connections),
+        "ingest.max_connections: {} is not between 1 and 1000000",
+        i.max_connections
+    );
     Ok(Ingest {
         listen,
         admin_token,
+        header_read_timeout: Duration::from_millis(i.header_read_timeout_ms),
+        body_timeout: Duration::from_millis(i.body_timeout_ms),
+        max_connections: i.max_connections,
     })
 }
 
@@ -416,6 +501,14 @@ fn currencies(c: raw::Currencies) -> Result<Currencies> {
         bound_pct: percent("currencies.bound_pct", &c.bound_pct)?,
         max_step_pct: percent("currencies.max_step_pct", &c.max_step_pct)?,
         modifier_period: Duration::from_millis(c.modifier_period_ms),
+        hard_factor: {
+            ensure!(
+                (2..=1000).contains(&c.hard_factor),
+                "currencies.hard_factor: {} is not between 2 and 1000",
+                c.hard_factor
+            );
+            Decimal::from(c.hard_factor)
+        },
     })
 }
 
@@ -521,5 +614,24 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
             err(&GOOD.replace("base = \"RMB\"", "base = \"RMB\"\nmax_step_pct = \"x\""))
                 .contains("currencies.max_step_pct")
         );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_messages() {
+        assert_eq!(
+            redact_url("mysql://dtss:s3cret@127.0.0.1:3306/dtss"),
+            "mysql://dtss:***@127.0.0.1:3306/dtss"
+        );
+        assert_eq!(redact_url("mysql://a:b:c@d@h/x"), "mysql://a:***@h/x");
+        assert_eq!(redact_url("mysql://dtss@h/x"), "mysql://dtss@h/x");
+        let text = format!(
+            "{GOOD}\n[ingest]\nadmin_token = \"t0ken\"\n[mysql]\nurl = \"mysql://u:pw9@h/d\"\n"
+        );
+        let shown = format!("{:?}", Config::parse(&text).unwrap());
+        assert!(
+            !shown.contains("t0ken") && !shown.contains("pw9"),
+            "{shown}"
+        );
+        assert!(shown.contains("mysql://u:***@h/d"), "{shown}");
     }
 }

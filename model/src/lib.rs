@@ -9,7 +9,7 @@ mod order;
 mod settle;
 pub mod wire;
 
-pub use config::Config;
+pub use config::{redact_url, Config};
 pub use currency::Currency;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest};
 pub use rust_decimal::Decimal;

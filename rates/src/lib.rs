@@ -52,8 +52,18 @@ pub fn parse_injection(
             format!("{c} is the base currency: its rate is fixed"),
         ));
     }
-    let r = Decimal::from_str(rate.trim())
-        .map_err(|_| err("rate", format!("{rate:?} is not a decimal number")))?;
+    let plain = !rate.is_empty()
+        && rate.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && rate.bytes().filter(|b| *b == b'.').count() <= 1;
+    let r = Decimal::from_str(rate)
+        .ok()
+        .filter(|_| plain)
+        .ok_or_else(|| {
+            err(
+                "rate",
+                format!("{rate:?} is not a plain decimal number like 7.12"),
+            )
+        })?;
     if r <= Decimal::ZERO {
         return Err(err("rate", format!("{rate} must be positive")));
     }
@@ -63,7 +73,33 @@ pub fn parse_injection(
             format!("{rate} has more than {} decimals", modifier::RATE_DP),
         ));
     }
+    let (lo, hi) = hard_range(cfg, c);
+    if r < lo || r > hi {
+        return Err(err(
+            "rate",
+            format!(
+                "{rate} is outside {c}'s hard range {lo} to {hi} (currencies.hard_factor {} of its initial rate)",
+                cfg.currencies.hard_factor
+            ),
+        ));
+    }
     Ok((c, r))
+}
+
+/// The rates `c` may be set to: within `currencies.hard_factor` of its initial rate.
+pub fn hard_range(cfg: &Config, c: Currency) -> (Decimal, Decimal) {
+    let initial = cfg
+        .currencies
+        .initial
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map_or(Decimal::ONE, |(_, r)| *r);
+    let f = cfg.currencies.hard_factor;
+    let lo = (initial / f).round_dp_with_strategy(
+        modifier::RATE_DP,
+        rust_decimal::RoundingStrategy::ToPositiveInfinity,
+    );
+    (lo.max(Decimal::new(1, modifier::RATE_DP)), initial * f)
 }
 
 /// Write an injected rate (compare-and-set on the znode version).

@@ -46,7 +46,9 @@ pub fn step(
     };
     let factor = Decimal::ONE + Decimal::new(k, 6);
     let (lo, hi) = bounds(initial, bound_pct);
-    (rate * factor)
+    // A rate set by hand far out of range cannot overflow the step: it stays.
+    rate.checked_mul(factor)
+        .unwrap_or(rate)
         .round_dp_with_strategy(RATE_DP, RoundingStrategy::MidpointNearestEven)
         .clamp(lo, hi)
 }
@@ -207,6 +209,15 @@ mod tests {
             }
             // a random walk of 100,000 steps reaches both bounds
             assert_eq!((min, max), (lo, hi), "walk from {init}");
+        }
+    }
+
+    #[test]
+    fn a_rate_far_out_of_range_steps_back_into_it_without_overflow() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..100 {
+            let r = step(Decimal::MAX, d("7.12"), d("2"), d("20"), &mut rng);
+            assert_eq!(r, bounds(d("7.12"), d("20")).1);
         }
     }
 

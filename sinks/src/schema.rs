@@ -11,7 +11,8 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 /// dropped half way. The row count of an UPDATE is of the rows it found, changed or
 /// not (CLIENT_FOUND_ROWS): settlement counts the commodities its stock UPDATE checked.
 pub fn connect(url: &str, max: usize) -> Result<Pool> {
-    let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
+    let opts = Opts::from_url(url)
+        .with_context(|| format!("mysql.url {:?} does not parse", model::redact_url(url)))?;
     // With min 0 and no idle TTL, mysql_async closes every connection handed back: a new
     // connection (TCP, authentication, setup) per transaction.
     let pool_opts = PoolOpts::default()
@@ -147,7 +148,8 @@ const TABLES: &[&str] = &[
 
 /// Create the database named in `url` and every table, if missing.
 pub async fn ensure_schema(url: &str) -> Result<()> {
-    let opts = Opts::from_url(url).with_context(|| format!("mysql.url {url:?} does not parse"))?;
+    let opts = Opts::from_url(url)
+        .with_context(|| format!("mysql.url {:?} does not parse", model::redact_url(url)))?;
     let db = opts
         .db_name()
         .context("mysql.url must name a database, e.g. mysql://dtss:dtss@127.0.0.1:3306/dtss")?

@@ -94,6 +94,8 @@ pub struct Spec<'a> {
     pub items: u32,
     /// More keys of the `[cluster]` section.
     pub cluster: &'a str,
+    /// More keys of the `[ingest]` section.
+    pub ingest: &'a str,
     pub extra: &'a str,
 }
 
@@ -105,6 +107,7 @@ impl Default for Spec<'_> {
             catalogue: None,
             items: 1000,
             cluster: "",
+            ingest: "",
             extra: "",
         }
     }
@@ -169,7 +172,7 @@ root = "/dtss_t_{unique}"
 url = "mysql://dtss:dtss@127.0.0.1:3306/{db}"
 [ingest]
 listen = "{listen}"
-admin_token = "secret"
+{}
 [catalogue]
 items = {}
 {catalogue}
@@ -181,6 +184,11 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                 processes.join(", "),
                 spec.workers,
                 spec.cluster,
+                if spec.ingest.contains("admin_token") {
+                    spec.ingest.to_string()
+                } else {
+                    format!("admin_token = \"secret\"\n{}", spec.ingest)
+                },
                 spec.items,
                 spec.extra
             ),
