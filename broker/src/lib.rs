@@ -39,8 +39,33 @@ use crate::log::PartitionLog;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNSUPPORTED_VERSION: i16 = 35;
-/// Largest request accepted (librdkafka's message.max.bytes is 1 MB by default).
-const MAX_REQUEST: usize = 64 << 20;
+/// Largest request accepted (librdkafka's message.max.bytes is 1 MB by default). Its
+/// memory is taken as its bytes arrive, not when its length is read.
+const MAX_REQUEST: usize = 16 << 20;
+/// Largest fetch answer, whatever a request's `max_bytes` says.
+const MAX_FETCH: usize = 16 << 20;
+/// The smallest request: API key, version and correlation id.
+const MIN_REQUEST: usize = 8;
+
+/// How long a connection may stay idle (Kafka's `connections.max.idle.ms` is 10 min), how
+/// long a request's bytes may take once its length is read, and how many connections
+/// are served at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub idle: Duration,
+    pub request: Duration,
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle: Duration::from_secs(600),
+            request: Duration::from_secs(30),
+            connections: 1024,
+        }
+    }
+}
 
 /// The API versions served: what librdkafka uses, within what kafka-protocol codes.
 /// Fetch stays below v13 and Metadata below v10 so topics go by name, not by id.
@@ -126,6 +151,19 @@ impl Broker {
     /// Answer clients on `listener` until the task is dropped; `advertised` is the
     /// address given out in metadata.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, advertised: SocketAddr) {
+        self.serve_with(listener, advertised, Limits::default())
+            .await
+    }
+
+    /// `serve` with `limits`: past `limits.connections` a new connection is closed at
+    /// once.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        advertised: SocketAddr,
+        limits: Limits,
+    ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -135,36 +173,38 @@ impl Broker {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    "refusing Kafka client {peer}: {} connections open",
+                    limits.connections
+                );
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = broker.connection(stream, advertised).await {
+                if let Err(e) = broker.connection(stream, advertised, limits).await {
                     tracing::warn!("Kafka client {peer}: {e:#}");
                 }
+                drop(slot);
             });
         }
     }
 
     /// Requests of one connection, answered in order (as Kafka does).
-    async fn connection(&self, stream: TcpStream, advertised: SocketAddr) -> Result<()> {
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        advertised: SocketAddr,
+        limits: Limits,
+    ) -> Result<()> {
         let (r, w) = stream.into_split();
         let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
         let mut out = BytesMut::new();
         loop {
-            let len = match r.read_i32().await {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
+            let Some(mut body) = read_request(&mut r, limits).await? else {
+                return Ok(());
             };
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|&n| (4..=MAX_REQUEST).contains(&n));
-            let Some(len) = len else {
-                bail!("bad request length {len:?}");
-            };
-            let mut buf = BytesMut::zeroed(len);
-            r.read_exact(&mut buf).await?;
-            let mut body = buf.freeze();
             if body[..2] == (ApiKey::Fetch as i16).to_be_bytes() {
                 // A fetch may wait for data: answers held back for pipelining go first.
                 w.flush().await?;
@@ -223,7 +263,9 @@ impl Broker {
             }
             RequestKind::Produce(req) => ResponseKind::Produce(self.produce(req)),
             RequestKind::Fetch(req) => ResponseKind::Fetch(self.fetch(req).await),
-            RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(self.list_offsets(req)),
+            RequestKind::ListOffsets(req) => {
+                ResponseKind::ListOffsets(self.list_offsets(req, version))
+            }
             RequestKind::FindCoordinator(req) => {
                 let mut res = FindCoordinatorResponse::default();
                 let host = StrBytes::from_string(advertised.ip().to_string());
@@ -380,11 +422,17 @@ impl Broker {
     /// What a fetch gets now.
     fn fetch_now(&self, req: &FetchRequest) -> FetchResponse {
         let mut res = FetchResponse::default();
-        let mut budget = req.max_bytes.max(1) as usize;
+        let mut budget = (req.max_bytes.max(1) as usize).min(MAX_FETCH);
+        let mut first = true;
+        let mut seen = std::collections::HashSet::new();
         for topic in &req.topics {
             let mut tr = FetchableTopicResponse::default();
             tr.topic = topic.topic.clone();
             for fp in &topic.partitions {
+                // A partition named twice is answered once.
+                if !seen.insert((topic.topic.0.clone(), fp.partition)) {
+                    continue;
+                }
                 let mut pd = PartitionData::default();
                 pd.partition_index = fp.partition;
                 pd.last_stable_offset = -1;
@@ -395,10 +443,13 @@ impl Broker {
                         pd.high_watermark = log.end();
                         pd.last_stable_offset = log.end();
                         pd.log_start_offset = log.start();
-                        let max = (fp.partition_max_bytes.max(1) as usize).min(budget.max(1));
-                        match log.read(fp.fetch_offset, max) {
+                        // Past the budget nothing more, but for the first batch (as
+                        // Kafka: a batch larger than max_bytes still goes out alone).
+                        let max = (fp.partition_max_bytes.max(1) as usize).min(budget);
+                        match log.read(fp.fetch_offset, max, first) {
                             None => pd.error_code = OFFSET_OUT_OF_RANGE,
                             Some(records) => {
+                                first &= records.is_empty();
                                 budget = budget.saturating_sub(records.len());
                                 pd.records = Some(records);
                             }
@@ -414,7 +465,9 @@ impl Broker {
         res
     }
 
-    fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    /// A field a version does not have must keep its default, or the answer does not
+    /// encode: `leader_epoch` is v4 on.
+    fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         let mut res = ListOffsetsResponse::default();
         for topic in req.topics {
             let mut tr = ListOffsetsTopicResponse::default();
@@ -435,7 +488,9 @@ impl Broker {
                         } else {
                             log.end()
                         };
-                        pr.leader_epoch = 0;
+                        if version >= 4 {
+                            pr.leader_epoch = 0;
+                        }
                     }
                 }
                 tr.partitions.push(pr);
@@ -445,6 +500,48 @@ impl Broker {
         }
         res
     }
+}
+
+/// The next request of a connection, its memory taken as its bytes arrive; None when
+/// the client hung up or stayed idle past `limits.idle`.
+async fn read_request(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    limits: Limits,
+) -> Result<Option<Bytes>> {
+    let len = match tokio::time::timeout(limits.idle, r.read_i32()).await {
+        Err(_) => return Ok(None),
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    let Some(len) = usize::try_from(len)
+        .ok()
+        .filter(|n| (MIN_REQUEST..=MAX_REQUEST).contains(n))
+    else {
+        bail!("a request of {len} bytes (served: {MIN_REQUEST} to {MAX_REQUEST})");
+    };
+    let mut buf = BytesMut::new();
+    let read = async {
+        while buf.len() < len {
+            buf.reserve((len - buf.len()).min(64 << 10));
+            let want = (len - buf.len()) as u64;
+            if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
+                bail!(
+                    "the client hung up {} bytes into a {len}-byte request",
+                    buf.len()
+                );
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limits.request, read).await {
+        Ok(done) => done?,
+        Err(_) => bail!(
+            "a {len}-byte request not received within {:?}",
+            limits.request
+        ),
+    }
+    Ok(Some(buf.freeze()))
 }
 
 fn api_versions() -> ApiVersionsResponse {

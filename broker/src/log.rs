@@ -292,11 +292,12 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Whole batches from the one holding `offset`, at least one and then up to
-    /// `max_bytes`; empty at the end of the log; `None` when `offset` is outside it.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Option<Bytes> {
+    /// Whole batches from the one holding `offset` up to `max_bytes` (the first even if
+    /// larger, when `at_least_one`); empty at the end of the log; `None` when `offset`
+    /// is outside it.
+    pub fn read(&self, offset: i64, max_bytes: usize, at_least_one: bool) -> Option<Bytes> {
         let mut out = BytesMut::new();
-        for b in self.batches_from(offset, max_bytes)? {
+        for b in self.batches_from(offset, max_bytes, at_least_one)? {
             out.extend_from_slice(b);
         }
         Some(out.freeze())
@@ -304,10 +305,19 @@ impl PartitionLog {
 
     /// How many bytes `read` would return, without copying them.
     pub fn readable(&self, offset: i64, max_bytes: usize) -> Option<usize> {
-        Some(self.batches_from(offset, max_bytes)?.map(Bytes::len).sum())
+        Some(
+            self.batches_from(offset, max_bytes, true)?
+                .map(Bytes::len)
+                .sum(),
+        )
     }
 
-    fn batches_from(&self, offset: i64, max_bytes: usize) -> Option<impl Iterator<Item = &Bytes>> {
+    fn batches_from(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Option<impl Iterator<Item = &Bytes>> {
         if offset < self.start() || offset > self.end {
             return None;
         }
@@ -318,7 +328,7 @@ impl PartitionLog {
                 .range(from..)
                 .map(|b| &b.bytes)
                 .take_while(move |b| {
-                    let take = len == 0 || len + b.len() <= max_bytes;
+                    let take = (at_least_one && len == 0) || len + b.len() <= max_bytes;
                     len += b.len();
                     take
                 }),
@@ -369,15 +379,19 @@ mod tests {
         assert_eq!(log.append(&batch(3, -1, 0)).unwrap(), 0);
         assert_eq!(log.append(&batch(2, -1, 0)).unwrap(), 3);
         assert_eq!((log.start(), log.end()), (0, 5));
-        let from4 = log.read(4, 1 << 20).unwrap();
+        let from4 = log.read(4, 1 << 20, true).unwrap();
         assert_eq!(
             be_i64(&from4, 0),
             3,
             "the batch holding offset 4 starts at 3"
         );
-        assert_eq!(log.read(5, 1 << 20).unwrap().len(), 0, "end of the log");
-        assert!(log.read(6, 1 << 20).is_none());
-        let one = log.read(0, 1).unwrap();
+        assert_eq!(
+            log.read(5, 1 << 20, true).unwrap().len(),
+            0,
+            "end of the log"
+        );
+        assert!(log.read(6, 1 << 20, true).is_none());
+        let one = log.read(0, 1, true).unwrap();
         assert_eq!(
             header(&one).unwrap().len,
             one.len(),
@@ -392,7 +406,7 @@ mod tests {
         let mut log = PartitionLog::open(&dir).unwrap();
         assert_eq!((log.start(), log.end()), (0, 5));
         assert_eq!(log.append(&batch(1, -1, 0)).unwrap(), 5);
-        assert_eq!(be_i64(&log.read(5, 1 << 20).unwrap(), 0), 5);
+        assert_eq!(be_i64(&log.read(5, 1 << 20, true).unwrap(), 0), 5);
         drop(log);
         assert_eq!(PartitionLog::open(&dir).unwrap().end(), 6);
         std::fs::remove_dir_all(&dir).unwrap();
