@@ -80,34 +80,61 @@ wait_until_up() {
 
 mysql_ping() { mariadb-admin --no-defaults --socket="$MY/mysqld.sock" -uroot ping >/dev/null 2>&1; }
 
+# The OS user MariaDB runs as: `mysql` when it can reach the data directory (every
+# folder above it searchable by others), else root, with a warning.
+mysql_os_user() {
+  if id mysql >/dev/null 2>&1 && runuser -u mysql -- test -x "$SVC" 2>/dev/null; then
+    echo mysql
+  else
+    echo root
+  fi
+}
+
 mysql_up() {
   if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then
     log "MariaDB already running on 127.0.0.1:$MYSQL_PORT"
     return
   fi
-  mkdir -p "$MY"
+  mkdir -p "$MY/files"
+  local user
+  user=$(mysql_os_user)
+  if [ "$user" = root ]; then
+    log "warning: the mysql OS user cannot reach $MY (a folder above it is not searchable): running MariaDB as root"
+  fi
   if [ ! -d "$MY/data/mysql" ]; then
     log "initialising MariaDB data directory $MY/data"
-    mariadb-install-db --no-defaults --datadir="$MY/data" --user=root \
-      --auth-root-authentication-method=normal --skip-test-db >"$MY/install.log" 2>&1 || {
+    mariadb-install-db --no-defaults --datadir="$MY/data" --user="$user" \
+      --auth-root-authentication-method=socket --skip-test-db >"$MY/install.log" 2>&1 || {
       cat "$MY/install.log" >&2
       exit 1
     }
   fi
-  log "starting MariaDB on 127.0.0.1:$MYSQL_PORT (log: $MY/error.log)"
+  chown -R "$user:" "$MY"
+  chmod 750 "$MY" "$MY/files"
+  log "starting MariaDB on 127.0.0.1:$MYSQL_PORT as $user (log: $MY/error.log)"
+  # secure_file_priv: the server reads and writes files only under $MY/files (and the
+  # dtss user, without FILE, not even there). LOCAL INFILE sends the client's data.
   setsid nohup mariadbd --no-defaults --datadir="$MY/data" --socket="$MY/mysqld.sock" \
-    --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user=root \
+    --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user="$user" \
     --log-error="$MY/error.log" --skip-name-resolve --max-connections=1000 \
     --innodb-buffer-pool-size=2G --innodb-log-file-size=2G \
     --innodb-io-capacity=2000 --innodb-io-capacity-max=8000 --local-infile=1 \
+    --secure-file-priv="$MY/files" \
     </dev/null >/dev/null 2>&1 9>&- &
   wait_until_up MariaDB $! mysql_ping "$MY/error.log"
+  # Root only through the socket, as the OS root; dtss only on the databases named
+  # dtss…, with no global privilege (no FILE, no SUPER). Applied at every start, so an
+  # older data directory is brought to the same state.
   mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot <<'SQL'
 CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY 'dtss';
 CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY 'dtss';
-GRANT ALL PRIVILEGES ON *.* TO 'dtss'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON *.* TO 'dtss'@'localhost';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dtss'@'127.0.0.1', 'dtss'@'localhost';
+GRANT ALL PRIVILEGES ON `dtss%`.* TO 'dtss'@'127.0.0.1', 'dtss'@'localhost';
+DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1', 'root'@'%';
+ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket;
 SQL
+  mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot \
+    -e "DROP USER IF EXISTS 'root'@'$(hostname)'"
 }
 
 # ZooKeeper answers "imok" to "ruok". Read exactly those 4 bytes rather than up to

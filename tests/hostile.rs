@@ -173,3 +173,51 @@ fn without_a_token_the_admin_endpoints_are_off() {
     }
     assert_eq!(c.post(ORDER).0, 202, "orders are taken as ever");
 }
+
+#[test]
+fn the_dtss_user_of_the_local_mariadb_has_no_file_or_global_privileges() {
+    common::services();
+    let pool = mysql_async::Pool::new("mysql://dtss:dtss@127.0.0.1:3306/");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    use mysql_async::prelude::Queryable;
+    let (outfile, global, root) = rt.block_on(async {
+        let mut conn = pool.get_conn().await.unwrap();
+        let outfile = conn
+            .query_drop("SELECT 1 INTO OUTFILE '/tmp/dtss-outfile-test'")
+            .await;
+        let global = conn.query_drop("SET GLOBAL max_connections = 999").await;
+        drop(conn);
+        pool.disconnect().await.unwrap();
+        let root = mysql_async::Conn::from_url("mysql://root@127.0.0.1:3306/").await;
+        (outfile, global, root.map(|_| ()))
+    });
+    let e = outfile.unwrap_err().to_string();
+    assert!(e.contains("FILE"), "SELECT … INTO OUTFILE refused: {e}");
+    assert!(!std::path::Path::new("/tmp/dtss-outfile-test").exists());
+    assert!(global.is_err(), "SET GLOBAL refused");
+    assert!(root.is_err(), "root is not reachable over TCP");
+    // MariaDB runs as the mysql OS user, when every folder above its data directory
+    // lets others through (else scripts/services.sh warns and runs it as root).
+    use std::os::unix::fs::PermissionsExt as _;
+    let reachable = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if !reachable {
+        eprintln!("the repository is not searchable by others: MariaDB runs as root here");
+        return;
+    }
+    let pid = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/.dtss/services/mariadb/mysqld.pid"
+    ))
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        !uid.split_whitespace().skip(1).any(|u| u == "0"),
+        "not root: {uid}"
+    );
+}

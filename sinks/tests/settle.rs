@@ -104,6 +104,16 @@ async fn create_db(
     (db, pool, dir, rates)
 }
 
+/// MariaDB's root, through the socket of the server scripts/services.sh started.
+fn root_pool() -> mysql_async::Pool {
+    let home = std::env::var("DTSS_HOME")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.dtss").to_string());
+    let opts = mysql_async::OptsBuilder::default()
+        .user(Some("root"))
+        .socket(Some(format!("{home}/services/mariadb/mysqld.sock")));
+    mysql_async::Pool::new(opts)
+}
+
 async fn drop_db(db: &str, pool: mysql_async::Pool, dir: std::path::PathBuf) {
     let mut conn = pool.get_conn().await.unwrap();
     conn.query_drop(format!("DROP DATABASE {db}"))
@@ -603,7 +613,12 @@ async fn results_go_in_as_inserts_when_the_server_refuses_load_data() {
     let _alone = SERVER.write().await;
     let (db, pool, dir, rates) = create_db("infile", 2).await;
     let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop("SET GLOBAL local_infile = 0")
+    // A server-wide setting: the dtss user may not change it, root (through the
+    // socket, as the OS root) may.
+    let root = root_pool();
+    let mut admin = root.get_conn().await.unwrap();
+    admin
+        .query_drop("SET GLOBAL local_infile = 0")
         .await
         .unwrap();
     let orders: Vec<Order> = (0..3).map(|i| order(&format!("u-i{i}\t"), 2, 1)).collect();
@@ -616,9 +631,12 @@ async fn results_go_in_as_inserts_when_the_server_refuses_load_data() {
     let out = dtss_sinks::settle_batch(&pool, "orders", 0, &batch, 3, &mut state).await;
     // With INSERTs from then on, a replayed batch is still recognised as settled.
     let again = dtss_sinks::settle_batch(&pool, "orders", 0, &batch[1..], 3, &mut state).await;
-    conn.query_drop("SET GLOBAL local_infile = 1")
+    admin
+        .query_drop("SET GLOBAL local_infile = 1")
         .await
         .unwrap();
+    drop(admin);
+    root.disconnect().await.unwrap();
     assert_eq!(out.unwrap().len(), 3);
     assert!(again.unwrap().is_empty());
     let users: Vec<String> = conn
