@@ -72,6 +72,23 @@ fn closes(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// A request of `api` v`version` whose `fields` are followed by an array count of
+/// 2^31 − 1 and nothing else.
+fn count_bomb(api: ApiKey, version: i16, fields: &[u8]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .encode(&mut body, api.request_header_version(version))
+        .unwrap();
+    body.extend_from_slice(fields);
+    body.extend_from_slice(&i32::MAX.to_be_bytes());
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
 fn request_for(api: ApiKey) -> RequestKind {
     let topic = || TopicName(StrBytes::from_static_str("orders"));
     match api {
@@ -151,6 +168,26 @@ async fn malformed_frames_close_their_connection_and_the_broker_serves_on() {
             (
                 "an unknown API key",
                 vec![0, 0, 0, 8, 0x7f, 0x00, 0, 0, 0, 0, 0, 1],
+            ),
+            // transactional id null, acks -1, timeout 1000, then the topics' count.
+            (
+                "a Produce claiming 2^31 - 1 topics",
+                count_bomb(ApiKey::Produce, 3, &[0xff, 0xff, 0xff, 0xff, 0, 0, 3, 0xe8]),
+            ),
+            // replica id, max wait, min bytes, max bytes, isolation level: the count.
+            (
+                "a Fetch claiming 2^31 - 1 topics",
+                count_bomb(
+                    ApiKey::Fetch,
+                    4,
+                    &[
+                        0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0,
+                    ],
+                ),
+            ),
+            (
+                "a Metadata claiming 2^31 - 1 topics",
+                count_bomb(ApiKey::Metadata, 1, &[]),
             ),
             (
                 "a Produce of an unserved version",

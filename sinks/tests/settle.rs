@@ -775,7 +775,9 @@ async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
     });
     // Meanwhile B2's results are written (by a second transaction) and it waits for
     // the offsets row B1 holds.
-    let mut watcher = pool.get_conn().await.unwrap();
+    // Other sessions' transactions are visible with PROCESS only: root's.
+    let root = root_pool();
+    let mut watcher = root.get_conn().await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let waiting = loop {
         let trx: Vec<(String, u64)> = watcher
@@ -819,6 +821,7 @@ async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
     );
     assert!(records[1].2 <= records[0].3, "{records:?}");
     drop((conn, holder, watcher));
+    root.disconnect().await.unwrap();
     drop(settlement);
     drop_db(&db, pool, dir).await;
 }
