@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, then end-to-end tests against the real MariaDB and
 # ZooKeeper (started here by scripts/services.sh, installed if missing) and the
-# embedded Kafka broker, then a smoke bench (scripts/smoke-bench.sh). Usage: scripts/test.sh [extra cargo test args]
+# embedded Kafka broker, then 30 s of each fuzz target (scripts/fuzz.sh), then a smoke
+# bench (scripts/smoke-bench.sh). Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo build --release --workspace --benches   # the benchmarks must keep building (run them with cargo bench)
 cargo test --release --workspace --tests "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
+
+# Each fuzz target briefly over its checked-in corpus (scripts/fuzz.sh for long runs).
+if [[ $status -eq 0 ]]; then
+  scripts/fuzz.sh "${DTSS_FUZZ_SECONDS:-30}" || { echo "fuzz FAILED"; status=1; }
+fi
 
 # A few seconds of `dtss bench` against a fresh local system, then `dtss check`.
 smoke=0

@@ -63,6 +63,14 @@ pub(crate) fn header(b: &[u8]) -> Option<Header> {
     })
 }
 
+/// The length of the whole v2 batch at the start of `b` if it passes every check (the
+/// framing, then `check`), or what is wrong with it.
+pub fn verify(b: &[u8]) -> Result<usize, String> {
+    let h = header(b).ok_or("not a whole v2 record batch")?;
+    check(b, &h)?;
+    Ok(h.len)
+}
+
 /// What is wrong with a batch whose framing reads (`header`), if anything.
 pub(crate) fn check(batch: &[u8], h: &Header) -> Result<(), String> {
     let batch = &batch[..h.len];

@@ -227,31 +227,19 @@ impl Broker {
         out: &mut BytesMut,
         advertised: SocketAddr,
     ) -> Result<()> {
-        let (key, version) = (
-            i16::from_be_bytes([body[0], body[1]]),
-            i16::from_be_bytes([body[2], body[3]]),
-        );
-        let Ok(api) = ApiKey::try_from(key) else {
-            bail!("unknown API key {key}");
+        let (header, api, version, request) = match decode_request(body)? {
+            Decoded::Request(header, api, version, request) => (header, api, version, request),
+            Decoded::VersionsTooNew(correlation_id) => {
+                // Tell the client what we speak, in version 0 of the answer (as Kafka does).
+                let mut res = api_versions();
+                res.error_code = UNSUPPORTED_VERSION;
+                ResponseHeader::default()
+                    .with_correlation_id(correlation_id)
+                    .encode(out, 0)?;
+                res.encode(out, 0)?;
+                return Ok(());
+            }
         };
-        let served = APIS.iter().find(|(k, _, _)| *k == api);
-        if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
-            // Tell the client what we speak, in version 0 of the answer (as Kafka does).
-            let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-            let mut res = api_versions();
-            res.error_code = UNSUPPORTED_VERSION;
-            ResponseHeader::default()
-                .with_correlation_id(correlation_id)
-                .encode(out, 0)?;
-            res.encode(out, 0)?;
-            return Ok(());
-        }
-        if !served.is_some_and(|(_, min, max)| (*min..=*max).contains(&version)) {
-            bail!("{api:?} version {version} is not served");
-        }
-        let header = RequestHeader::decode(body, api.request_header_version(version))?;
-        let request = RequestKind::decode(api, body, version)
-            .with_context(|| format!("decoding {api:?} v{version}"))?;
         let response = match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
             RequestKind::Metadata(req) => ResponseKind::Metadata(self.metadata(req, advertised)),
@@ -500,6 +488,44 @@ impl Broker {
         }
         res
     }
+}
+
+/// A request as decoded, or an ApiVersions request newer than served (answered with
+/// the versions served, by correlation id). Made once per request and taken apart at
+/// once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Decoded {
+    Request(RequestHeader, ApiKey, i16, RequestKind),
+    VersionsTooNew(i32),
+}
+
+/// Decode one request (a frame without its length): its API and version must be served.
+/// Nothing in it is trusted: an error, never a panic, for any bytes.
+pub fn decode_request(body: &mut Bytes) -> Result<Decoded> {
+    anyhow::ensure!(
+        body.len() >= MIN_REQUEST,
+        "a request of {} bytes",
+        body.len()
+    );
+    let (key, version) = (
+        i16::from_be_bytes([body[0], body[1]]),
+        i16::from_be_bytes([body[2], body[3]]),
+    );
+    let Ok(api) = ApiKey::try_from(key) else {
+        bail!("unknown API key {key}");
+    };
+    let served = APIS.iter().find(|(k, _, _)| *k == api);
+    if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
+        let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+        return Ok(Decoded::VersionsTooNew(correlation_id));
+    }
+    if !served.is_some_and(|(_, min, max)| (*min..=*max).contains(&version)) {
+        bail!("{api:?} version {version} is not served");
+    }
+    let header = RequestHeader::decode(body, api.request_header_version(version))?;
+    let request = RequestKind::decode(api, body, version)
+        .with_context(|| format!("decoding {api:?} v{version}"))?;
+    Ok(Decoded::Request(header, api, version, request))
 }
 
 /// The next request of a connection, its memory taken as its bytes arrive; None when

@@ -11,7 +11,7 @@ pub mod wire;
 
 pub use config::{redact_url, Config};
 pub use currency::Currency;
-pub use order::{validate_order, FieldError, Item, Order, OrderRequest};
+pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
 pub use rust_decimal::Decimal;
 pub use settle::{decide, paid, Commodity, Decision, RateTable, Reason, SettleError};
 pub use uuid::Uuid;
