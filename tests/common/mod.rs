@@ -366,8 +366,8 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                     }
                 });
             }
+            let _stop = StopOnDrop(&done);
             during();
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         accepted.into_inner().unwrap()
     }
@@ -508,6 +508,16 @@ pub fn wait_for(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
             "{what} not ready within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sets its flag when dropped: a scope's threads stop also when the test panics in it
+/// (else the scope would wait for them for ever).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
