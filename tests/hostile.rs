@@ -122,7 +122,10 @@ fn past_the_connection_cap_a_new_connection_gets_a_quick_503() {
         let (s, v) = common::http(&c.listen, "POST", "/api/orders", Some(ORDER)).unwrap();
         let took = start.elapsed();
         assert_eq!((s, v["field"].as_str()), (503, Some("connection")), "{v}");
-        assert!(took < Duration::from_secs(5), "answered at once, not held: {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "answered at once, not held: {took:?}"
+        );
     }
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
