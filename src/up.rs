@@ -146,12 +146,18 @@ struct CrashLoop {
     failures: u32,
     /// Set once the workers are given up on.
     gave_up: bool,
+    /// When `moved` last read the offsets: at most every 5 s.
+    checked: Instant,
 }
 
 impl CrashLoop {
     /// Whether a committed offset moved since the last failure (the failures in a row
     /// end then).
     async fn moved(&mut self) -> bool {
+        if self.checked.elapsed() < Duration::from_secs(5) {
+            return false;
+        }
+        self.checked = Instant::now();
         let read = sinks::load_offsets(&self.pool, &self.topic);
         let Ok(Ok(now)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
             return false;
@@ -226,6 +232,7 @@ impl Supervisor {
             last: None,
             failures: 0,
             gave_up: false,
+            checked: Instant::now(),
         };
         Ok(Supervisor {
             data,

@@ -24,8 +24,9 @@ async fn start(name: &str, limits: Limits) -> SocketAddr {
     addr
 }
 
-/// Send `request` as version `version` of `api`; the answer.
-fn call(s: &mut TcpStream, api: ApiKey, version: i16, request: RequestKind) -> ResponseKind {
+/// A request frame: its length, the header of `api` v`version` (correlation id 42),
+/// then `payload`.
+fn frame(api: ApiKey, version: i16, payload: &[u8]) -> Vec<u8> {
     let mut body = BytesMut::new();
     RequestHeader::default()
         .with_request_api_key(api as i16)
@@ -34,9 +35,17 @@ fn call(s: &mut TcpStream, api: ApiKey, version: i16, request: RequestKind) -> R
         .with_client_id(Some(StrBytes::from_static_str("test")))
         .encode(&mut body, api.request_header_version(version))
         .unwrap();
-    request.encode(&mut body, version).unwrap();
-    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
-    s.write_all(&body).unwrap();
+    body.extend_from_slice(payload);
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Send `request` as version `version` of `api`; the answer.
+fn call(s: &mut TcpStream, api: ApiKey, version: i16, request: RequestKind) -> ResponseKind {
+    let mut payload = BytesMut::new();
+    request.encode(&mut payload, version).unwrap();
+    s.write_all(&frame(api, version, &payload)).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len)
         .unwrap_or_else(|e| panic!("{api:?} v{version}: no answer: {e}"));
@@ -75,18 +84,9 @@ fn closes(s: &mut TcpStream, within: Duration) -> bool {
 /// A request of `api` v`version` whose `fields` are followed by an array count of
 /// 2^31 − 1 and nothing else.
 fn count_bomb(api: ApiKey, version: i16, fields: &[u8]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .encode(&mut body, api.request_header_version(version))
-        .unwrap();
-    body.extend_from_slice(fields);
-    body.extend_from_slice(&i32::MAX.to_be_bytes());
-    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
+    let mut payload = fields.to_vec();
+    payload.extend_from_slice(&i32::MAX.to_be_bytes());
+    frame(api, version, &payload)
 }
 
 fn request_for(api: ApiKey) -> RequestKind {

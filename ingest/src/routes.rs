@@ -360,25 +360,27 @@ async fn lookup(state: &State, id: &str) -> Resp {
     }
 }
 
-/// How long `/healthz` and `/metrics` wait for MySQL's part of their answer.
-const DB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+/// MySQL's part of `/healthz` or `/metrics`, if it comes within a second (they answer
+/// without it otherwise).
+async fn from_db<T>(
+    what: &str,
+    read: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Option<T> {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::debug!("reading {what}: {e:#}");
+            None
+        }
+        Err(_) => None,
+    }
+}
 
 /// 200 while ingest serves. The partitions that hold (a message of a newer wire format
 /// than their workers read) are listed, with what to do: `"status": "held"`.
 async fn health(state: &State) -> Resp {
-    let holds = tokio::time::timeout(
-        DB_PATIENCE,
-        sinks::holds(&state.pool, &state.cfg.kafka.topic),
-    )
-    .await;
-    let holds = match holds {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            tracing::debug!("reading held partitions for /healthz: {e:#}");
-            vec![]
-        }
-        Err(_) => vec![],
-    };
+    let holds = sinks::holds(&state.pool, &state.cfg.kafka.topic);
+    let holds = from_db("held partitions", holds).await.unwrap_or_default();
     if holds.is_empty() {
         return json(StatusCode::OK, json!({"status": "ok"}));
     }
@@ -402,19 +404,15 @@ async fn health(state: &State) -> Resp {
 
 async fn metrics(state: &State) -> Resp {
     let m = &state.metrics;
-    let settled = tokio::time::timeout(
-        DB_PATIENCE,
-        sinks::poison_counts(&state.pool, &state.cfg.kafka.topic),
-    )
-    .await;
-    let poisons = match settled {
-        Ok(Ok((dead, skipped))) => format!(
+    let counts = sinks::poison_counts(&state.pool, &state.cfg.kafka.topic);
+    let poisons = match from_db("dead letter counts", counts).await {
+        Some((dead, skipped)) => format!(
             "# TYPE dtss_dead_letters gauge\n\
              dtss_dead_letters {dead}\n\
              # TYPE dtss_skipped_copies gauge\n\
              dtss_skipped_copies {skipped}\n"
         ),
-        _ => String::new(),
+        None => String::new(),
     };
     let body = format!(
         "# TYPE dtss_ingest_orders_total counter\n\

@@ -57,11 +57,7 @@ impl Order {
     /// initiator, 1–100 items of 1–1,000,000 units each, positive commodity ids. The same
     /// id twice is merged, as ingest does.
     pub fn check(mut self, currencies: &[Currency]) -> Result<Order, FieldError> {
-        let chars = self.user_id.chars().count();
-        if chars == 0 || chars > MAX_USER_ID_CHARS {
-            let problem = format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}");
-            return Err(FieldError::new("user_id", problem));
-        }
+        check_user_id(&self.user_id)?;
         if !currencies.contains(&self.initiator) {
             let problem = format!(
                 "{} is not a configured currency ({})",
@@ -70,14 +66,7 @@ impl Order {
             );
             return Err(FieldError::new("initiator", problem));
         }
-        if self.items.is_empty() || self.items.len() > MAX_ITEMS {
-            let problem = format!(
-                "must hold 1 to {MAX_ITEMS} entries, got {}",
-                self.items.len()
-            );
-            return Err(FieldError::new("items", problem));
-        }
-        let mut merged: Vec<Item> = Vec::with_capacity(self.items.len());
+        check_item_count(self.items.len())?;
         for (i, it) in self.items.iter().enumerate() {
             if it.id == 0 || !(1..=MAX_NUMBER).contains(&(it.number as u64)) {
                 let problem = format!(
@@ -86,14 +75,41 @@ impl Order {
                 );
                 return Err(FieldError::new(format!("items[{i}]"), problem));
             }
-            match merged.iter_mut().find(|m| m.id == it.id) {
-                Some(m) => m.number += it.number,
-                None => merged.push(*it),
-            }
         }
-        self.items = merged;
+        // Within the limits just checked the sums cannot overflow.
+        self.items = merge_items(self.items.iter().copied()).expect("at most 100 × 10^6");
         Ok(self)
     }
+}
+
+/// `items` with the same id twice merged (numbers added), in first-seen order; Err with
+/// the id whose total passes u32.
+pub(crate) fn merge_items(items: impl IntoIterator<Item = Item>) -> Result<Vec<Item>, u32> {
+    let mut merged: Vec<Item> = Vec::new();
+    for it in items {
+        match merged.iter_mut().find(|m| m.id == it.id) {
+            Some(m) => m.number = m.number.checked_add(it.number).ok_or(it.id)?,
+            None => merged.push(it),
+        }
+    }
+    Ok(merged)
+}
+
+fn check_user_id(user_id: &str) -> Result<(), FieldError> {
+    let chars = user_id.chars().count();
+    if chars == 0 || chars > MAX_USER_ID_CHARS {
+        let problem = format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}");
+        return Err(FieldError::new("user_id", problem));
+    }
+    Ok(())
+}
+
+fn check_item_count(n: usize) -> Result<(), FieldError> {
+    if n == 0 || n > MAX_ITEMS {
+        let problem = format!("must hold 1 to {MAX_ITEMS} entries, got {n}");
+        return Err(FieldError::new("items", problem));
+    }
+    Ok(())
 }
 
 /// What is wrong with one field of an order; becomes the 400 body.
@@ -145,13 +161,7 @@ fn user_id(obj: &Object) -> Result<String, FieldError> {
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(_) => return Err(FieldError::new("user_id", "must be a string or an integer")),
     };
-    let chars = user_id.chars().count();
-    if chars == 0 || chars > MAX_USER_ID_CHARS {
-        return Err(FieldError::new(
-            "user_id",
-            format!("must be 1 to {MAX_USER_ID_CHARS} characters long, got {chars}"),
-        ));
-    }
+    check_user_id(&user_id)?;
     Ok(user_id)
 }
 
@@ -183,21 +193,14 @@ fn items(obj: &Object) -> Result<Vec<Item>, FieldError> {
         Some(Value::Array(a)) => a,
         Some(_) => return Err(FieldError::new("items", "must be an array")),
     };
-    if items.is_empty() || items.len() > MAX_ITEMS {
-        return Err(FieldError::new(
-            "items",
-            format!("must hold 1 to {MAX_ITEMS} entries, got {}", items.len()),
-        ));
-    }
-    let mut merged: Vec<Item> = Vec::with_capacity(items.len());
-    for (i, entry) in items.iter().enumerate() {
-        let Item { id, number } = item(i, entry)?;
-        match merged.iter_mut().find(|it| it.id == id) {
-            Some(it) => it.number += number,
-            None => merged.push(Item { id, number }),
-        }
-    }
-    Ok(merged)
+    check_item_count(items.len())?;
+    let items = items
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| item(i, entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    // At most 100 entries of at most 10^6 each: the sums fit.
+    Ok(merge_items(items).expect("at most 100 × 10^6"))
 }
 
 /// Entry `i` of the items.

@@ -146,8 +146,9 @@ pub fn decide(
     if order.items.iter().any(|it| !stock.contains_key(&it.id)) {
         return Ok(rejected(Reason::UnknownItem));
     }
-    let demand = demand(order)?;
-    if demand.iter().any(|(id, n)| stock[id].inventory < *n) {
+    let demand =
+        crate::order::merge_items(order.items.iter().copied()).map_err(SettleError::TooMany)?;
+    if demand.iter().any(|it| stock[&it.id].inventory < it.number) {
         return Ok(rejected(Reason::InsufficientInventory));
     }
     let paid = paid(
@@ -158,27 +159,11 @@ pub fn decide(
         order.initiator,
         rates,
     )?;
-    for (id, n) in demand {
-        let c = stock.get_mut(&id).expect("checked above");
-        c.inventory = c.inventory.checked_sub(n).expect("checked above");
+    for it in demand {
+        let c = stock.get_mut(&it.id).expect("checked above");
+        c.inventory = c.inventory.checked_sub(it.number).expect("checked above");
     }
     Ok(Decision { reason: None, paid })
-}
-
-/// Units asked for per commodity, in first-seen order.
-fn demand(order: &Order) -> Result<Vec<(u32, u32)>, SettleError> {
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(order.items.len());
-    for it in &order.items {
-        match out.iter_mut().find(|(id, _)| *id == it.id) {
-            Some((_, n)) => {
-                *n = n
-                    .checked_add(it.number)
-                    .ok_or(SettleError::TooMany(it.id))?
-            }
-            None => out.push((it.id, it.number)),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

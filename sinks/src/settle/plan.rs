@@ -275,14 +275,7 @@ mod tests {
         ];
         // Guessed from a view in which item 1 had 3 units and item 2 none; the locked
         // stock has 5 and 1.
-        let open = Open {
-            todo_from: 0,
-            copies: HashSet::new(),
-            guessed: vec![ok(6), SHORT, SHORT],
-            settled_at: 9,
-            stock: stock(5, 1),
-            left: None,
-        };
+        let open = open_at(9, vec![ok(6), SHORT, SHORT], None);
         let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         let reasons: Vec<_> = p.outcomes.iter().map(|o| o.reason).collect();
         assert_eq!(reasons, [None, Some(Reason::InsufficientInventory), None]);
@@ -301,14 +294,7 @@ mod tests {
     fn a_batch_from_the_view_keeps_its_guesses_and_checks_every_commodity() {
         let todo = [settling(0, "USD", &[(1, 7)]), settling(1, "USD", &[(2, 1)])];
         // Item 1 is refused and unchanged, item 2 taken: both are checked.
-        let open = Open {
-            todo_from: 0,
-            copies: HashSet::new(),
-            guessed: vec![SHORT, ok(1)],
-            settled_at: 9,
-            stock: stock(5, 1),
-            left: Some(stock(5, 0)),
-        };
+        let open = open_at(9, vec![SHORT, ok(1)], Some(stock(5, 0)));
         let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         assert!(p.verified);
         assert!(p.corrections.is_empty());
@@ -323,14 +309,7 @@ mod tests {
             reason: Some(Reason::UnknownItem),
             paid: Decimal::ZERO,
         };
-        let open = Open {
-            todo_from: 0,
-            copies: HashSet::new(),
-            guessed: vec![unknown],
-            settled_at: 1,
-            stock: stock(5, 1),
-            left: None,
-        };
+        let open = open_at(1, vec![unknown], None);
         let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         assert!(p.stock_changes.is_empty() && p.totals_delta.is_empty());
         assert!(p.corrections.is_empty());
@@ -341,14 +320,7 @@ mod tests {
         // No rate for EUR: the guess said paid, the plan says invalid_order and keeps
         // the message; the stock is untouched.
         let todo = [settling(4, "EUR", &[(1, 1)]), settling(5, "RMB", &[(1, 1)])];
-        let open = Open {
-            todo_from: 0,
-            copies: HashSet::new(),
-            guessed: vec![ok(2), ok(2)],
-            settled_at: 1,
-            stock: stock(5, 1),
-            left: None,
-        };
+        let open = open_at(1, vec![ok(2), ok(2)], None);
         let copy = Skipped {
             offset: 6,
             order_id: todo[1].order.order_id,
@@ -374,14 +346,7 @@ mod tests {
             reason: Some(Reason::InvalidOrder),
             paid: Decimal::ZERO,
         };
-        let open = Open {
-            todo_from: 0,
-            copies: HashSet::new(),
-            guessed: vec![invalid],
-            settled_at: 1,
-            stock: stock(5, 1),
-            left: Some(stock(5, 1)),
-        };
+        let open = open_at(1, vec![invalid], Some(stock(5, 1)));
         let p = plan(&refs(&todo), open, &[], vec![]).unwrap();
         assert!(p.corrections.is_empty());
         assert_eq!(p.dead.len(), 1);
@@ -414,6 +379,22 @@ mod tests {
                 order_id: batch[2].order.order_id
             }]
         );
+    }
+
+    /// A batch open from its first order, none of them copies, over `stock(5, 1)`.
+    fn open_at(
+        settled_at: i64,
+        guessed: Vec<Decision>,
+        left: Option<HashMap<u32, Commodity>>,
+    ) -> Open {
+        Open {
+            todo_from: 0,
+            copies: HashSet::new(),
+            guessed,
+            settled_at,
+            stock: stock(5, 1),
+            left,
+        }
     }
 
     fn refs(batch: &[Settling]) -> Vec<&Settling> {
