@@ -53,6 +53,17 @@ pub async fn run(cfg: &Config, cmd: RatesCommand) -> Result<()> {
             }
             let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
             rates::seed_rates(&zk, cfg).await?;
+            let pool = sinks::connect(&cfg.mysql.url, 1)?;
+            let prices = sinks::max_prices(&pool).await;
+            pool.disconnect().await.ok();
+            let prices = prices?;
+            let mut current = rates::read_rates(&zk, cfg).await?;
+            for &(c, r) in &parsed {
+                rates::check_payable(&prices, &current, c, r)
+                    .map_err(|e| anyhow::anyhow!("{c}={r}: {e}"))?;
+                current.retain(|(k, ..)| *k != c);
+                current.push((c, r, 0));
+            }
             for (c, r) in parsed {
                 let v = rates::inject(&zk, cfg, c, r).await?;
                 println!("{c} = {r} (znode version {v})");

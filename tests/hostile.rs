@@ -227,3 +227,27 @@ fn the_dtss_user_of_the_local_mariadb_has_no_file_or_global_privileges() {
         "not root: {uid}"
     );
 }
+
+#[test]
+fn a_rate_that_would_make_an_order_unpayable_is_refused() {
+    // The dearest line: 10^11 USD. At the initial rates the largest order (10^8 units
+    // paid in yen) is ≈ 1.5 × 10^21; with the yen at a tenth it would pass 10^22.
+    let c = Cluster::start(
+        "payable",
+        Spec {
+            catalogue: Some("id,name,price,currency,inventory\n1,gem,100000000000,USD,10\n"),
+            ..Spec::default()
+        },
+    );
+    let put = |body: &str| c.admin("PUT", "/api/rates/JPY", Some(body));
+    let (s, v) = put(r#"{"rate":"0.0048"}"#);
+    assert_eq!((s, v["field"].as_str()), (400, Some("rate")), "{v}");
+    assert!(v["problem"].as_str().unwrap().contains("10^22"), "{v}");
+    let err = c.run(&["rates", "set", "JPY=0.0048"]).unwrap_err();
+    assert!(err.contains("10^22"), "{err}");
+    assert_eq!(
+        put(r#"{"rate":"0.05"}"#).0,
+        200,
+        "a rate that keeps it payable"
+    );
+}

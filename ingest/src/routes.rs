@@ -252,6 +252,23 @@ async fn put_rate(state: Arc<State>, cur: &str, req: Request<Incoming>) -> Resp 
         Ok(x) => x,
         Err(fe) => return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem),
     };
+    let prices = match sinks::max_prices(&state.pool).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("checking an injected rate: {e:#}");
+            return unavailable("mysql", "could not read the catalogue's prices");
+        }
+    };
+    let current = match rates::read_rates(&state.zk, &state.cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("checking an injected rate: {e:#}");
+            return unavailable("zookeeper", "could not read the rates");
+        }
+    };
+    if let Err(fe) = rates::check_payable(&prices, &current, c, r) {
+        return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem);
+    }
     match rates::inject(&state.zk, &state.cfg, c, r).await {
         Ok(version) => json(
             StatusCode::OK,

@@ -13,7 +13,7 @@ pub use config::{redact_url, Config};
 pub use currency::Currency;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
 pub use rust_decimal::Decimal;
-pub use settle::{decide, paid, Commodity, Decision, RateTable, Reason, SettleError};
+pub use settle::{decide, paid, payable, Commodity, Decision, RateTable, Reason, SettleError};
 pub use uuid::Uuid;
 
 /// Milliseconds since the Unix epoch, as stamped by ingest.

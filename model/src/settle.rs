@@ -97,6 +97,33 @@ fn max_paid() -> Decimal {
     Decimal::from_i128_with_scale(10i128.pow(22), 0)
 }
 
+/// Whether every order within ingest's limits (100 items of at most 1,000,000 units)
+/// can be paid and stored at `rates`, given the dearest price per currency in the
+/// catalogue (`max_prices`): the largest paid is all units of the dearest line in the
+/// currency worth most, paid in the currency worth least. Err with that amount (None when
+/// it overflows) when it cannot.
+pub fn payable(
+    max_prices: &[(Currency, Decimal)],
+    rates: &[(Currency, Decimal)],
+) -> Result<(), Option<Decimal>> {
+    let units = Decimal::from(crate::order::MAX_ITEMS as u64 * crate::order::MAX_NUMBER);
+    let rate = |c: &Currency| rates.iter().find(|(k, _)| k == c).map(|(_, r)| *r);
+    let mut dearest = Decimal::ZERO;
+    for (c, price) in max_prices {
+        let worth = price.checked_mul(rate(c).ok_or(None)?).ok_or(None)?;
+        dearest = dearest.max(worth);
+    }
+    let cheapest = rates.iter().map(|(_, r)| *r).min().ok_or(None)?;
+    let worst = units
+        .checked_mul(dearest)
+        .and_then(|w| w.checked_div(cheapest))
+        .ok_or(None)?;
+    match worst < max_paid() {
+        true => Ok(()),
+        false => Err(Some(worst)),
+    }
+}
+
 /// `round_half_even(Σ price_i × number_i × rate(currency_i) / rate(initiator), 2)`.
 pub fn paid(
     lines: impl IntoIterator<Item = (Decimal, u32, Currency)>,
@@ -169,6 +196,24 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payable_bounds_the_dearest_order_paid_in_the_cheapest_currency() {
+        let (rmb, usd, jpy) = (c("RMB"), c("USD"), c("JPY"));
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        let prices = [(usd, d("100000000000"))]; // 10^11 USD
+        let rates = |j: &str| vec![(rmb, d("1")), (usd, d("7.12")), (jpy, d(j))];
+        // 10^8 units × 10^11 × 7.12 / 0.048 ≈ 1.48 × 10^21: fits.
+        assert_eq!(payable(&prices, &rates("0.048")), Ok(()));
+        // At a tenth of that rate the yen makes it ≈ 1.48 × 10^22: it does not.
+        let worst = payable(&prices, &rates("0.0048")).unwrap_err().unwrap();
+        assert!(worst > max_paid(), "{worst}");
+        assert_eq!(
+            payable(&prices, &[(rmb, d("1"))]),
+            Err(None),
+            "a price in a currency without a rate"
+        );
+    }
     use crate::Item;
     use std::str::FromStr;
 

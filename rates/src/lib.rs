@@ -102,6 +102,37 @@ pub fn hard_range(cfg: &Config, c: Currency) -> (Decimal, Decimal) {
     (lo.max(Decimal::new(1, modifier::RATE_DP)), initial * f)
 }
 
+/// Whether setting `c` to `rate` (the other rates as `current`) leaves every order within
+/// ingest's limits payable and storable (`model::payable`), given the catalogue's dearest
+/// price per currency. The error names the field `rate`.
+pub fn check_payable(
+    max_prices: &[(String, Decimal)],
+    current: &[(Currency, Decimal, i32)],
+    c: Currency,
+    rate: Decimal,
+) -> Result<(), model::FieldError> {
+    let prices: Vec<(Currency, Decimal)> = max_prices
+        .iter()
+        .filter_map(|(k, p)| Some((k.parse().ok()?, *p)))
+        .collect();
+    let mut rates: Vec<(Currency, Decimal)> = current
+        .iter()
+        .filter(|(k, ..)| *k != c)
+        .map(|(k, r, _)| (*k, *r))
+        .collect();
+    rates.push((c, rate));
+    model::payable(&prices, &rates).map_err(|worst| model::FieldError {
+        field: "rate".into(),
+        problem: match worst {
+            Some(w) => format!(
+                "with {c} at {rate} an order within the limits could pay {w}, past what a \
+                 result holds (below 10^22)"
+            ),
+            None => format!("with {c} at {rate} an order's amount would overflow"),
+        },
+    })
+}
+
 /// Write an injected rate (compare-and-set on the znode version).
 pub async fn inject(client: &Client, cfg: &Config, c: Currency, rate: Decimal) -> Result<i32> {
     Ok(cas_update(client, cfg, c, |_| rate).await?.1)

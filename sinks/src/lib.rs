@@ -13,8 +13,8 @@ mod settle;
 
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
 pub use query::{
-    latest_rates, load_offsets, poison_counts, record_rates, reset_offsets, result_by_id,
-    results_by_user, totals, ResultRow, TotalRow,
+    latest_rates, load_offsets, max_prices, poison_counts, record_rates, reset_offsets,
+    result_by_id, results_by_user, totals, ResultRow, TotalRow,
 };
 pub use schema::{connect, ensure_schema};
 pub use settle::{

@@ -177,3 +177,11 @@ pub async fn poison_counts(pool: &Pool, topic: &str) -> Result<(u64, u64)> {
         .context("counting dead letters and skipped copies")?;
     Ok(counts.unwrap_or_default())
 }
+
+/// The dearest price in the catalogue per currency (`model::payable`'s input).
+pub async fn max_prices(pool: &Pool) -> Result<Vec<(String, Decimal)>> {
+    let mut conn = pool.get_conn().await?;
+    conn.query("SELECT currency, MAX(price) FROM commodity GROUP BY currency")
+        .await
+        .context("reading the catalogue's dearest prices")
+}
