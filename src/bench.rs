@@ -72,6 +72,10 @@ struct LoadBench {
     /// Folder for run-N.json and run-N.html; default: {data_dir}/bench/{start time}.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Send orders without idempotency keys: a retry after no answer is then a second
+    /// order (for comparison only; `dtss check --accepted` may then find extra results).
+    #[arg(long)]
+    no_idempotency_keys: bool,
 }
 
 pub async fn run(cfg: &Config, args: BenchArgs) -> Result<()> {
@@ -148,6 +152,7 @@ fn options(cfg: &Config, a: &LoadBench) -> Result<harness::BenchOptions> {
         rate_changes_per_s: a.rate_changes_per_s,
         seed: a.seed,
         zipf: a.zipf,
+        keys: !a.no_idempotency_keys,
     })
 }
 

@@ -29,6 +29,7 @@ fn order(user: &str, initiator: &str, items: &[(u32, u32)]) -> Order {
             .collect(),
         time: None,
         accepted_at: model::now_ms(),
+        keyed: None,
     }
 }
 

@@ -51,7 +51,7 @@ fn counts_lines(s: &mut String, r: &BenchReport) {
     let reasons: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(
         s,
-        "orders: sent {}, accepted {}, settled {} (succeeded {}, rejected {}), unsettled {}, invalid {}, 503 retried {}, errors retried {}, other statuses {}",
+        "orders: sent {}, accepted {}, settled {} (succeeded {}, rejected {}), unsettled {}, invalid {}, other statuses {}",
         c.sent,
         c.accepted,
         c.settled,
@@ -59,9 +59,17 @@ fn counts_lines(s: &mut String, r: &BenchReport) {
         if reasons.is_empty() { "0".into() } else { reasons.join(", ") },
         c.unsettled,
         c.invalid,
-        c.busy_retried,
-        c.errors_retried,
         c.failed
+    );
+    let _ = writeln!(
+        s,
+        "retries: 503 {}, 504 {}, no answer {}; copies skipped (duplicates prevented) {}, dead letters {}; idempotency keys {}",
+        c.busy_retried,
+        c.unacknowledged_retried,
+        c.errors_retried,
+        c.copies_skipped,
+        c.dead_letters,
+        if r.options.keys { "on" } else { "off" }
     );
     if c.commit_time_unknown > 0 {
         let _ = writeln!(

@@ -49,7 +49,7 @@ pub async fn rate_delay(
         let mut gen = OrderGen::new(1000 + t, cfg.catalogue.items, currencies.clone());
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let _ = sender.send(&gen.next_body()).await;
+                let _ = sender.send(&gen.next_body(), None).await;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));

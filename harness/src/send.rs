@@ -1,7 +1,12 @@
 //! Placing one generated order: over HTTP (`POST /api/orders` on keep-alive
 //! connections) or straight into Kafka through ingest's own producer code.
+//!
+//! Every order gets an idempotency key of its own (unless `Target::without_keys`), which
+//! its every retry carries: a retry after no answer or a 504 is the same order, and a
+//! run's accepted ids are exactly the orders that settle.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,12 +15,19 @@ use model::{Config, Currency, Uuid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Where orders go; shared by the senders, each of which has its own connection.
-pub(crate) enum Target {
+/// Where orders go and how they are named; shared by the senders, each of which has its
+/// own connection.
+pub(crate) struct Target {
+    to: To,
+    /// The keys' prefix (unique to the run) and the number of keys handed out; None: no keys.
+    keys: Option<(String, AtomicU64)>,
+}
+
+enum To {
     Http {
         /// host:port to connect to.
         addr: String,
-        /// The request line and headers up to `content-length: `.
+        /// The request line and the headers but for the key and the length.
         head: String,
     },
     Kafka {
@@ -29,9 +41,11 @@ pub(crate) enum Answer {
     Accepted(Uuid),
     /// 400 or 413 (or, direct to Kafka, refused by validation).
     Invalid,
-    /// 503, or the embedded broker's backlog guard: retry shortly.
+    /// 503, or the embedded broker's backlog guard: not enqueued, retry shortly.
     Busy,
-    /// No answer (connection error, Kafka did not acknowledge): retry.
+    /// 504 (sent, not acknowledged): the order may settle; retry with its key.
+    Unknown,
+    /// No answer (connection error, Kafka certainly did not take it): retry.
     Error,
     /// Any other HTTP status: not retried.
     Failed,
@@ -46,6 +60,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 pub(crate) struct Tally {
     pub invalid: u64,
     pub busy: u64,
+    /// 504s, each retried with the order's key.
+    pub unknown: u64,
     pub errors: u64,
     pub failed: u64,
     /// Orders given up after `PATIENCE` of retries; a sender stops after one.
@@ -56,6 +72,7 @@ impl Tally {
     pub fn add(&mut self, o: Tally) {
         self.invalid += o.invalid;
         self.busy += o.busy;
+        self.unknown += o.unknown;
         self.errors += o.errors;
         self.failed += o.failed;
         self.abandoned += o.abandoned;
@@ -81,17 +98,38 @@ impl Target {
             authority.port_u16().unwrap_or(80)
         );
         let head = format!(
-            "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: ",
+            "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n",
             url.path()
         );
-        Ok(Target::Http { addr, head })
+        Ok(Target::keyed(To::Http { addr, head }))
     }
 
     pub async fn kafka(cfg: &Config, pool: sinks::Pool) -> Result<Target> {
-        Ok(Target::Kafka {
+        Ok(Target::keyed(To::Kafka {
             producer: ingest::OrderProducer::connect(cfg, pool).await?,
             currencies: cfg.currencies.all.clone(),
-        })
+        }))
+    }
+
+    /// Keys `{run}-{n}`: `run` is unique to this run (a UUIDv7's hex).
+    fn keyed(to: To) -> Target {
+        let run = Uuid::now_v7().simple().to_string();
+        Target {
+            to,
+            keys: Some((run, AtomicU64::new(0))),
+        }
+    }
+
+    /// The target sending orders without idempotency keys (a retry is then a new order).
+    pub fn without_keys(mut self) -> Target {
+        self.keys = None;
+        self
+    }
+
+    /// A new order's key, if orders get keys.
+    fn next_key(&self) -> Option<String> {
+        let (run, n) = self.keys.as_ref()?;
+        Some(format!("{run}-{}", n.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// A sender of its own (over HTTP: one keep-alive connection, opened when first used).
@@ -105,7 +143,7 @@ impl Target {
 
     /// Wait until everything sent is acknowledged (Kafka only; HTTP answers are acks).
     pub fn flush(&self) {
-        if let Target::Kafka { producer, .. } = self {
+        if let To::Kafka { producer, .. } = &self.to {
             producer.flush(Duration::from_secs(10));
         }
     }
@@ -133,9 +171,10 @@ struct Http {
 }
 
 impl Sender {
-    pub async fn send(&mut self, body: &str) -> Answer {
-        match &*self.target {
-            Target::Http { addr, head } => match self.http.exchange(addr, head, body).await {
+    /// One attempt at placing `body`, named by `key`.
+    pub async fn send(&mut self, body: &str, key: Option<&str>) -> Answer {
+        match &self.target.to {
+            To::Http { addr, head } => match self.http.exchange(addr, head, key, body).await {
                 Ok((status, answer)) => match status {
                     202 => {
                         #[derive(serde::Deserialize)]
@@ -148,6 +187,7 @@ impl Sender {
                         }
                     }
                     503 => Answer::Busy,
+                    504 => Answer::Unknown,
                     400 | 413 => Answer::Invalid,
                     _ => Answer::Failed,
                 },
@@ -160,7 +200,7 @@ impl Sender {
                     Answer::Failed
                 }
             },
-            Target::Kafka {
+            To::Kafka {
                 producer,
                 currencies,
             } => {
@@ -168,23 +208,25 @@ impl Sender {
                     Ok(r) => r,
                     Err(_) => return Answer::Invalid,
                 };
-                match producer.send(request).await {
-                    Ok((id, _)) => Answer::Accepted(id),
+                match producer.send(request, key).await {
+                    Ok(taken) => Answer::Accepted(taken.order_id),
                     Err(ingest::NotTaken::Backlog) => Answer::Busy,
                     Err(ingest::NotTaken::Kafka(_)) => Answer::Error,
+                    Err(ingest::NotTaken::Unknown { .. }) => Answer::Unknown,
                 }
             }
         }
     }
 
-    /// Send until the order is taken or refused, as a well-behaved client would: a
-    /// 503 is retried after 50 ms, no answer after 100 ms, for up to `PATIENCE`; then the
-    /// order counts as abandoned (the caller should stop: the system is not taking orders).
-    /// The id if it got a 202.
+    /// Send until the order is taken or refused, as a well-behaved client would, every
+    /// attempt with the order's key: a 503 is retried after 50 ms, a 504 or no answer
+    /// after 100 ms, for up to `PATIENCE`; then the order counts as abandoned (the caller
+    /// should stop: the system is not taking orders). The id if it got a 202.
     pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
         let first = Instant::now();
+        let key = self.target.next_key();
         loop {
-            let pause = match self.send(body).await {
+            let pause = match self.send(body, key.as_deref()).await {
                 Answer::Accepted(id) => return Some(id),
                 Answer::Invalid => {
                     tally.invalid += 1;
@@ -197,6 +239,10 @@ impl Sender {
                 Answer::Busy => {
                     tally.busy += 1;
                     Duration::from_millis(50)
+                }
+                Answer::Unknown => {
+                    tally.unknown += 1;
+                    Duration::from_millis(100)
                 }
                 Answer::Error => {
                     tally.errors += 1;
@@ -219,9 +265,10 @@ impl Http {
         &mut self,
         addr: &str,
         head: &str,
+        key: Option<&str>,
         body: &str,
     ) -> Result<(u16, Vec<u8>), Fault> {
-        let answer = self.round_trip(addr, head, body).await;
+        let answer = self.round_trip(addr, head, key, body).await;
         if answer.is_err() {
             self.conn = None;
         }
@@ -232,6 +279,7 @@ impl Http {
         &mut self,
         addr: &str,
         head: &str,
+        key: Option<&str>,
         body: &str,
     ) -> Result<(u16, Vec<u8>), Fault> {
         if self.conn.is_none() {
@@ -245,7 +293,10 @@ impl Http {
         let conn = self.conn.as_mut().expect("connected");
         self.out.clear();
         self.out.extend_from_slice(head.as_bytes());
-        write!(self.out, "{}\r\n\r\n", body.len()).expect("writing to a Vec");
+        if let Some(key) = key {
+            write!(self.out, "idempotency-key: {key}\r\n").expect("writing to a Vec");
+        }
+        write!(self.out, "content-length: {}\r\n\r\n", body.len()).expect("writing to a Vec");
         self.out.extend_from_slice(body.as_bytes());
         conn.write_all(&self.out).await.context("writing")?;
         // The head, then the body by its length.
@@ -380,11 +431,16 @@ mod tests {
         });
         let target = Arc::new(Target::http(&format!("http://{addr}/")).unwrap());
         let mut sender = target.sender();
-        assert!(matches!(sender.send("{\"a\":1}").await, Answer::Accepted(got) if got == id));
-        assert!(matches!(sender.send("{}").await, Answer::Busy));
+        assert!(
+            matches!(sender.send("{\"a\":1}", Some("k-1")).await, Answer::Accepted(got) if got == id)
+        );
+        assert!(matches!(sender.send("{}", None).await, Answer::Busy));
         // The server said close: a new connection for the next order.
-        assert!(matches!(sender.send("{\"b\":2}").await, Answer::Invalid));
-        assert!(matches!(sender.send("{}").await, Answer::Error));
+        assert!(matches!(
+            sender.send("{\"b\":2}", None).await,
+            Answer::Invalid
+        ));
+        assert!(matches!(sender.send("{}", None).await, Answer::Error));
         // Not retried: placing it fails at once.
         let mut tally = Tally::default();
         assert_eq!(sender.place("{}", &mut tally).await, None);
@@ -393,7 +449,7 @@ mod tests {
         assert_eq!(seen.len(), 5);
         assert!(
             seen[0].starts_with(&format!(
-                "POST /api/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n"
+                "POST /api/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nidempotency-key: k-1\r\ncontent-length: 7\r\n\r\n"
             )),
             "{:?}",
             seen[0]

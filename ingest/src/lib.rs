@@ -9,4 +9,4 @@ mod produce;
 mod routes;
 
 pub use http::serve;
-pub use produce::{NotTaken, OrderProducer};
+pub use produce::{NotTaken, OrderProducer, Taken};

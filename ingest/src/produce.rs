@@ -1,6 +1,12 @@
-//! Accepting an order: stamp it (UUIDv7, `accepted_at`), encode it (the wire format, `model::wire`)
-//! and hand it to Kafka with acks=all on an idempotent producer. Used by the HTTP
-//! intake and by `dtss bench --direct-kafka`, which skips only the HTTP part.
+//! Accepting an order: stamp it (its id: a UUIDv7, or the one its idempotency key names;
+//! `accepted_at`), encode it (the wire format, `model::wire`) and hand it to Kafka with
+//! acks=all on an idempotent producer. Used by the HTTP intake and by `dtss bench
+//! --direct-kafka`, which skips only the HTTP part.
+//!
+//! Kafka's answer is one of three: taken (`Ok`), certainly not taken
+//! (`NotTaken::Backlog`, `NotTaken::Kafka`: refused before it was sent, or by the broker),
+//! or cannot tell (`NotTaken::Unknown`: a timeout or a lost connection after sending; the
+//! order may be in the log and may settle). The client must hear which.
 //!
 //! With the embedded broker, orders are refused while too many are unsettled
 //! (`kafka.max_backlog_per_partition`): backpressure instead of an ever longer log.
@@ -13,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use model::{Config, OrderRequest, Uuid};
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sinks::Pool;
 
@@ -25,13 +32,24 @@ pub struct OrderProducer {
     fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
-/// Why an order was not taken; nothing was written to Kafka that will settle.
+/// Why an order was not acknowledged.
 #[derive(Debug)]
 pub enum NotTaken {
-    /// Too many unsettled orders for the embedded broker: retry shortly.
+    /// Too many unsettled orders for the embedded broker: retry shortly. Nothing sent.
     Backlog,
-    /// Kafka did not acknowledge the order.
+    /// Kafka certainly did not take the order (refused before sending, or by the broker).
     Kafka(String),
+    /// Sent, but no acknowledgement came (a timeout, a lost connection): the order
+    /// `order_id` may be in the log and settle. Retrying with the same idempotency key
+    /// is safe; so is asking for the id's result.
+    Unknown { order_id: Uuid, why: String },
+}
+
+/// An acknowledged order: its id and its stamp.
+#[derive(Clone, Copy, Debug)]
+pub struct Taken {
+    pub order_id: Uuid,
+    pub accepted_at: i64,
 }
 
 impl OrderProducer {
@@ -88,31 +106,46 @@ impl OrderProducer {
         })
     }
 
-    /// Accept `request` now: Ok once Kafka has it (acks=all), with its id and stamp.
-    pub async fn send(&self, request: OrderRequest) -> Result<(Uuid, i64), NotTaken> {
+    /// Accept `request` now, named by the client's idempotency `key` if it sent one (a
+    /// valid key: `model::idempotency::parse_key`): Ok once Kafka has it (acks=all).
+    pub async fn send(&self, request: OrderRequest, key: Option<&str>) -> Result<Taken, NotTaken> {
         if self.backlog.full() {
             return Err(NotTaken::Backlog);
         }
-        let order_id = Uuid::now_v7();
+        if let Some(why) = self.fatal.borrow().clone() {
+            return Err(NotTaken::Kafka(why));
+        }
         let accepted_at = model::now_ms();
-        let order = request.accept(order_id, accepted_at);
+        let order = match key {
+            Some(key) => request.accept_keyed(key, accepted_at),
+            None => request.accept(Uuid::now_v7(), accepted_at),
+        };
+        let order_id = order.order_id;
         let payload = model::wire::encode(&order);
-        let key = order_id.as_bytes();
         let record = FutureRecord::to(&self.topic)
-            .key(&key[..])
+            .key(&order_id.as_bytes()[..])
             .payload(&payload);
         match self.producer.send(record, Duration::from_secs(5)).await {
             Ok(delivery) => {
                 self.backlog.produced(delivery.partition, delivery.offset);
-                Ok((order_id, accepted_at))
+                Ok(Taken {
+                    order_id,
+                    accepted_at,
+                })
             }
             Err((e, _)) => {
-                tracing::warn!("Kafka did not take order {order_id}: {e}");
+                tracing::warn!("Kafka did not acknowledge order {order_id}: {e}");
                 if let Some((code, why)) = self.producer.client().fatal_error() {
                     let why = format!("the Kafka producer failed for good ({code:?}): {why}");
                     self.fatal.send_replace(Some(why));
                 }
-                Err(NotTaken::Kafka(e.to_string()))
+                Err(match certainly_not_written(&e) {
+                    true => NotTaken::Kafka(e.to_string()),
+                    false => NotTaken::Unknown {
+                        order_id,
+                        why: e.to_string(),
+                    },
+                })
             }
         }
     }
@@ -137,6 +170,39 @@ impl OrderProducer {
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
+}
+
+/// Whether a failed produce certainly wrote nothing: librdkafka refused it before
+/// sending (its queue is full, the message too large, the partition unknown, the producer
+/// failed or purged its queue), or the broker refused the batch. Anything else (a
+/// message timeout, a lost connection, an error after the append) may have been written.
+fn certainly_not_written(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    let Some(code) = e.rdkafka_error_code() else {
+        return false;
+    };
+    matches!(
+        code,
+        C::QueueFull
+            | C::BadMessage
+            | C::UnknownPartition
+            | C::UnknownTopic
+            | C::PurgeQueue
+            | C::Fatal
+            | C::InvalidMessage
+            | C::UnknownTopicOrPartition
+            | C::InvalidMessageSize
+            | C::MessageSizeTooLarge
+            | C::InvalidTopic
+            | C::NotEnoughReplicas
+            | C::InvalidRequiredAcks
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::OutOfOrderSequenceNumber
+            | C::InvalidProducerEpoch
+            | C::UnknownProducerId
+            | C::InvalidRecord
+    )
 }
 
 struct Backlog {

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use model::{validate_order, Config, Currency, Uuid};
+use model::{idempotency, validate_order, Config, Currency, FieldError, Uuid};
 use serde_json::json;
 use sinks::Pool;
 use subtle::ConstantTimeEq;
@@ -34,6 +34,8 @@ pub struct Metrics {
     invalid: AtomicU64,
     too_large: AtomicU64,
     unavailable: AtomicU64,
+    /// 504s: sent to Kafka, not acknowledged.
+    unacknowledged: AtomicU64,
     queries: AtomicU64,
 }
 
@@ -316,6 +318,13 @@ async fn get_totals(state: &State, only: Option<&str>) -> Resp {
 }
 
 async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
+    let key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(fe) => {
+            state.metrics.invalid.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem);
+        }
+    };
     let body = match read_body(&state, req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -327,29 +336,62 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
             return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem);
         }
     };
-    match state.producer.send(request).await {
-        Ok((order_id, accepted_at)) => {
-            state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    let sent = state.producer.send(request, key.as_deref()).await;
+    let counter = match &sent {
+        Ok(_) => &state.metrics.accepted,
+        Err(NotTaken::Unknown { .. }) => &state.metrics.unacknowledged,
+        Err(_) => &state.metrics.unavailable,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    match sent {
+        Ok(t) => {
+            let id = t.order_id.to_string();
             json(
                 StatusCode::ACCEPTED,
-                json!({"order_id": order_id.to_string(), "id": order_id.to_string(), "accepted_at": accepted_at}),
+                json!({"order_id": id, "id": id, "accepted_at": t.accepted_at}),
             )
         }
-        Err(NotTaken::Backlog) => {
-            state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
-            unavailable(
-                "kafka",
-                "too many unsettled orders for the embedded broker; retry shortly",
-            )
-        }
-        Err(NotTaken::Kafka(e)) => {
-            state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
-            unavailable(
-                "kafka",
-                &format!("Kafka did not acknowledge the order: {e}"),
-            )
-        }
+        Err(NotTaken::Backlog) => unavailable(
+            "kafka",
+            "too many unsettled orders for the embedded broker; not enqueued, retry shortly",
+        ),
+        Err(NotTaken::Kafka(e)) => unavailable(
+            "kafka",
+            &format!("Kafka did not take the order: {e}; not enqueued, retry shortly"),
+        ),
+        Err(NotTaken::Unknown { order_id, why }) => unknown(order_id, &why, key.is_some()),
     }
+}
+
+/// The request's `Idempotency-Key`, if it has one; one header, 1–128 visible ASCII
+/// characters.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, FieldError> {
+    let mut values = req.headers().get_all(idempotency::HEADER).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(FieldError::new(idempotency::HEADER, "must be sent once"));
+    }
+    idempotency::parse_key(first.as_bytes(), idempotency::HEADER).map(|k| Some(k.to_string()))
+}
+
+/// 504: the order was sent to Kafka but not acknowledged. It may settle: the client
+/// learns its id, to ask for its result or to retry with the same key.
+fn unknown(order_id: Uuid, why: &str, keyed: bool) -> Resp {
+    let id = order_id.to_string();
+    let retry = if keyed {
+        "retry with the same Idempotency-Key (it gets this id, and the order settles at most once), or ask GET /api/orders/{id}"
+    } else {
+        "ask GET /api/orders/{id} before placing it again: a retry without an Idempotency-Key is a second order"
+    };
+    let problem =
+        format!("sent, but Kafka did not acknowledge it ({why}): the order may be enqueued");
+    json(
+        StatusCode::GATEWAY_TIMEOUT,
+        json!({"error": format!("kafka: {problem}"), "field": "kafka", "problem": problem,
+               "order_id": id, "id": id, "retry": retry.replace("{id}", &id)}),
+    )
 }
 
 async fn lookup(state: &State, id: &str) -> Resp {
@@ -437,6 +479,7 @@ async fn metrics(state: &State) -> Resp {
          dtss_ingest_orders_total{{outcome=\"invalid\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"too_large\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"unavailable\"}} {}\n\
+         dtss_ingest_orders_total{{outcome=\"unacknowledged\"}} {}\n\
          # TYPE dtss_ingest_queries_total counter\n\
          dtss_ingest_queries_total {}\n\
          # TYPE dtss_ingest_unsettled_max gauge\n\
@@ -445,6 +488,7 @@ async fn metrics(state: &State) -> Resp {
         m.invalid.load(Ordering::Relaxed),
         m.too_large.load(Ordering::Relaxed),
         m.unavailable.load(Ordering::Relaxed),
+        m.unacknowledged.load(Ordering::Relaxed),
         m.queries.load(Ordering::Relaxed),
         state.producer.unsettled_max(),
     );

@@ -5,6 +5,7 @@
 pub mod config;
 mod currency;
 pub mod exit;
+pub mod idempotency;
 mod order;
 mod settle;
 pub mod wire;

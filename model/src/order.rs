@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::idempotency::{self, Keyed};
 use crate::Currency;
 
 pub const MAX_ITEMS: usize = 100;
@@ -35,6 +36,23 @@ impl OrderRequest {
             items: self.items,
             time: self.time,
             accepted_at,
+            keyed: None,
+        }
+    }
+
+    /// Stamp a request the client named with `key` (a valid key,
+    /// `idempotency::parse_key`): its id is the key's, and it carries the key and the
+    /// order's digest.
+    pub fn accept_keyed(self, key: &str, accepted_at: i64) -> Order {
+        let order_id = idempotency::order_id_for(&self.user_id, key);
+        let digest = idempotency::digest(&self.user_id, self.initiator, &self.items);
+        let keyed = Keyed {
+            key: key.to_string(),
+            digest,
+        };
+        Order {
+            keyed: Some(keyed),
+            ..self.accept(order_id, accepted_at)
         }
     }
 }
@@ -49,6 +67,8 @@ pub struct Order {
     pub time: Option<i64>,
     /// Milliseconds since the Unix epoch when ingest accepted it.
     pub accepted_at: i64,
+    /// The client's idempotency key, and the order's digest, when it sent one.
+    pub keyed: Option<Keyed>,
 }
 
 impl Order {
@@ -78,7 +98,22 @@ impl Order {
         }
         // Within the limits just checked the sums cannot overflow.
         self.items = merge_items(self.items.iter().copied()).expect("at most 100 × 10^6");
+        if let Some(k) = &self.keyed {
+            idempotency::parse_key(k.key.as_bytes(), "idempotency_key")?;
+            if self.order_id != idempotency::order_id_for(&self.user_id, &k.key) {
+                let problem = "is not the id of the order's user and idempotency key";
+                return Err(FieldError::new("order_id", problem));
+            }
+            if k.digest != idempotency::digest(&self.user_id, self.initiator, &self.items) {
+                return Err(FieldError::new("digest", "does not match the order"));
+            }
+        }
         Ok(self)
+    }
+
+    /// The digest of a keyed order (None for an order sent without a key).
+    pub fn digest(&self) -> Option<idempotency::Digest> {
+        self.keyed.as_ref().map(|k| k.digest)
     }
 }
 
@@ -120,7 +155,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             problem: problem.into(),
@@ -414,6 +449,7 @@ mod tests {
             ],
             time: None,
             accepted_at: 1,
+            keyed: None,
         };
         let ok = good().check(&[usd]).unwrap();
         assert_eq!(
@@ -473,5 +509,38 @@ mod tests {
             }),
             "items[0]"
         );
+    }
+
+    #[test]
+    fn a_keyed_order_must_carry_its_keys_id_and_its_own_digest() {
+        let usd: Currency = "USD".parse().unwrap();
+        let request = check(
+            r#"{"user_id":"u","initiator":"USD","items":[{"id":3,"number":1},{"id":7,"number":2},{"id":7,"number":5}]}"#,
+        )
+        .unwrap();
+        let keyed = request.clone().accept_keyed("k-1", 5);
+        assert_eq!(keyed.order_id, idempotency::order_id_for("u", "k-1"));
+        assert_eq!(keyed.clone().check(&[usd]).unwrap(), keyed);
+        // The same order as another request (items in another order): the same digest.
+        let again = check(
+            r#"{"user_id":"u","initiator":"USD","items":[{"id":7,"number":7},{"id":3,"number":1}]}"#,
+        )
+        .unwrap()
+        .accept_keyed("k-1", 9);
+        assert_eq!(
+            (again.order_id, again.digest()),
+            (keyed.order_id, keyed.digest())
+        );
+        assert_eq!(request.clone().accept(Uuid::nil(), 1).digest(), None);
+        let field = |o: Order| o.check(&[usd]).unwrap_err().field;
+        let mut other_id = keyed.clone();
+        other_id.order_id = Uuid::now_v7();
+        assert_eq!(field(other_id), "order_id");
+        let mut other_items = keyed.clone();
+        other_items.items[0].number += 1;
+        assert_eq!(field(other_items), "digest");
+        let mut bad_key = keyed.clone();
+        bad_key.keyed.as_mut().unwrap().key = "a b".into();
+        assert_eq!(field(bad_key), "idempotency_key");
     }
 }

@@ -305,6 +305,7 @@ mod tests {
                 .collect(),
             time: None,
             accepted_at: 0,
+            keyed: None,
         }
     }
 

@@ -2,13 +2,42 @@
 //! bincode 2 (serde, standard configuration). Nothing read from the topic is trusted:
 //! a message is at most `MAX_MESSAGE` bytes, and every length inside it is checked
 //! against what is left before anything is allocated.
+//!
+//! Versions: 1 is an order without an idempotency key; 2 (written now) adds the key and
+//! the order's digest at the end (`Order::keyed`). This build reads both, so workers are
+//! upgraded before ingest (an older worker holds its partition at a version-2 message).
 
 use uuid::Uuid;
 
-use crate::Order;
+use crate::{Currency, Item, Order};
 
 /// Bumped whenever `Order`'s encoding changes; readers reject versions they do not know.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// Version 1: `Order` without `keyed`.
+#[derive(serde::Deserialize)]
+struct OrderV1 {
+    order_id: Uuid,
+    user_id: String,
+    initiator: Currency,
+    items: Vec<Item>,
+    time: Option<i64>,
+    accepted_at: i64,
+}
+
+impl From<OrderV1> for Order {
+    fn from(o: OrderV1) -> Order {
+        Order {
+            order_id: o.order_id,
+            user_id: o.user_id,
+            initiator: o.initiator,
+            items: o.items,
+            time: o.time,
+            accepted_at: o.accepted_at,
+            keyed: None,
+        }
+    }
+}
 
 /// The largest message a reader decodes. An order within ingest's limits (64 KiB of
 /// JSON, 100 items, a 64-character user id) encodes in well under 2 KiB.
@@ -61,22 +90,27 @@ pub fn encode(order: &Order) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Order, WireError> {
-    let body = body(bytes)?;
-    let (order, used) = bincode::serde::decode_from_slice(body, config())?;
+    let (version, body) = body(bytes)?;
+    let (order, used) = if version == 1 {
+        let (o, used) = bincode::serde::decode_from_slice::<OrderV1, _>(body, config())?;
+        (Order::from(o), used)
+    } else {
+        bincode::serde::decode_from_slice(body, config())?
+    };
     if used != body.len() {
         return Err(WireError::Trailing(body.len() - used));
     }
     Ok(order)
 }
 
-/// The message's body after a version byte this build reads.
-fn body(bytes: &[u8]) -> Result<&[u8], WireError> {
+/// The message's version (one this build reads) and its body after the version byte.
+fn body(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(WireError::TooLarge(bytes.len()));
     }
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     match version {
-        FORMAT_VERSION => Ok(body),
+        1..=FORMAT_VERSION => Ok((version, body)),
         v if v > FORMAT_VERSION && v < 0x80 => Err(WireError::Newer(v)),
         v => Err(WireError::UnknownVersion(v)),
     }
@@ -89,7 +123,7 @@ pub fn order_id(bytes: &[u8]) -> Option<Uuid> {
     struct Front {
         order_id: Uuid,
     }
-    let body = body(bytes).ok()?;
+    let (_, body) = body(bytes).ok()?;
     let (front, _): (Front, usize) = bincode::serde::decode_from_slice(body, config()).ok()?;
     Some(front.order_id)
 }
@@ -113,6 +147,7 @@ mod tests {
             ],
             time: Some(1558868400000),
             accepted_at: 1_763_780_000_123,
+            keyed: None,
         }
     }
 
@@ -122,6 +157,25 @@ mod tests {
         let bytes = encode(&o);
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode(&bytes).unwrap(), o);
+    }
+
+    #[test]
+    fn keyed_orders_round_trip_and_version_1_messages_still_read() {
+        let request = crate::OrderRequest {
+            user_id: "u-42".into(),
+            initiator: "EUR".parse().unwrap(),
+            items: vec![Item { id: 3, number: 2 }],
+            time: None,
+        };
+        let keyed = request.accept_keyed("key-1", 7);
+        assert_eq!(decode(&encode(&keyed)).unwrap(), keyed);
+        // A version-1 message is a version-2 one without the trailing `None`.
+        let o = sample();
+        let mut v1 = encode(&o);
+        assert_eq!(v1.pop(), Some(0), "None encodes as one zero byte");
+        v1[0] = 1;
+        assert_eq!(decode(&v1).unwrap(), o);
+        assert_eq!(order_id(&v1), Some(o.order_id));
     }
 
     #[test]

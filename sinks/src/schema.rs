@@ -58,8 +58,12 @@ const TABLES: &[&str] = &[
         settled_at BIGINT NOT NULL,
         `partition` INT NOT NULL,
         `offset` BIGINT NOT NULL,
+        digest BINARY(16) NULL,
         KEY by_user (user_id, accepted_at)
     ) ENGINE=InnoDB",
+    // Added with idempotency keys: the digest of a keyed order (NULL without a key), to
+    // tell a retry from another order under the same key.
+    "ALTER TABLE result ADD COLUMN IF NOT EXISTS digest BINARY(16) NULL",
     "CREATE TABLE IF NOT EXISTS offsets (
         topic VARCHAR(249) NOT NULL,
         `partition` INT NOT NULL,
@@ -169,7 +173,7 @@ pub async fn ensure_schema(url: &str) -> Result<()> {
     for t in TABLES {
         conn.query_drop(*t)
             .await
-            .with_context(|| format!("creating table: {}", first_line(t)))?;
+            .with_context(|| format!("creating the schema: {}", first_line(t)))?;
     }
     conn.disconnect().await.ok();
     Ok(())

@@ -961,3 +961,95 @@ async fn poisons_are_kept_as_dead_letters_and_copies_skipped_and_the_partition_g
     drop(conn);
     drop_db(&db, pool, dir).await;
 }
+
+/// `order` for `user`, sent with idempotency `key`.
+fn keyed(user: &str, key: &str, id: u32, number: u32) -> Order {
+    OrderRequest {
+        user_id: user.into(),
+        initiator: Currency::from_str("RMB").unwrap(),
+        items: vec![Item { id, number }],
+        time: None,
+    }
+    .accept_keyed(key, model::now_ms())
+}
+
+#[tokio::test]
+async fn a_key_settles_once_and_another_order_under_it_is_a_conflict() {
+    let (db, pool, dir, rates, _shared) = fresh_db("idem", 2).await;
+    let first = keyed("u-k", "key-1", 2, 3);
+    let retry = keyed("u-k", "key-1", 2, 3);
+    let other = keyed("u-k", "key-1", 2, 4); // the same key, another order
+    let second = keyed("u-k", "key-2", 2, 1);
+    assert_eq!(retry.order_id, first.order_id);
+    assert_eq!(other.order_id, first.order_id);
+    let batches = vec![
+        // In one batch: the order, its retry, and another order under its key.
+        batch_of(
+            vec![
+                settling(0, &first, &rates),
+                settling(1, &retry, &rates),
+                settling(2, &other, &rates),
+            ],
+            vec![],
+            3,
+        ),
+        // Later batches: both again, after the first committed; then a new key.
+        batch_of(vec![settling(3, &retry, &rates)], vec![], 4),
+        batch_of(
+            vec![settling(4, &other, &rates), settling(5, &second, &rates)],
+            vec![],
+            6,
+        ),
+    ];
+    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let got = settle_all(&mut settlement, batches).await;
+    settlement.flush().await.unwrap();
+    assert_eq!(got, vec![vec![None], vec![], vec![None]]);
+    let mut conn = pool.get_conn().await.unwrap();
+    let results: Vec<(String, String, i64, Option<Vec<u8>>)> = conn
+        .query("SELECT order_id, items, `offset`, digest FROM result ORDER BY `offset`")
+        .await
+        .unwrap();
+    let digest = |o: &Order| o.digest().map(|d| d.to_vec());
+    assert_eq!(
+        results,
+        vec![
+            (first.order_id.to_string(), "2:3".into(), 0, digest(&first)),
+            (
+                second.order_id.to_string(),
+                "2:1".into(),
+                5,
+                digest(&second)
+            ),
+        ]
+    );
+    let skipped: Vec<i64> = conn
+        .query("SELECT `offset` FROM skipped_copy ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(skipped, vec![1, 3], "the retries are copies");
+    let dead: Vec<(i64, String, String)> = conn
+        .query("SELECT `offset`, reason, detail FROM dead_letter ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for (d, offset) in dead.iter().zip([2, 4]) {
+        assert_eq!((d.0, d.1.as_str()), (offset, "idempotency_conflict"));
+        assert!(d.2.contains("\"key-1\""), "{}", d.2);
+    }
+    let (inventory, orders): (u32, u64) = conn
+        .query_first(
+            "SELECT (SELECT inventory FROM commodity WHERE id = 2), \
+             (SELECT orders FROM totals WHERE `partition` = 0)",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (inventory, orders),
+        (10 - 3 - 1, 2),
+        "stock moved once per key"
+    );
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}

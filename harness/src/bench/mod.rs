@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Zipf exponent of item popularity (hot commodities contend); None: uniform.
     pub zipf: Option<f64>,
+    /// Send every order with an idempotency key of its own (its retries carry it).
+    pub keys: bool,
 }
 
 /// What the progress callback is shown, a few times a second.
@@ -162,11 +164,17 @@ pub async fn bench(
 ) -> Result<BenchReport> {
     check_options(opts)?;
     let pool = sinks::connect(&cfg.mysql.url, 4)?;
-    let target = Arc::new(if opts.direct_kafka {
+    let target = if opts.direct_kafka {
         Target::kafka(cfg, pool.clone()).await?
     } else {
         Target::http(&opts.url).context("--url")?
+    };
+    let target = Arc::new(if opts.keys {
+        target
+    } else {
+        target.without_keys()
     });
+    let poison_before = sinks::poison_counts(&pool, &cfg.kafka.topic).await?;
     let clock = Clock::start(opts);
     let live = Arc::new(Live::new());
     let watch = watch::Watch::start(cfg, &pool, clock, live.clone(), progress).await?;
@@ -188,6 +196,7 @@ pub async fn bench(
     sent.sort_by_key(|s| s.due_ms);
     let ids: Vec<Uuid> = sent.iter().filter_map(|s| s.id).collect();
     let (results, unknown, commits) = readback::read_back(&pool, &ids, clock.started_at_ms).await?;
+    let poison_after = sinks::poison_counts(&pool, &cfg.kafka.topic).await?;
     drop(target);
     pool.disconnect().await.ok();
     let measured = report::Measured {
@@ -199,7 +208,11 @@ pub async fn bench(
         partitions: cfg.partitions(),
         clock,
         sent,
-        counts: counts_of(tally, unknown),
+        counts: Counts {
+            dead_letters: poison_after.0.saturating_sub(poison_before.0),
+            copies_skipped: poison_after.1.saturating_sub(poison_before.1),
+            ..counts_of(tally, unknown)
+        },
         results,
         commits,
         lag,
@@ -267,6 +280,7 @@ fn counts_of(tally: Tally, commit_time_unknown: u64) -> Counts {
     Counts {
         invalid: tally.invalid,
         busy_retried: tally.busy,
+        unacknowledged_retried: tally.unknown,
         errors_retried: tally.errors,
         failed: tally.failed,
         commit_time_unknown,

@@ -46,8 +46,15 @@ pub struct Counts {
     pub invalid: u64,
     /// 503 answers (backlog guard), each retried.
     pub busy_retried: u64,
-    /// No answer (connection errors; Kafka did not acknowledge), each retried.
+    /// 504 answers (sent, not acknowledged), each retried with the order's key.
+    pub unacknowledged_retried: u64,
+    /// No answer (connection errors; Kafka did not take it), each retried.
     pub errors_retried: u64,
+    /// Copies of settled orders the workers skipped during the run (retries that had
+    /// reached Kafka before: duplicates prevented).
+    pub copies_skipped: u64,
+    /// Messages kept as dead letters during the run (expect 0).
+    pub dead_letters: u64,
     /// Other HTTP statuses (not retried; expect 0).
     pub failed: u64,
     /// Accepted orders with a result row after the drain.

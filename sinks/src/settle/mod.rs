@@ -35,6 +35,7 @@ mod view;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use model::idempotency::Digest;
 use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 use mysql_async::Pool;
@@ -52,6 +53,37 @@ pub struct Settling {
     pub rates: Arc<RateTable>,
 }
 
+impl Settling {
+    /// This message as a copy of an order whose id was settled (or met earlier in its
+    /// batch) with digest `settled`: skipped, unless both are keyed orders that differ
+    /// (another order sent under the same idempotency key). That is a dead letter
+    /// `idempotency_conflict` naming the key; the first order stands.
+    pub fn copy_of(&self, settled: Option<Digest>) -> Result<Skipped, DeadLetter> {
+        let order = &self.order;
+        match (&order.keyed, settled) {
+            (Some(k), Some(settled)) if k.digest != settled => {
+                let detail = format!(
+                    "idempotency key {:?} of user {:?} names another order, settled before: \
+                     its items or currency differ; the first order stands",
+                    k.key, order.user_id
+                );
+                Err(DeadLetter::new(
+                    self.offset,
+                    self.epoch,
+                    Some(order.order_id),
+                    "idempotency_conflict",
+                    detail,
+                    &model::wire::encode(order),
+                ))
+            }
+            _ => Ok(Skipped {
+                offset: self.offset,
+                order_id: order.order_id,
+            }),
+        }
+    }
+}
+
 /// The most bytes of a message a dead letter keeps.
 pub const MAX_DEAD_BYTES: usize = 4096;
 
@@ -63,8 +95,9 @@ pub struct DeadLetter {
     pub offset: i64,
     pub epoch: u64,
     pub order_id: Option<model::Uuid>,
-    /// `undecodable`, `invalid_order` (failed validation) or `unsettleable` (its amount
-    /// cannot be computed or stored).
+    /// `undecodable`, `invalid_order` (failed validation), `unsettleable` (its amount
+    /// cannot be computed or stored) or `idempotency_conflict` (another order under an
+    /// idempotency key already used).
     pub reason: &'static str,
     pub detail: String,
     /// The message's first `MAX_DEAD_BYTES` bytes.
@@ -102,7 +135,8 @@ impl DeadLetter {
     }
 }
 
-/// A message whose order id already has a result, or comes twice in one batch: skipped.
+/// A message whose order id already has a result, or comes twice in one batch, with the
+/// same order (or without a key): skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Skipped {
     pub offset: i64,

@@ -6,6 +6,8 @@
 //! then exactly the first's next offset. If the first fails instead, the second rolls
 //! back and both are settled again one at a time (`settle_batch`'s way).
 
+use std::collections::hash_map::{Entry, HashMap};
+
 use anyhow::Result;
 use model::now_ms;
 use mysql_async::{Conn, Pool};
@@ -34,22 +36,24 @@ impl Batch {
     }
 
     /// The batch with every later copy of an order id that comes twice moved to
-    /// `skipped`: an order settles once.
+    /// `skipped` (or to `dead`, if it is another order under the same idempotency key):
+    /// an order settles once.
     pub fn deduped(mut self) -> Batch {
-        let mut seen = std::collections::HashSet::with_capacity(self.orders.len());
-        let (mut keep, mut copies) = (Vec::with_capacity(self.orders.len()), Vec::new());
-        for s in self.orders {
-            if seen.insert(s.order.order_id) {
-                keep.push(s);
-            } else {
-                copies.push(Skipped {
-                    offset: s.offset,
-                    order_id: s.order.order_id,
-                });
+        let mut first = HashMap::with_capacity(self.orders.len());
+        let mut keep = Vec::with_capacity(self.orders.len());
+        for s in std::mem::take(&mut self.orders) {
+            match first.entry(s.order.order_id) {
+                Entry::Vacant(v) => {
+                    v.insert(s.order.digest());
+                    keep.push(s);
+                }
+                Entry::Occupied(o) => match s.copy_of(*o.get()) {
+                    Ok(skip) => self.skipped.push(skip),
+                    Err(dead) => self.dead.push(dead),
+                },
             }
         }
         self.orders = keep;
-        self.skipped.extend(copies);
         self
     }
 }

@@ -1,9 +1,10 @@
 //! The pure step between round trips 2 and 3: decide a batch's orders against the stock
 //! its transaction holds, and say what round trip 3 must write. No I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
+use model::idempotency::Digest;
 use model::{decide, Commodity, Currency, Decimal, Decision, Reason, SettleError, Uuid};
 
 use super::{DeadLetter, Outcome, Settling, Skipped};
@@ -33,8 +34,9 @@ pub(super) fn decision(
 pub(super) struct Open {
     /// The index in the batch of the first order not committed before.
     pub todo_from: usize,
-    /// Orders from there on whose id already had a result: skipped as copies.
-    pub copies: HashSet<Uuid>,
+    /// Orders from there on whose id already had a result, with the digest it was
+    /// settled with: skipped as copies (or kept as conflicts, `copies_in`).
+    pub copies: HashMap<Uuid, Option<Digest>>,
     /// The decisions of `batch[todo_from..]` as the results were written.
     pub guessed: Vec<Decision>,
     pub settled_at: i64,
@@ -53,21 +55,28 @@ impl Open {
     pub(super) fn todo<'b>(&self, batch: &'b [Settling]) -> Vec<&'b Settling> {
         batch[self.todo_from..]
             .iter()
-            .filter(|s| !self.copies.contains(&s.order.order_id))
+            .filter(|s| !self.copies.contains_key(&s.order.order_id))
             .collect()
     }
 
     /// Every copy it skips: those of `in_batch` (ids twice in the batch) and those whose
-    /// id already had a result.
-    pub(super) fn copies_in(&self, batch: &[Settling], in_batch: &[Skipped]) -> Vec<Skipped> {
-        let found = batch[self.todo_from..]
-            .iter()
-            .filter(|s| self.copies.contains(&s.order.order_id))
-            .map(|s| Skipped {
-                offset: s.offset,
-                order_id: s.order.order_id,
-            });
-        in_batch.iter().copied().chain(found).collect()
+    /// id already had a result; but a copy of another order under the same idempotency
+    /// key is a dead letter (`Settling::copy_of`).
+    pub(super) fn copies_in(
+        &self,
+        batch: &[Settling],
+        in_batch: &[Skipped],
+    ) -> (Vec<Skipped>, Vec<DeadLetter>) {
+        let (mut skipped, mut conflicts) = (in_batch.to_vec(), vec![]);
+        for s in &batch[self.todo_from..] {
+            if let Some(settled) = self.copies.get(&s.order.order_id) {
+                match s.copy_of(*settled) {
+                    Ok(skip) => skipped.push(skip),
+                    Err(dead) => conflicts.push(dead),
+                }
+            }
+        }
+        (skipped, conflicts)
     }
 }
 
@@ -360,9 +369,21 @@ mod tests {
             settling(1, "RMB", &[(1, 1)]),
             settling(2, "RMB", &[(1, 1)]),
         ];
+        let mut batch = batch.to_vec();
+        // Two retries under one idempotency key: one of the order settled, one of another.
+        for (offset, number) in [(3, 1), (4, 2)] {
+            let mut s = settling(offset, "RMB", &[(1, number)]);
+            s.order = keyed(s.order, "key-1");
+            batch.push(s);
+        }
+        let settled = batch[3].order.digest();
         let open = Open {
             todo_from: 1,
-            copies: [batch[2].order.order_id].into(),
+            copies: [
+                (batch[2].order.order_id, None),
+                (batch[3].order.order_id, settled),
+            ]
+            .into(),
             guessed: vec![],
             settled_at: 1,
             stock: HashMap::new(),
@@ -371,14 +392,28 @@ mod tests {
         let todo = open.todo(&batch);
         assert_eq!(todo.len(), 1);
         assert_eq!(todo[0].offset, 1);
-        let copies = open.copies_in(&batch, &[]);
-        assert_eq!(
-            copies,
-            vec![Skipped {
-                offset: 2,
-                order_id: batch[2].order.order_id
-            }]
-        );
+        let (copies, conflicts) = open.copies_in(&batch, &[]);
+        let skipped = |s: &Settling| Skipped {
+            offset: s.offset,
+            order_id: s.order.order_id,
+        };
+        assert_eq!(copies, vec![skipped(&batch[2]), skipped(&batch[3])]);
+        assert_eq!(conflicts.len(), 1);
+        let d = &conflicts[0];
+        assert_eq!((d.offset, d.reason), (4, "idempotency_conflict"));
+        assert_eq!(d.order_id, Some(batch[4].order.order_id));
+        assert!(d.detail.contains("\"key-1\""), "{}", d.detail);
+    }
+
+    /// `order` as if sent with `key`.
+    fn keyed(order: model::Order, key: &str) -> model::Order {
+        model::OrderRequest {
+            user_id: order.user_id,
+            initiator: order.initiator,
+            items: order.items,
+            time: order.time,
+        }
+        .accept_keyed(key, order.accepted_at)
     }
 
     /// A batch open from its first order, none of them copies, over `stock(5, 1)`.
@@ -389,7 +424,7 @@ mod tests {
     ) -> Open {
         Open {
             todo_from: 0,
-            copies: HashSet::new(),
+            copies: HashMap::new(),
             guessed,
             settled_at,
             stock: stock(5, 1),

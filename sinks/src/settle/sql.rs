@@ -14,11 +14,17 @@ use super::view::Committed;
 use super::Settling;
 
 /// The columns a result row is written with, in the order `results_insert` and
-/// `results_tsv` give them.
+/// `results_tsv` give them, but for the last: the digest of a keyed order.
+macro_rules! result_fields {
+    () => {
+        "order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, \
+         client_time, accepted_at, settled_at, `partition`, `offset`"
+    };
+}
+
 macro_rules! result_columns {
     () => {
-        "(order_id, user_id, initiator, success, reason, paid, rate_version, epoch, items, \
-         client_time, accepted_at, settled_at, `partition`, `offset`)"
+        concat!("(", result_fields!(), ", digest)")
     };
 }
 
@@ -29,10 +35,11 @@ macro_rules! result_columns {
 pub(super) const BEGIN: &str = "START TRANSACTION; SET @n = 0, @c = 0";
 
 /// Reads the rows of `results_tsv` (MySQL's defaults: tab-separated, `\` escapes, `\N`
-/// is NULL; binary: the user id's bytes as they are).
+/// is NULL; binary: the user id's bytes as they are; the digest in hex).
 pub(super) const LOAD_RESULTS: &str = concat!(
-    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary ",
-    result_columns!()
+    "LOAD DATA LOCAL INFILE 'results' INTO TABLE result CHARACTER SET binary (",
+    result_fields!(),
+    ", @digest) SET digest = UNHEX(@digest)"
 );
 
 const INSERT_RESULTS: &str = concat!("INSERT INTO result ", result_columns!(), " VALUES ");
@@ -230,7 +237,7 @@ pub(super) fn results_tsv(
         }
         writeln!(
             out,
-            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             ord.initiator.as_str(),
             u8::from(d.reason.is_none()),
             d.reason.map_or("\\N", |r| r.as_str()),
@@ -243,6 +250,7 @@ pub(super) fn results_tsv(
             settled_at,
             partition,
             s.offset,
+            ord.digest().map_or("\\N".into(), |d| Hex(&d).to_string()),
         )
         .unwrap();
     }
@@ -266,7 +274,7 @@ pub(super) fn results_insert(
         }
         write!(
             sql,
-            "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{})",
+            "('{}',X'{}','{}',{},{},{},{},{},'{}',{},{},{},{},{},{})",
             ord.order_id.hyphenated(),
             Hex(ord.user_id.as_bytes()),
             ord.initiator.as_str(),
@@ -281,6 +289,8 @@ pub(super) fn results_insert(
             settled_at,
             partition,
             s.offset,
+            ord.digest()
+                .map_or("NULL".into(), |d| format!("X'{}'", Hex(&d))),
         )
         .unwrap();
     }
@@ -297,10 +307,10 @@ pub(super) fn committed_results(batch: &[Settling], partition: i32) -> String {
     )
 }
 
-/// The ids of `orders` that have a result.
+/// The ids of `orders` that have a result, and the digests those results were settled with.
 pub(super) fn existing_results(orders: &[Settling]) -> String {
     format!(
-        "SELECT order_id FROM result WHERE order_id IN ({})",
+        "SELECT order_id, digest FROM result WHERE order_id IN ({})",
         join(orders.iter().map(|s| format!("'{}'", s.order.order_id)))
     )
 }
@@ -350,7 +360,7 @@ fn dead_and_skipped(sql: &mut String, plan: &Plan, topic: &str, partition: i32, 
             }
             write!(
                 sql,
-                "('{id}',X'','',false,'{}',0,0,{},'',NULL,0,{settled_at},{partition},{})",
+                "('{id}',X'','',false,'{}',0,0,{},'',NULL,0,{settled_at},{partition},{},NULL)",
                 Reason::InvalidOrder.as_str(),
                 d.epoch,
                 d.offset
@@ -465,21 +475,35 @@ mod tests {
 
     #[test]
     fn a_tsv_line_escapes_the_user_id_and_writes_null_as_backslash_n() {
-        let rows = [settling("a\tb\nc\\d\0e", None), settling("plain", Some(5))];
-        let tsv =
-            String::from_utf8(results_tsv(&[&rows[0], &rows[1]], &[SHORT, PAID], 2, 999)).unwrap();
+        let mut keyed = settling("k", None);
+        keyed.order.keyed = Some(model::idempotency::Keyed {
+            key: "key".into(),
+            digest: [0xab; 16],
+        });
+        let rows = [
+            settling("a\tb\nc\\d\0e", None),
+            settling("plain", Some(5)),
+            keyed,
+        ];
+        let all = [&rows[0], &rows[1], &rows[2]];
+        let tsv = String::from_utf8(results_tsv(&all, &[SHORT, PAID, PAID], 2, 999)).unwrap();
         let lines: Vec<&str> = tsv.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         let nil = "00000000-0000-0000-0000-000000000000";
         assert_eq!(
             lines[0],
             format!(
-                "{nil}\ta\\tb\\nc\\\\d\\0e\tUSD\t0\tinsufficient_inventory\t0\t6\t100\t3:2,1:1\t\\N\t1000\t999\t2\t41"
+                "{nil}\ta\\tb\\nc\\\\d\\0e\tUSD\t0\tinsufficient_inventory\t0\t6\t100\t3:2,1:1\t\\N\t1000\t999\t2\t41\t\\N"
             )
         );
         assert_eq!(
             lines[1],
-            format!("{nil}\tplain\tUSD\t1\t\\N\t12.34\t6\t100\t3:2,1:1\t5\t1000\t999\t2\t41")
+            format!("{nil}\tplain\tUSD\t1\t\\N\t12.34\t6\t100\t3:2,1:1\t5\t1000\t999\t2\t41\t\\N")
+        );
+        assert!(
+            lines[2].ends_with(&format!("\t41\t{}", "AB".repeat(16))),
+            "{}",
+            lines[2]
         );
     }
 
@@ -493,7 +517,7 @@ mod tests {
         assert!(sql.contains("X'6F273B202D2D'"), "{sql}");
         assert!(!sql.contains("o';"), "{sql}");
         assert!(
-            sql.ends_with(",'USD',true,NULL,12.34,6,100,'3:2,1:1',NULL,1000,7,0,41)"),
+            sql.ends_with(",'USD',true,NULL,12.34,6,100,'3:2,1:1',NULL,1000,7,0,41,NULL)"),
             "{sql}"
         );
     }

@@ -2,10 +2,11 @@
 //! a database problem is retried with backoff, a stale view is settled again under
 //! locks, and a batch that cannot be settled stops the caller.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Result;
+use model::idempotency::Digest;
 use model::{now_ms, Commodity, Decimal, Decision, Reason, Uuid};
 use mysql_async::prelude::*;
 use mysql_async::Pool;
@@ -229,8 +230,9 @@ pub(super) fn decide_open(
 ) -> Result<Decided, Failure> {
     let settled_at = open.settled_at;
     let todo = open.todo(target.batch);
-    let skipped = open.copies_in(target.batch, target.skipped);
-    let plan = plan(&todo, open, target.dead, skipped).map_err(Failure::Fatal)?;
+    let (skipped, conflicts) = open.copies_in(target.batch, target.skipped);
+    let dead = [target.dead, &conflicts].concat();
+    let plan = plan(&todo, open, &dead, skipped).map_err(Failure::Fatal)?;
     let sql = sql::finish(
         &plan,
         target.topic,
@@ -314,7 +316,7 @@ enum Written {
 /// whose id already had a result), with their decisions and the stock they leave.
 struct Todo {
     from: usize,
-    copies: HashSet<Uuid>,
+    copies: HashMap<Uuid, Option<Digest>>,
     guessed: Vec<Decision>,
     left: HashMap<u32, Commodity>,
 }
@@ -342,7 +344,7 @@ async fn write_guesses(
     {
         let todo = Todo {
             from: 0,
-            copies: HashSet::new(),
+            copies: HashMap::new(),
             guessed,
             left,
         };
@@ -385,7 +387,7 @@ async fn write_guesses(
     let copies = settled_ids(conn, &batch[from..]).await?;
     let todo: Vec<&Settling> = batch[from..]
         .iter()
-        .filter(|s| !copies.contains(&s.order.order_id))
+        .filter(|s| !copies.contains_key(&s.order.order_id))
         .collect();
     let (guessed, left) = state.guess(&todo, ids);
     if !todo.is_empty()
@@ -403,17 +405,24 @@ async fn write_guesses(
     }))
 }
 
-/// The ids of `orders` that have a result.
+/// The ids of `orders` that have a result, with the digest it was settled with.
 async fn settled_ids(
     conn: &mut mysql_async::Conn,
     orders: &[Settling],
-) -> Result<HashSet<Uuid>, Failure> {
+) -> Result<HashMap<Uuid, Option<Digest>>, Failure> {
     if orders.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
-    let ids: Vec<String> = conn.query(sql::existing_results(orders)).await?;
-    ids.iter()
-        .map(|id| id.parse().map_err(|e| fatal(format!("result {id}: {e}"))))
+    let rows: Vec<(String, Option<Vec<u8>>)> = conn.query(sql::existing_results(orders)).await?;
+    rows.into_iter()
+        .map(|(id, digest)| {
+            let parsed = id.parse().map_err(|e| fatal(format!("result {id}: {e}")))?;
+            let digest = digest
+                .map(|d| Digest::try_from(d.as_slice()))
+                .transpose()
+                .map_err(|_| fatal(format!("result {id}: a digest that is not 16 bytes")))?;
+            Ok((parsed, digest))
+        })
         .collect()
 }
 
