@@ -207,52 +207,6 @@ fn a_killed_worker_process_stops_its_peer_and_the_restarted_cluster_loses_nothin
     c.check_invariants(&accepted);
 }
 
-/// The pid of the process whose command line holds all of `words`.
-fn find_process(words: &[&str]) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if words.iter().all(|w| cmd.contains(w)) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// `dtss up` of a test cluster; killed on drop (and so, by the kernel, its services).
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `dtss up --no-services` for cluster `c` (its output in up.log), once it serves.
-fn start_up(c: &Cluster) -> Up {
-    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
-    let up = Up(std::process::Command::new(common::BIN)
-        .args(["up", "--no-services", "--config"])
-        .arg(&c.config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let listen = c.listen.clone();
-    common::wait_for(Duration::from_secs(60), "dtss up serving", || {
-        common::http(&listen, "GET", "/healthz", None)
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    });
-    up
-}
-
 #[test]
 fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     // Two worker processes: killing one must bring the other down and both up again.
@@ -264,14 +218,14 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
             ..Spec::default()
         },
     );
-    let mut up = start_up(&c);
+    let mut up = common::start_up(&c);
     let config = c.config.display().to_string();
     let mut recovery = Duration::ZERO;
     let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
             c.count("SELECT COUNT(*) FROM result") >= 500
         });
-        let pid = find_process(&["worker --process 1 --config", &config])
+        let pid = common::find_process(&["worker --process 1 --config", &config])
             .expect("worker process 1 of dtss up");
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -313,7 +267,7 @@ fn session_and_nice(pid: i32) -> (i32, i32) {
 #[test]
 fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
     let c = Cluster::configure("sessions", Spec::default());
-    let mut up = start_up(&c);
+    let mut up = common::start_up(&c);
     let config = c.config.display().to_string();
     let services = [
         ("ingest", "ingest --config"),
@@ -324,7 +278,7 @@ fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
     let (up_session, _) = session_and_nice(up.0.id() as i32);
     let root = unsafe { libc::geteuid() } == 0;
     for (name, words) in services {
-        let pid = find_process(&[words, &config]).unwrap_or_else(|| panic!("{name} of dtss up"));
+        let pid = common::find_process(&[words, &config]).unwrap_or_else(|| panic!("{name} of dtss up"));
         let (session, nice) = session_and_nice(pid);
         assert_eq!(session, pid, "{name} leads a session of its own");
         assert_ne!(session, up_session, "{name}");
@@ -346,7 +300,7 @@ fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
         || {
             services
                 .iter()
-                .all(|(_, words)| find_process(&[words, &config]).is_none())
+                .all(|(_, words)| common::find_process(&[words, &config]).is_none())
         },
     );
 }
@@ -555,7 +509,7 @@ fn dtss_up_stops_restarting_workers_that_fail_on_the_same_batch() {
             ..Spec::default()
         },
     );
-    let _up = start_up(&c);
+    let _up = common::start_up(&c);
     // The result table can no longer hold this order's user id: its batch fails the
     // same way at every attempt.
     c.query::<u8>("ALTER TABLE result MODIFY user_id VARBINARY(2) NOT NULL");

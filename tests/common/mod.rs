@@ -563,3 +563,49 @@ pub fn http_with(
         serde_json::from_str(payload).unwrap_or(serde_json::Value::String(payload.to_string()));
     Ok((status, json))
 }
+
+/// The pid of the process whose command line holds all of `words`.
+pub fn find_process(words: &[&str]) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if words.iter().all(|w| cmd.contains(w)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// `dtss up` of a test cluster; killed on drop (and so, by the kernel, its services).
+pub struct Up(pub std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dtss up --no-services` for cluster `c` (its output in up.log), once it serves.
+pub fn start_up(c: &Cluster) -> Up {
+    let log = std::fs::File::create(c.dir.join("up.log")).unwrap();
+    let up = Up(std::process::Command::new(BIN)
+        .args(["up", "--no-services", "--config"])
+        .arg(&c.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let listen = c.listen.clone();
+    wait_for(Duration::from_secs(60), "dtss up serving", || {
+        http(&listen, "GET", "/healthz", None)
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    up
+}
