@@ -90,8 +90,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
-    /// The messages of the topic that could not be settled (undecodable, invalid, or
-    /// unsettleable), as kept in MySQL: a table, or one in full with --show.
+    /// The messages of the topic that could not be settled (undecodable, invalid,
+    /// unsettleable, or another order under a used idempotency key), as kept in MySQL: a
+    /// table, or one in full with --show.
     #[command(after_help = exit::HELP)]
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Load the running system and report throughput and latency (docs/PERFORMANCE.md);
