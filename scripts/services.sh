@@ -6,8 +6,13 @@
 #   scripts/services.sh down    stop what this script started (and nothing else)
 #   scripts/services.sh status  say what runs where
 #
+#   scripts/services.sh up --galera 3   a 3-node MariaDB Galera cluster on ports
+#                                       3311-3313 instead of the single MariaDB
+#   scripts/services.sh node-start I    start Galera node I again (it rejoins)
+#   scripts/services.sh node-stop I     stop Galera node I (SIGTERM)
+#
 # Environment: DTSS_HOME (default: <repo>/.dtss), DTSS_MYSQL_PORT (3306),
-# DTSS_ZK_PORT (2181).
+# DTSS_ZK_PORT (2181), DTSS_GALERA_PORT (3310: node I listens on 3310+I).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +42,10 @@ pid_alive() {
 install_missing() {
   local need=()
   command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+  if [ "$GALERA" -gt 0 ]; then
+    [ -f /usr/lib/galera/libgalera_smm.so ] || need+=(galera-4)
+    command -v rsync >/dev/null 2>&1 || need+=(rsync)
+  fi
   [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
   [ -f /usr/share/java/slf4j-simple.jar ] || need+=(libslf4j-java)
   if [ ${#need[@]} -gt 0 ]; then
@@ -125,7 +134,12 @@ mysql_up() {
   # Root only through the socket, as the OS root; dtss only on the databases named
   # dtss…, with no global privilege (no FILE, no SUPER). Applied at every start, so an
   # older data directory is brought to the same state.
-  mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot <<'SQL'
+  mysql_users "$MY/mysqld.sock"
+}
+
+# mysql_users SOCKET: root only through the socket; dtss on the dtss… databases only.
+mysql_users() {
+  mariadb --no-defaults --socket="$1" -uroot <<'SQL'
 CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY 'dtss';
 CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY 'dtss';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dtss'@'127.0.0.1', 'dtss'@'localhost';
@@ -133,9 +147,83 @@ GRANT ALL PRIVILEGES ON `dtss%`.* TO 'dtss'@'127.0.0.1', 'dtss'@'localhost';
 DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1', 'root'@'%';
 ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket;
 SQL
-  mariadb --no-defaults --socket="$MY/mysqld.sock" -uroot \
+  mariadb --no-defaults --socket="$1" -uroot \
     -e "DROP USER IF EXISTS 'root'@'$(hostname)'"
 }
+
+# A MariaDB Galera cluster of $GALERA nodes. Node I: $SVC/galera/I, client port
+# $GALERA_PORT+I, group port 45I7, IST 45I8, rsync state transfer 45I9. Every node runs
+# as the mysql OS user (the rsync transfer writes the joiner's data directory as it).
+GALERA_PORT=${DTSS_GALERA_PORT:-3310}
+GALERA=0
+
+galera_dir() { echo "$SVC/galera/$1"; }
+galera_ping() { mariadb-admin --no-defaults --socket="$(galera_dir "$1")/mysqld.sock" -uroot ping >/dev/null 2>&1; }
+galera_alive() { pid_alive "$(galera_dir "$1")/mysqld.pid" "$(galera_dir "$1")/data"; }
+# Synced: the node has every write set of the cluster and takes queries.
+galera_synced() {
+  local state
+  state=$(mariadb --no-defaults --socket="$(galera_dir "$1")/mysqld.sock" -uroot -Nse \
+    "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | cut -f2)
+  [ "$state" = Synced ]
+}
+
+galera_node_up() {
+  local i=$1 bootstrap=${2:-} d addresses=() n
+  d=$(galera_dir "$i")
+  if galera_alive "$i" && galera_ping "$i"; then
+    log "Galera node $i already running on 127.0.0.1:$((GALERA_PORT + i))"
+    return
+  fi
+  for n in $(seq 1 "$GALERA"); do addresses+=("127.0.0.1:45${n}7"); done
+  mkdir -p "$d/data" "$d/files"
+  if [ -n "$bootstrap" ] && [ ! -d "$d/data/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$d/data" --user=mysql \
+      --auth-root-authentication-method=socket --skip-test-db >"$d/install.log" 2>&1 || {
+      cat "$d/install.log" >&2
+      exit 1
+    }
+  fi
+  # A cluster started again after every node stopped: this node's state is the one to
+  # start from (nodes of a test cluster on one machine stop together).
+  if [ -n "$bootstrap" ] && [ -f "$d/data/grastate.dat" ]; then
+    sed -i 's/^safe_to_bootstrap: 0/safe_to_bootstrap: 1/' "$d/data/grastate.dat"
+  fi
+  chown -R mysql: "$d"
+  chmod 750 "$d" "$d/files"
+  log "starting Galera node $i on 127.0.0.1:$((GALERA_PORT + i))${bootstrap:+ (new cluster)} (log: $d/error.log)"
+  local IFS=,
+  setsid nohup mariadbd --no-defaults --datadir="$d/data" --socket="$d/mysqld.sock" \
+    --pid-file="$d/mysqld.pid" --port="$((GALERA_PORT + i))" --bind-address=127.0.0.1 --user=mysql \
+    --log-error="$d/error.log" --skip-name-resolve --max-connections=1000 \
+    --innodb-buffer-pool-size=512M --innodb-log-file-size=256M --local-infile=1 \
+    --secure-file-priv="$d/files" --binlog-format=ROW --innodb-autoinc-lock-mode=2 \
+    --wsrep-on=ON --wsrep-provider=/usr/lib/galera/libgalera_smm.so --wsrep-cluster-name=dtss \
+    --wsrep-cluster-address="gcomm://${addresses[*]}" --wsrep-node-address="127.0.0.1:45${i}7" \
+    --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:45${i}7;ist.recv_addr=127.0.0.1:45${i}8" \
+    --wsrep-sst-receive-address="127.0.0.1:45${i}9" --wsrep-sst-method=rsync \
+    ${bootstrap:+--wsrep-new-cluster} </dev/null >/dev/null 2>&1 9>&- &
+  unset IFS
+  local pid=$!
+  wait_until_up "Galera node $i" "$pid" "galera_ready_$i" "$d/error.log"
+}
+
+# galera_ready_I: answers and is Synced (one function per node for wait_until_up).
+for _n in 1 2 3 4 5 6 7 8 9; do
+  eval "galera_ready_$_n() { galera_ping $_n && galera_synced $_n; }"
+done
+
+galera_up() {
+  local i running=0
+  for i in $(seq 1 "$GALERA"); do galera_alive "$i" && running=1; done
+  if [ "$running" = 0 ]; then
+    galera_node_up 1 bootstrap
+  fi
+  for i in $(seq 1 "$GALERA"); do galera_node_up "$i"; done
+  mysql_users "$(galera_dir 1)/mysqld.sock"
+}
+
+galera_nodes() { ls -d "$SVC"/galera/[0-9]* 2>/dev/null | xargs -rn1 basename | sort -n; }
 
 # ZooKeeper answers "imok" to "ruok". Read exactly those 4 bytes rather than up to
 # EOF: a ruok that arrives while the server is still loading its database is
@@ -194,23 +282,56 @@ mkdir -p "$SVC"
 exec 9>"$SVC/.lock"
 flock 9
 
+galera_count() {
+  case "${1:-}" in
+  '' | *[!0-9]* | 0 | 1) echo "--galera takes a number of nodes from 2 to 9, got ${1:-nothing}" >&2; exit 2 ;;
+  *) [ "$1" -le 9 ] || { echo "--galera takes at most 9 nodes" >&2; exit 2; } ;;
+  esac
+  GALERA=$1
+}
+
 case "${1:-}" in
 up)
-  install_missing
-  mysql_up
-  zk_up
-  log "ready: mysql://dtss:dtss@127.0.0.1:$MYSQL_PORT  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+  if [ "${2:-}" = --galera ]; then
+    galera_count "${3:-}"
+    install_missing
+    galera_up
+    ports=$(seq -s, $((GALERA_PORT + 1)) $((GALERA_PORT + GALERA)))
+    zk_up
+    log "ready: Galera $GALERA nodes on 127.0.0.1 ports $ports  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+  else
+    install_missing
+    mysql_up
+    zk_up
+    log "ready: mysql://dtss:dtss@127.0.0.1:$MYSQL_PORT  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+  fi
+  ;;
+node-start)
+  GALERA=$(galera_nodes | wc -l)
+  [ -d "$(galera_dir "${2:-x}")" ] || { echo "usage: $0 node-start I (a node of the Galera cluster under $SVC/galera)" >&2; exit 2; }
+  galera_node_up "$2"
+  ;;
+node-stop)
+  [ -d "$(galera_dir "${2:-x}")" ] || { echo "usage: $0 node-stop I" >&2; exit 2; }
+  stop_pid "$(galera_dir "$2")/mysqld.pid" "$(galera_dir "$2")/data" "Galera node $2"
   ;;
 down)
   stop_pid "$ZK/zk.pid" "$ZK/zoo.cfg" ZooKeeper
   stop_pid "$MY/mysqld.pid" "$MY/data" MariaDB
+  for i in $(galera_nodes); do
+    galera_alive "$i" && stop_pid "$(galera_dir "$i")/mysqld.pid" "$(galera_dir "$i")/data" "Galera node $i"
+  done
+  true
   ;;
 status)
   if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then echo "mariadb: up 127.0.0.1:$MYSQL_PORT"; else echo "mariadb: down"; fi
+  for i in $(galera_nodes); do
+    if galera_alive "$i" && galera_synced "$i"; then echo "galera node $i: synced 127.0.0.1:$((GALERA_PORT + i))"; else echo "galera node $i: down or not synced"; fi
+  done
   if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then echo "zookeeper: up 127.0.0.1:$ZK_PORT"; else echo "zookeeper: down"; fi
   ;;
 *)
-  echo "usage: $0 up|down|status" >&2
+  echo "usage: $0 up [--galera N] | down | status | node-start I | node-stop I" >&2
   exit 2
   ;;
 esac
