@@ -29,8 +29,8 @@ async fn serve(cfg: &Config) -> Result<()> {
     let dir = cfg.data_dir().join("broker");
     let broker = broker::Broker::open(&dir, topic, cfg.partitions())
         .with_context(|| format!("opening the broker log in {}", dir.display()))?;
-    sinks::ensure_schema(&cfg.mysql.url).await?;
-    let pool = sinks::connect(&cfg.mysql.url, 1)?;
+    sinks::ensure_schema(&cfg.mysql.urls).await?;
+    let pool = sinks::connect(&cfg.mysql.urls, 1)?;
     let settled = sinks::load_offsets(&pool, topic).await?;
     refuse_unsettled_extra_partitions(&dir, topic, cfg.partitions(), &settled)?;
     let offsets = broker.offsets();

@@ -22,7 +22,7 @@ fn parse_at(s: &str) -> Result<(i32, i64), String> {
 }
 
 pub async fn run(cfg: &Config, args: DeadLettersArgs) -> Result<()> {
-    let pool = sinks::connect(&cfg.mysql.url, 1)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 1)?;
     let rows = sinks::audit::dead_letters(&pool, &cfg.kafka.topic, args.show).await;
     pool.disconnect().await.ok();
     let rows = rows?;

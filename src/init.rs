@@ -8,8 +8,8 @@ use model::Config;
 
 /// Schema, catalogue (first start only) and rates (when missing), idempotently.
 pub async fn init(cfg: &Config) -> Result<()> {
-    sinks::ensure_schema(&cfg.mysql.url).await?;
-    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    sinks::ensure_schema(&cfg.mysql.urls).await?;
+    let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let csv = cfg.catalogue.csv.as_ref().map(|p| cfg.resolve(p));
     let n = sinks::load_catalogue(
         &pool,

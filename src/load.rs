@@ -63,7 +63,7 @@ pub async fn load(cfg: &Config, args: &LoadArgs) -> Result<()> {
         report.unavailable_503,
         report.other
     );
-    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let s = harness::wait_settled(&pool, &report.accepted, Duration::from_secs(300)).await?;
     let reasons = if s.by_reason.is_empty() {
         "none".to_string()

@@ -53,7 +53,7 @@ pub async fn run(cfg: &Config, cmd: RatesCommand) -> Result<()> {
             }
             let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
             rates::seed_rates(&zk, cfg).await?;
-            let pool = sinks::connect(&cfg.mysql.url, 1)?;
+            let pool = sinks::connect(&cfg.mysql.urls, 1)?;
             let prices = sinks::max_prices(&pool).await;
             pool.disconnect().await.ok();
             let prices = prices?;

@@ -1,5 +1,6 @@
 //! `dtss services`: runs the project's own scripts/services.sh (embedded in the binary)
-//! for the MariaDB and ZooKeeper named in the config, when they are on this machine.
+//! for the MariaDB (one server, or a Galera cluster when `mysql.urls` names several
+//! nodes) and ZooKeeper named in the config, when they are on this machine.
 
 use anyhow::{bail, Context, Result};
 use model::Config;
@@ -11,7 +12,11 @@ fn loopback(host: &str) -> bool {
 }
 
 pub fn run(cfg: &Config, action: &str) -> Result<()> {
-    let opts = mysql_async::Opts::from_url(&cfg.mysql.url).context("mysql.url does not parse")?;
+    let mut nodes = vec![];
+    for url in &cfg.mysql.urls {
+        let opts = mysql_async::Opts::from_url(url).context("mysql.url does not parse")?;
+        nodes.push((opts.ip_or_hostname().to_string(), opts.tcp_port()));
+    }
     let first_zk = cfg
         .zookeeper
         .connect
@@ -19,18 +24,39 @@ pub fn run(cfg: &Config, action: &str) -> Result<()> {
         .next()
         .unwrap_or_default();
     let (zk_host, zk_port) = first_zk.rsplit_once(':').unwrap_or((first_zk, "2181"));
-    if !loopback(opts.ip_or_hostname()) || !loopback(zk_host) {
+    if !nodes.iter().all(|(h, _)| loopback(h)) || !loopback(zk_host) {
         tracing::info!("MySQL or ZooKeeper is not on this machine (see the config): not starting local services");
         return Ok(());
     }
-    let status = std::process::Command::new("bash")
+    let mut script = std::process::Command::new("bash");
+    script
         .arg("-c")
         .arg(SCRIPT)
         .arg("services.sh")
         .arg(action)
         .env("DTSS_HOME", cfg.data_dir())
-        .env("DTSS_MYSQL_PORT", opts.tcp_port().to_string())
-        .env("DTSS_ZK_PORT", zk_port)
+        .env("DTSS_ZK_PORT", zk_port);
+    if cfg.mysql.is_cluster() {
+        // The script's Galera nodes listen on consecutive ports: base+1, base+2, …
+        let base = nodes[0].1 - 1;
+        let consecutive = nodes
+            .iter()
+            .enumerate()
+            .all(|(i, (_, port))| *port as usize == base as usize + i + 1);
+        if !consecutive {
+            bail!(
+                "mysql.urls: a local Galera cluster listens on consecutive ports (e.g. 3311, 3312, \
+                 3313); start the nodes yourself, or use dtss up --no-services"
+            );
+        }
+        script.env("DTSS_GALERA_PORT", base.to_string());
+        if action == "up" {
+            script.args(["--galera", &nodes.len().to_string()]);
+        }
+    } else {
+        script.env("DTSS_MYSQL_PORT", nodes[0].1.to_string());
+    }
+    let status = script
         .status()
         .context("running bash for scripts/services.sh")?;
     if !status.success() {

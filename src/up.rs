@@ -226,7 +226,7 @@ impl Supervisor {
         let modifier = Proc::spawn("rate-modifier", &args(&["rates", "run"]), &logs)?;
         wait_healthy(cfg, &mut ingest).await?;
         let crashes = CrashLoop {
-            pool: sinks::connect(&cfg.mysql.url, 1)?,
+            pool: sinks::connect(&cfg.mysql.urls, 1)?,
             topic: cfg.kafka.topic.clone(),
             per_process: cfg.cluster.workers_per_process,
             last: None,

@@ -278,7 +278,8 @@ fn dtss_up_runs_each_service_in_its_own_session_and_none_outlives_it() {
     let (up_session, _) = session_and_nice(up.0.id() as i32);
     let root = unsafe { libc::geteuid() } == 0;
     for (name, words) in services {
-        let pid = common::find_process(&[words, &config]).unwrap_or_else(|| panic!("{name} of dtss up"));
+        let pid =
+            common::find_process(&[words, &config]).unwrap_or_else(|| panic!("{name} of dtss up"));
         let (session, nice) = session_and_nice(pid);
         assert_eq!(session, pid, "{name} leads a session of its own");
         assert_ne!(session, up_session, "{name}");

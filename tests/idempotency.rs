@@ -14,7 +14,8 @@ const CATALOGUE: &str = "id,name,price,currency,inventory
 2,pear,1.00,RMB,100000
 ";
 
-const BODY: &str = r#"{"user_id": "u-idem", "initiator": "RMB", "items": [{"id": 1, "number": 3}]}"#;
+const BODY: &str =
+    r#"{"user_id": "u-idem", "initiator": "RMB", "items": [{"id": 1, "number": 3}]}"#;
 
 /// POST `body` to `addr` with `Idempotency-Key: key`.
 fn post_keyed(addr: &str, body: &str, key: &str) -> (u16, serde_json::Value) {
@@ -96,12 +97,15 @@ fn one_key_is_one_order_through_any_replica_and_another_body_under_it_is_a_confl
             "SELECT COUNT(*) FROM skipped_copy WHERE order_id = '{id}'"
         )) == 4
     });
-    let conflicts: Vec<(String, String)> = c.query(
-        "SELECT order_id, detail FROM dead_letter WHERE reason = 'idempotency_conflict'",
-    );
+    let conflicts: Vec<(String, String)> =
+        c.query("SELECT order_id, detail FROM dead_letter WHERE reason = 'idempotency_conflict'");
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].0, id);
-    assert!(conflicts[0].1.contains("\"checkout-1\""), "{}", conflicts[0].1);
+    assert!(
+        conflicts[0].1.contains("\"checkout-1\""),
+        "{}",
+        conflicts[0].1
+    );
     let listed = c.run(&["dead-letters"]).unwrap();
     assert!(listed.contains("idempotency_conflict"), "{listed}");
     let mut accepted = vec![id, their_id];
@@ -123,7 +127,11 @@ fn a_bad_key_is_a_400_naming_the_header_and_nothing_is_enqueued() {
     let long = "k".repeat(129);
     for key in ["has space", long.as_str(), "tab\there"] {
         let (s, v) = post_keyed(&c.listen, BODY, key);
-        assert_eq!((s, v["field"].as_str()), (400, Some("Idempotency-Key")), "{key:?}: {v}");
+        assert_eq!(
+            (s, v["field"].as_str()),
+            (400, Some("Idempotency-Key")),
+            "{key:?}: {v}"
+        );
     }
     let (s, v) = http_with(
         &c.listen,
@@ -133,7 +141,11 @@ fn a_bad_key_is_a_400_naming_the_header_and_nothing_is_enqueued() {
         &[("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
     )
     .unwrap();
-    assert_eq!((s, v["field"].as_str()), (400, Some("Idempotency-Key")), "{v}");
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (400, Some("Idempotency-Key")),
+        "{v}"
+    );
     assert!(v["problem"].as_str().unwrap().contains("once"), "{v}");
     let (s, v) = post_keyed(&c.listen, BODY, &"k".repeat(128));
     assert_eq!(s, 202, "{v}");
@@ -169,7 +181,10 @@ fn a_produce_that_times_out_is_a_504_with_the_id_and_the_retry_settles_once() {
     }
     assert_eq!(s, 504, "{v}");
     let id = id_of(&v);
-    assert!(v["retry"].as_str().unwrap().contains("Idempotency-Key"), "{v}");
+    assert!(
+        v["retry"].as_str().unwrap().contains("Idempotency-Key"),
+        "{v}"
+    );
     eprintln!("504 after {waited:?} with the broker stopped: {v}");
     // Kafka may hold it (it does, once the broker reads its socket again): the retry
     // with the same key is the same order.
@@ -178,7 +193,9 @@ fn a_produce_that_times_out_is_a_504_with_the_id_and_the_retry_settles_once() {
         let (s, v) = post_keyed(&c.listen, &body, "paused-1");
         match s {
             202 => break v,
-            503 | 504 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            503 | 504 if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
             _ => panic!("the retry got {s}: {v}"),
         }
     };
@@ -260,10 +277,17 @@ fn ingest_killed_five_times_under_keyed_load_leaves_one_result_per_accepted_orde
         "ingest killed 5 times (back serving after {kills:?}): accepted {}, settled {}, \
          retried after no answer {}, after a 504 {}, after a 503 {}; copies skipped \
          (duplicates prevented) {}\n{checked}",
-        n["accepted"], n["settled"], n["errors_retried"], n["unacknowledged_retried"],
-        n["busy_retried"], n["copies_skipped"]
+        n["accepted"],
+        n["settled"],
+        n["errors_retried"],
+        n["unacknowledged_retried"],
+        n["busy_retried"],
+        n["copies_skipped"]
     );
     assert_eq!(n["accepted"], n["settled"], "{n}");
-    assert!(n["errors_retried"].as_u64().unwrap() > 0, "the kills cut requests: {n}");
+    assert!(
+        n["errors_retried"].as_u64().unwrap() > 0,
+        "the kills cut requests: {n}"
+    );
     assert_eq!(n["dead_letters"], 0, "{n}");
 }

@@ -49,7 +49,7 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(sinks::ensure_schema(&cfg.mysql.url))?;
+        rt.block_on(sinks::ensure_schema(&cfg.mysql.urls))?;
     }
     let threads = cfg.cluster.workers_per_process;
     let comm = if processes == 1 {

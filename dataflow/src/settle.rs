@@ -33,7 +33,7 @@ pub(crate) fn settle<'s>(
     let topic = cfg.kafka.topic.clone();
     let interval = cfg.cluster.settle_interval;
     // Two: a transaction commits while the next one starts (`sinks::Settlement`).
-    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let scope = orders.scope();
     Ok(orders
         .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {

@@ -115,7 +115,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        pool: sinks::connect(&cfg.mysql.url, 2)?,
+        pool: sinks::connect(&cfg.mysql.urls, 2)?,
     });
     let start = prepare(&db, &cfg, partition)?;
     let (order_tx, order_rx) = crossbeam_channel::bounded::<Vec<Read>>(8);
@@ -140,7 +140,11 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     };
     let checks = Checks {
         currencies: cfg.currencies.all.clone(),
-        on_hold: Box::new(record_hold(cfg.mysql.url.clone(), topic.clone(), partition)),
+        on_hold: Box::new(record_hold(
+            cfg.mysql.urls.clone(),
+            topic.clone(),
+            partition,
+        )),
     };
     let reader = spawn_reader(
         ctx.bootstrap.clone(),
@@ -187,7 +191,7 @@ fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
 
 /// What the reader calls when the partition holds: the hold recorded in MySQL (where
 /// ingest's `/healthz` reads it), from the reader's thread.
-fn record_hold(url: String, topic: String, partition: i32) -> impl Fn(Hold) + Send {
+fn record_hold(urls: Vec<String>, topic: String, partition: i32) -> impl Fn(Hold) + Send {
     move |(offset, version)| {
         let done = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -195,7 +199,7 @@ fn record_hold(url: String, topic: String, partition: i32) -> impl Fn(Hold) + Se
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 rt.block_on(async {
-                    let pool = sinks::connect(&url, 1)?;
+                    let pool = sinks::connect(&urls, 1)?;
                     sinks::record_hold(&pool, &topic, partition, offset, version).await?;
                     pool.disconnect().await?;
                     anyhow::Ok(())

@@ -52,7 +52,7 @@ pub async fn check(
     accepted: Option<&[String]>,
     patience: Duration,
 ) -> Result<Vec<Verdict>> {
-    let pool = sinks::connect(&cfg.mysql.url, 1)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 1)?;
     let ids = sinks::audit::result_ids(&pool).await?;
     let results = sinks::audit::audit_results(&pool).await?;
     let stock = sinks::audit::stock(&pool).await?;

@@ -37,7 +37,7 @@ pub async fn rate_delay(
         .find(|c| *c != cfg.currencies.base)
         .context("needs a non-base currency")?;
     let zk = rates::connect(cfg, Duration::from_secs(10)).await?;
-    let pool = sinks::connect(&cfg.mysql.url, 2)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 2)?;
 
     // Background orders: 4 connections, one order every 2 ms each.
     let stop = Arc::new(AtomicBool::new(false));

@@ -24,9 +24,12 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    sinks::ensure_schema(&cfg.mysql.url).await?;
-    let pool = sinks::connect(&cfg.mysql.url, 16)?;
+    sinks::ensure_schema(&cfg.mysql.urls).await?;
+    let pool = sinks::connect(&cfg.mysql.urls, 16)?.prefer(cfg.ingest.mysql_node);
     let producer = OrderProducer::connect(&cfg, pool.clone()).await?;
+    if cfg.mysql.is_cluster() {
+        tracing::info!("reading MySQL through node {} first", pool.active_node());
+    }
 
     let zk = rates::connect(&cfg, Duration::from_secs(30)).await?;
     let state = Arc::new(State {

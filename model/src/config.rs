@@ -64,9 +64,14 @@ pub struct ZooKeeper {
     pub session_timeout: Duration,
 }
 
+/// The MySQL of record: one server (`mysql.url`), or the SQL nodes of one cluster
+/// (`mysql.urls`, e.g. MariaDB Galera), written through one at a time.
 #[derive(Clone)]
 pub struct Mysql {
+    /// The first node's URL (the only one's, for a single server).
     pub url: String,
+    /// Every node's URL, in the order they are tried.
+    pub urls: Vec<String>,
 }
 
 impl Mysql {
@@ -74,15 +79,22 @@ impl Mysql {
     pub fn redacted(&self) -> String {
         redact_url(&self.url)
     }
+
+    /// Whether the URLs name several nodes of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.urls.len() > 1
+    }
 }
 
 impl std::fmt::Debug for Mysql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mysql")
-            .field("url", &self.redacted())
-            .finish()
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("Mysql").field("urls", &urls).finish()
     }
 }
+
+/// The most SQL nodes `mysql.urls` may name.
+pub const MAX_MYSQL_NODES: usize = 9;
 
 /// `url` with the password of its `user:password@` part replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -111,6 +123,9 @@ pub struct Ingest {
     pub body_timeout: Duration,
     /// Connections served at once; past it a new one gets a 503 and is closed.
     pub max_connections: usize,
+    /// The index in `mysql.urls` of the node ingest reads from first (it fails over
+    /// like every process).
+    pub mysql_node: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -228,18 +243,11 @@ mod raw {
         }
     }
 
-    #[derive(Deserialize)]
+    #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields, default)]
     pub struct Mysql {
-        pub url: String,
-    }
-
-    impl Default for Mysql {
-        fn default() -> Self {
-            Mysql {
-                url: "mysql://dtss:dtss@127.0.0.1:3306/dtss".into(),
-            }
-        }
+        pub url: Option<String>,
+        pub urls: Vec<String>,
     }
 
     #[derive(Deserialize)]
@@ -250,6 +258,7 @@ mod raw {
         pub header_read_timeout_ms: u64,
         pub body_timeout_ms: u64,
         pub max_connections: usize,
+        pub mysql_node: usize,
     }
 
     impl Default for Ingest {
@@ -260,6 +269,7 @@ mod raw {
                 header_read_timeout_ms: 10_000,
                 body_timeout_ms: 10_000,
                 max_connections: 10_000,
+                mysql_node: 0,
             }
         }
     }
@@ -337,11 +347,11 @@ impl Config {
     /// directory).
     pub fn parse(text: &str) -> Result<Config> {
         let raw: raw::File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Config {
+        let cfg = Config {
             cluster: cluster(raw.cluster)?,
             kafka: kafka(raw.kafka)?,
             zookeeper: zookeeper(raw.zookeeper)?,
-            mysql: Mysql { url: raw.mysql.url },
+            mysql: mysql(raw.mysql)?,
             ingest: ingest(raw.ingest)?,
             catalogue: Catalogue {
                 items: raw.catalogue.items,
@@ -350,7 +360,14 @@ impl Config {
             },
             currencies: currencies(raw.currencies)?,
             path: PathBuf::new(),
-        })
+        };
+        ensure!(
+            cfg.ingest.mysql_node < cfg.mysql.urls.len(),
+            "ingest.mysql_node: {} is not the index of a node of mysql.urls (0 to {})",
+            cfg.ingest.mysql_node,
+            cfg.mysql.urls.len() - 1
+        );
+        Ok(cfg)
     }
 
     pub fn partitions(&self) -> usize {
@@ -436,6 +453,33 @@ fn zookeeper(z: raw::ZooKeeper) -> Result<ZooKeeper> {
     })
 }
 
+fn mysql(m: raw::Mysql) -> Result<Mysql> {
+    let urls = match (m.url, m.urls) {
+        (Some(_), urls) if !urls.is_empty() => {
+            bail!("mysql: set url (one server) or urls (the nodes of a cluster), not both")
+        }
+        (Some(url), _) => vec![url],
+        (None, urls) if urls.is_empty() => vec!["mysql://dtss:dtss@127.0.0.1:3306/dtss".into()],
+        (None, urls) => urls,
+    };
+    ensure!(
+        urls.len() <= MAX_MYSQL_NODES,
+        "mysql.urls: {} nodes, at most {MAX_MYSQL_NODES}",
+        urls.len()
+    );
+    for (i, u) in urls.iter().enumerate() {
+        ensure!(
+            u.starts_with("mysql://") && u.len() <= 1024,
+            "mysql.urls[{i}]: {:?} is not a URL like mysql://user:password@host:3306/dtss",
+            redact_url(u)
+        );
+    }
+    Ok(Mysql {
+        url: urls[0].clone(),
+        urls,
+    })
+}
+
 fn ingest(i: raw::Ingest) -> Result<Ingest> {
     let Ok(listen) = i.listen.parse::<SocketAddr>() else {
         bail!(
@@ -467,6 +511,7 @@ fn ingest(i: raw::Ingest) -> Result<Ingest> {
         header_read_timeout: Duration::from_millis(i.header_read_timeout_ms),
         body_timeout: Duration::from_millis(i.body_timeout_ms),
         max_connections: i.max_connections,
+        mysql_node: i.mysql_node,
     })
 }
 
@@ -545,6 +590,32 @@ workers_per_process = 2
 base = "RMB"
 initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
 "#;
+
+    #[test]
+    fn mysql_names_one_server_or_the_nodes_of_a_cluster() {
+        let one = Config::parse(GOOD).unwrap();
+        assert_eq!(one.mysql.urls, vec![one.mysql.url.clone()]);
+        assert!(!one.mysql.is_cluster());
+        let nodes = r#"urls = ["mysql://u:p@127.0.0.1:3311/d", "mysql://u:p@127.0.0.1:3312/d"]"#;
+        let c = Config::parse(&format!(
+            "{GOOD}\n[mysql]\n{nodes}\n[ingest]\nmysql_node = 1"
+        ))
+        .unwrap();
+        assert!(c.mysql.is_cluster());
+        assert_eq!(c.mysql.url, "mysql://u:p@127.0.0.1:3311/d");
+        assert_eq!(c.ingest.mysql_node, 1);
+        assert!(
+            !format!("{:?}", c.mysql).contains(":p@"),
+            "passwords redacted"
+        );
+        let both = format!("{GOOD}\n[mysql]\nurl = \"mysql://h/d\"\n{nodes}");
+        assert!(err(&both).contains("not both"));
+        assert!(err(&format!(
+            "{GOOD}\n[mysql]\n{nodes}\n[ingest]\nmysql_node = 2"
+        ))
+        .contains("ingest.mysql_node"));
+        assert!(err(&format!("{GOOD}\n[mysql]\nurls = [\"http://x\"]")).contains("mysql.urls[0]"));
+    }
 
     #[test]
     fn parses_with_defaults() {

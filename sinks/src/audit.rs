@@ -2,10 +2,10 @@
 //! the schema, so every query of its tables lives here. Each read is one of an
 //! invariant's inputs (docs/DESIGN.md, "Invariants") or one of the bench's figures.
 
+use crate::Pool;
 use anyhow::{Context, Result};
 use model::{Decimal, Reason, Uuid};
 use mysql_async::prelude::*;
-use mysql_async::Pool;
 
 /// The most ids in one `IN` list of these reads.
 const IDS_PER_QUERY: usize = 5000;

@@ -1,9 +1,9 @@
 use std::path::Path;
 
+use crate::Pool;
 use anyhow::{bail, Context, Result};
 use model::{Currency, Decimal};
 use mysql_async::prelude::*;
-use mysql_async::Pool;
 use serde::Deserialize;
 
 /// One commodity as loaded into the `commodity` table.

@@ -1,4 +1,5 @@
-//! MySQL, the system of record: schema (`schema.rs`), catalogue (`catalogue.rs`), the
+//! MySQL, the system of record: connections to one server or a cluster's nodes
+//! (`pool.rs`), schema (`schema.rs`), catalogue (`catalogue.rs`), the
 //! settlement transaction that commits results + stock + totals delta + offset together
 //! (`settle/`, docs/DESIGN.md "Exactly once"), the API's queries (`query.rs`), the
 //! harness's and checker's reads (`audit.rs`), and totals publishing (`publish.rs`).
@@ -6,24 +7,25 @@
 
 pub mod audit;
 mod catalogue;
+mod pool;
 mod publish;
 mod query;
 mod schema;
 mod settle;
 
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
+pub use pool::{connect, Conn, Pool};
 pub use query::{
     latest_rates, load_offsets, max_prices, poison_counts, record_rates, reset_offsets,
     result_by_id, results_by_user, totals, ResultRow, TotalRow,
 };
-pub use schema::{connect, ensure_schema};
+pub use schema::ensure_schema;
 pub use settle::{
     holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Outcome,
     SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,
 };
 pub use settle::{items_text, parse_items_text};
 
-pub use mysql_async::Pool;
 pub use publish::{read_published, spawn_publisher, totals_path, TotalsSnapshot};
 
 async fn publish_connect(cfg: &model::Config) -> anyhow::Result<zookeeper_client::Client> {

@@ -39,7 +39,7 @@ pub fn spawn_publisher(cfg: Config, min_interval: Duration) -> Sender<TotalsSnap
 }
 
 async fn publish_loop(cfg: Config, rx: Receiver<TotalsSnapshot>, min_interval: Duration) {
-    let pool = match crate::connect(&cfg.mysql.url, 1) {
+    let pool = match crate::connect(&cfg.mysql.urls, 1) {
         Ok(p) => p,
         Err(e) => return tracing::error!("totals publisher: {e:#}"),
     };
@@ -81,7 +81,7 @@ async fn publish_loop(cfg: Config, rx: Receiver<TotalsSnapshot>, min_interval: D
 async fn publish(
     cfg: &Config,
     client: &zk::Client,
-    pool: &mysql_async::Pool,
+    pool: &crate::Pool,
     snap: &TotalsSnapshot,
 ) -> Result<()> {
     let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());

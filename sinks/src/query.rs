@@ -3,7 +3,9 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use model::Decimal;
 use mysql_async::prelude::*;
-use mysql_async::{Pool, Row};
+use mysql_async::Row;
+
+use crate::Pool;
 use serde::Serialize;
 
 /// A settled order as the query API returns it.

@@ -1,35 +1,6 @@
 use anyhow::{Context, Result};
 use mysql_async::prelude::*;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
-
-/// A pool for `url` holding at most `max` connections, which it keeps open while in use
-/// (idle ones close after a minute). Every session reads committed data (no gap locks;
-/// see settle.rs) in strict mode. Connections go back to the pool without a
-/// COM_RESET_CONNECTION: that costs a round trip and throws away the session (prepared
-/// statements, settlement's temporary table). Settlement ends each transaction with a
-/// commit or a rollback, and turns the reset on while one is open, for a connection
-/// dropped half way. The row count of an UPDATE is of the rows it found, changed or
-/// not (CLIENT_FOUND_ROWS): settlement counts the commodities its stock UPDATE checked.
-pub fn connect(url: &str, max: usize) -> Result<Pool> {
-    let opts = Opts::from_url(url)
-        .with_context(|| format!("mysql.url {:?} does not parse", model::redact_url(url)))?;
-    // With min 0 and no idle TTL, mysql_async closes every connection handed back: a new
-    // connection (TCP, authentication, setup) per transaction.
-    let pool_opts = PoolOpts::default()
-        .with_constraints(PoolConstraints::new(0, max.max(1)).expect("0 <= max"))
-        .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
-        .with_reset_connection(false);
-    Ok(Pool::new(
-        OptsBuilder::from_opts(opts)
-            .pool_opts(pool_opts)
-            .client_found_rows(true)
-            .setup(vec![
-                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                // Strict: settlement relies on NULL in a NOT NULL column being an error.
-                "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
-            ]),
-    ))
-}
+use mysql_async::{Opts, OptsBuilder};
 
 const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS commodity (
@@ -150,8 +121,20 @@ const TABLES: &[&str] = &[
     ) ENGINE=InnoDB",
 ];
 
-/// Create the database named in `url` and every table, if missing.
-pub async fn ensure_schema(url: &str) -> Result<()> {
+/// Create the database named in the URLs and every table, if missing, through the first
+/// node that answers (a cluster replicates the schema to the others).
+pub async fn ensure_schema<S: AsRef<str>>(urls: &[S]) -> Result<()> {
+    let mut failed = None;
+    for url in urls {
+        match ensure_schema_at(url.as_ref()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| anyhow::anyhow!("no MySQL URL given")))
+}
+
+async fn ensure_schema_at(url: &str) -> Result<()> {
     let opts = Opts::from_url(url)
         .with_context(|| format!("mysql.url {:?} does not parse", model::redact_url(url)))?;
     let db = opts

@@ -29,7 +29,7 @@ fn order(user: &str, id: u32, number: u32) -> Order {
 /// Settle `orders` as partition 0's next batch, numbered from `*offset`, which moves past
 /// them.
 async fn settle_next(
-    pool: &mysql_async::Pool,
+    pool: &dtss_sinks::Pool,
     view: &mut SettleState,
     offset: &mut i64,
     orders: &[Order],
@@ -56,7 +56,7 @@ async fn fresh_db(
     conns: usize,
 ) -> (
     String,
-    mysql_async::Pool,
+    dtss_sinks::Pool,
     std::path::PathBuf,
     RateTable,
     tokio::sync::RwLockReadGuard<'static, ()>,
@@ -71,15 +71,15 @@ async fn fresh_db(
 async fn create_db(
     tag: &str,
     conns: usize,
-) -> (String, mysql_async::Pool, std::path::PathBuf, RateTable) {
+) -> (String, dtss_sinks::Pool, std::path::PathBuf, RateTable) {
     let db = format!(
         "dtss_t_{tag}_{}_{}",
         std::process::id(),
         model::now_ms() % 1_000_000
     );
     let url = format!("mysql://dtss:dtss@127.0.0.1:3306/{db}");
-    dtss_sinks::ensure_schema(&url).await.unwrap();
-    let pool = dtss_sinks::connect(&url, conns).unwrap();
+    dtss_sinks::ensure_schema(&[&url]).await.unwrap();
+    let pool = dtss_sinks::connect(&[&url], conns).unwrap();
     let currencies = vec![Currency::from_str("RMB").unwrap()];
     let dir = std::env::temp_dir().join(&db);
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,7 +114,7 @@ fn root_pool() -> mysql_async::Pool {
     mysql_async::Pool::new(opts)
 }
 
-async fn drop_db(db: &str, pool: mysql_async::Pool, dir: std::path::PathBuf) {
+async fn drop_db(db: &str, pool: dtss_sinks::Pool, dir: std::path::PathBuf) {
     let mut conn = pool.get_conn().await.unwrap();
     conn.query_drop(format!("DROP DATABASE {db}"))
         .await
@@ -701,7 +701,7 @@ fn ids_of(batches: &[dtss_sinks::Batch]) -> Vec<(String, i64)> {
 }
 
 /// Everything `three_batches` leaves in MySQL, checked: `ids` are its (order id, offset).
-async fn check_three_batches(pool: &mysql_async::Pool, ids: &[(String, i64)]) {
+async fn check_three_batches(pool: &dtss_sinks::Pool, ids: &[(String, i64)]) {
     let mut conn = pool.get_conn().await.unwrap();
     let rows: Vec<(String, Option<String>, i64)> = conn
         .query("SELECT order_id, reason, `offset` FROM result ORDER BY `offset`")

@@ -83,7 +83,7 @@ pub struct Cluster {
     pub workers: std::sync::Mutex<Vec<Option<Child>>>,
     pub ingest: Option<Child>,
     pub rt: tokio::runtime::Runtime,
-    pub pool: mysql_async::Pool,
+    pub pool: sinks::Pool,
 }
 
 pub struct Spec<'a> {
@@ -94,6 +94,9 @@ pub struct Spec<'a> {
     pub items: u32,
     /// More keys of the `[cluster]` section.
     pub cluster: &'a str,
+    /// The MySQL ports: empty, the single server of scripts/services.sh (3306); else the
+    /// nodes of a cluster on loopback.
+    pub mysql_ports: &'a [u16],
     /// More keys of the `[ingest]` section.
     pub ingest: &'a str,
     pub extra: &'a str,
@@ -107,6 +110,7 @@ impl Default for Spec<'_> {
             catalogue: None,
             items: 1000,
             cluster: "",
+            mysql_ports: &[],
             ingest: "",
             extra: "",
         }
@@ -153,6 +157,24 @@ impl Cluster {
             }
             None => String::new(),
         };
+        let ports: Vec<u16> = match spec.mysql_ports {
+            [] => vec![3306],
+            ports => ports.to_vec(),
+        };
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("mysql://dtss:dtss@127.0.0.1:{p}/{db}"))
+            .collect();
+        let mysql = match urls.as_slice() {
+            [one] => format!("url = \"{one}\""),
+            many => format!(
+                "urls = [{}]",
+                many.iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let config = dir.join("cluster.toml");
         std::fs::write(
             &config,
@@ -169,7 +191,7 @@ topic = "orders"
 connect = "127.0.0.1:2181"
 root = "/dtss_t_{unique}"
 [mysql]
-url = "mysql://dtss:dtss@127.0.0.1:3306/{db}"
+{mysql}
 [ingest]
 listen = "{listen}"
 {}
@@ -198,8 +220,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
             .enable_all()
             .build()
             .unwrap();
-        let pool =
-            mysql_async::Pool::new(format!("mysql://dtss:dtss@127.0.0.1:3306/{db}").as_str());
+        let pool = sinks::connect(&urls, 4).unwrap();
         Cluster {
             name: name.into(),
             dir,

@@ -163,7 +163,7 @@ pub async fn bench(
     progress: impl Fn(&Progress) + Send + Sync + 'static,
 ) -> Result<BenchReport> {
     check_options(opts)?;
-    let pool = sinks::connect(&cfg.mysql.url, 4)?;
+    let pool = sinks::connect(&cfg.mysql.urls, 4)?;
     let target = if opts.direct_kafka {
         Target::kafka(cfg, pool.clone()).await?
     } else {

@@ -34,11 +34,11 @@ mod view;
 
 use std::sync::Arc;
 
+use crate::Pool;
 use anyhow::{Context, Result};
 use model::idempotency::Digest;
 use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
-use mysql_async::Pool;
 
 pub use pipeline::{Batch, Settlement};
 pub use sql::{items_text, parse_items_text};

@@ -8,9 +8,9 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
+use crate::{Conn, Pool};
 use anyhow::Result;
 use model::now_ms;
-use mysql_async::{Conn, Pool};
 
 use super::plan::Open;
 use super::txn::{

@@ -5,11 +5,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::{Conn, Pool};
 use anyhow::Result;
 use model::idempotency::Digest;
 use model::{now_ms, Commodity, Decimal, Decision, Reason, Uuid};
 use mysql_async::prelude::*;
-use mysql_async::Pool;
 
 use super::pipeline::Batch;
 use super::plan::{plan, Open, Plan};
@@ -164,10 +164,13 @@ pub(super) async fn settle_with_retries(
 }
 
 /// A connection whose transaction failed: rolled back. If even that fails, it keeps its
-/// reset on: when it is dropped the pool resets it, or discards it if that fails too.
-pub(super) async fn abandon(conn: &mut mysql_async::Conn) {
+/// reset on (when it is dropped the pool resets it, or discards it if that fails too),
+/// and the process fails over to another node of a cluster.
+pub(super) async fn abandon(conn: &mut Conn) {
     if conn.query_drop("ROLLBACK").await.is_ok() {
         conn.reset_connection(false);
+    } else {
+        conn.fail_over();
     }
 }
 
@@ -175,7 +178,7 @@ pub(super) async fn abandon(conn: &mut mysql_async::Conn) {
 /// statements inside multi-statements, which mysql_async does not track: should the
 /// future using it be dropped half way, the pool must reset the connection (rolling
 /// back) rather than hand on an open transaction.
-pub(super) async fn transaction_conn(pool: &Pool) -> Result<mysql_async::Conn, mysql_async::Error> {
+pub(super) async fn transaction_conn(pool: &Pool) -> Result<Conn, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     conn.reset_connection(true);
     Ok(conn)

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::Pool;
 use anyhow::{Context, Result};
 use model::{Commodity, Decision};
 use mysql_async::prelude::*;
-use mysql_async::Pool;
 
 use super::plan::{decision, Plan};
 use super::{Outcome, Settling};

@@ -1,0 +1,108 @@
+//! DTSS on a MariaDB Galera cluster of three nodes (`scripts/services.sh up --galera 3`):
+//! every process writes through one node and fails over to the next when it dies; the
+//! node is killed with SIGKILL three times under load (restarted each time, so it
+//! rejoins), and nothing is lost or settled twice. Ingest may read from another node.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Spec};
+
+const PORTS: [u16; 3] = [3311, 3312, 3313];
+
+static GALERA: Once = Once::new();
+
+/// `scripts/services.sh ARGS` of this repository.
+fn services(args: &[&str]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let st = Command::new("bash")
+        .arg(format!("{root}/scripts/services.sh"))
+        .args(args)
+        .status()
+        .expect("run services.sh");
+    assert!(st.success(), "scripts/services.sh {args:?} failed");
+}
+
+fn galera() {
+    common::services();
+    GALERA.call_once(|| services(&["up", "--galera", "3"]));
+}
+
+/// kill -9 Galera node `n` (1-based).
+fn kill_node(n: usize) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pidfile = format!("{root}/.dtss/services/galera/{n}/mysqld.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn the_write_node_killed_three_times_under_load_loses_nothing_and_settles_nothing_twice() {
+    galera();
+    let c = Cluster::start(
+        "galera-kill",
+        Spec {
+            mysql_ports: &PORTS,
+            ..Spec::default()
+        },
+    );
+    let mut resumed = vec![];
+    let accepted = c.post_while(4, || {
+        c.wait_results(300, Duration::from_secs(60));
+        // The workers write through node 1; after it dies, through 2; then 3.
+        for node in 1..=3 {
+            kill_node(node);
+            let killed = Instant::now();
+            c.wait_more_results_than(200, "settling again after the write node died");
+            resumed.push(killed.elapsed());
+            services(&["node-start", &node.to_string()]);
+        }
+    });
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    let logs = format!("{}{}", c.log("worker-0"), c.log("ingest"));
+    let failovers = logs.matches("failing over to").count();
+    eprintln!(
+        "{} orders accepted; write node killed 3 times, settling resumed after {resumed:?}; \
+         {failovers} failovers in the worker and ingest logs",
+        accepted.len()
+    );
+    assert!(failovers >= 3, "{logs}");
+    c.check_invariants(&accepted);
+}
+
+#[test]
+fn workers_write_through_one_node_while_ingest_reads_from_another() {
+    galera();
+    let c = Cluster::start(
+        "galera-read",
+        Spec {
+            mysql_ports: &PORTS,
+            ingest: "mysql_node = 1",
+            ..Spec::default()
+        },
+    );
+    let accepted = c.post_while(2, || {
+        c.wait_results(500, Duration::from_secs(60));
+    });
+    // Every result, looked up through ingest, comes from node 2.
+    for id in accepted.iter().step_by(50) {
+        c.wait_result(id);
+    }
+    assert!(
+        c.log("ingest")
+            .contains("reading MySQL through node 127.0.0.1:3312"),
+        "{}",
+        c.log("ingest")
+    );
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    c.check_invariants(&accepted);
+}
