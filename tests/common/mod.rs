@@ -84,6 +84,8 @@ pub struct Cluster {
     pub ingest: Option<Child>,
     pub rt: tokio::runtime::Runtime,
     pub pool: sinks::Pool,
+    /// Brokers are configured: no embedded broker is started.
+    pub external_kafka: bool,
 }
 
 pub struct Spec<'a> {
@@ -97,6 +99,9 @@ pub struct Spec<'a> {
     /// The MySQL ports: empty, the single server of scripts/services.sh (3306); else the
     /// nodes of a cluster on loopback.
     pub mysql_ports: &'a [u16],
+    /// Kafka brokers (`host:port`); empty: the embedded broker. With brokers the topic is
+    /// the cluster's own.
+    pub kafka_brokers: &'a [&'a str],
     /// More keys of the `[ingest]` section.
     pub ingest: &'a str,
     pub extra: &'a str,
@@ -111,6 +116,7 @@ impl Default for Spec<'_> {
             items: 1000,
             cluster: "",
             mysql_ports: &[],
+            kafka_brokers: &[],
             ingest: "",
             extra: "",
         }
@@ -127,7 +133,9 @@ impl Cluster {
     pub fn launch(self) -> Cluster {
         self.run(&["init"]).expect("dtss init");
         let mut c = self;
-        c.start_broker();
+        if !c.external_kafka {
+            c.start_broker();
+        }
         for p in 0..c.processes {
             c.start_worker(p);
         }
@@ -175,6 +183,17 @@ impl Cluster {
                     .join(", ")
             ),
         };
+        let kafka = match spec.kafka_brokers {
+            [] => "topic = \"orders\"".to_string(),
+            brokers => format!(
+                "topic = \"orders_{unique}\"\nbrokers = [{}]",
+                brokers
+                    .iter()
+                    .map(|b| format!("\"{b}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let config = dir.join("cluster.toml");
         std::fs::write(
             &config,
@@ -186,7 +205,7 @@ workers_per_process = {}
 data_dir = "data"
 {}
 [kafka]
-topic = "orders"
+{kafka}
 [zookeeper]
 connect = "127.0.0.1:2181"
 root = "/dtss_t_{unique}"
@@ -233,6 +252,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
             ingest: None,
             rt,
             pool,
+            external_kafka: !spec.kafka_brokers.is_empty(),
         }
     }
 
@@ -363,8 +383,9 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         }
     }
 
-    /// Post generated orders from `threads` threads (a 503 is retried after a pause)
-    /// while `during` runs on this thread; returns the ids that got 202.
+    /// Post generated orders from `threads` threads while `during` runs on this thread,
+    /// each with an idempotency key of its own, retried with it after a 503, a 504 or no
+    /// answer; returns the ids that got 202 (each once).
     pub fn post_while(&self, threads: u64, during: impl FnOnce()) -> Vec<String> {
         let accepted = std::sync::Mutex::new(Vec::new());
         let done = std::sync::atomic::AtomicBool::new(false);
@@ -374,14 +395,33 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                 s.spawn(move || {
                     let currencies = ["RMB", "USD", "JPY", "EUR"].map(String::from).to_vec();
                     let mut gen = harness::OrderGen::new(t, 1000, currencies);
+                    let mut n = 0;
                     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        match self.post(&gen.next_body()) {
-                            (202, v) => accepted
-                                .lock()
-                                .unwrap()
-                                .push(v["order_id"].as_str().unwrap().to_string()),
-                            (503, _) => std::thread::sleep(Duration::from_millis(50)),
-                            (st, v) => panic!("unexpected {st}: {v}"),
+                        // Each order with a key of its own, retried with it until a 202.
+                        let (body, key) = (gen.next_body(), format!("post-{t}-{n}"));
+                        n += 1;
+                        let patience = Instant::now() + Duration::from_secs(60);
+                        loop {
+                            let answer = http_with(
+                                &self.listen,
+                                "POST",
+                                "/api/orders",
+                                Some(&body),
+                                &[("Idempotency-Key", &key)],
+                            );
+                            match answer {
+                                Ok((202, v)) => {
+                                    let id = v["order_id"].as_str().unwrap().to_string();
+                                    accepted.lock().unwrap().push(id);
+                                    break;
+                                }
+                                Ok((503 | 504, _)) | Err(_) if Instant::now() < patience => {
+                                    std::thread::sleep(Duration::from_millis(50))
+                                }
+                                Ok((503 | 504, v)) => panic!("not taken within 60 s: {v}"),
+                                Err(e) => panic!("no answer within 60 s: {e}"),
+                                Ok((st, v)) => panic!("unexpected {st}: {v}"),
+                            }
                         }
                         std::thread::sleep(Duration::from_millis(2));
                     }
