@@ -75,7 +75,10 @@ fn the_write_node_killed_three_times_under_load_loses_nothing_and_settles_nothin
          {failovers} failovers in the worker and ingest logs",
         accepted.len()
     );
-    for line in logs.lines().filter(|l| l.contains("failing over") || l.contains("retrying in")) {
+    for line in logs
+        .lines()
+        .filter(|l| l.contains("failing over") || l.contains("retrying in"))
+    {
         eprintln!("  {line}");
     }
     assert!(failovers >= 3, "{logs}");
