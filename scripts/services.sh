@@ -156,10 +156,11 @@ SQL
 # as the mysql OS user (the rsync transfer writes the joiner's data directory as it).
 GALERA_PORT=${DTSS_GALERA_PORT:-3310}
 GALERA=0
-# A dead node is suspected after 2 s without a word from it, and evicted after 4 s
-# (Galera's defaults: 5 s and 15 s): the cluster stops committing until then. On
-# loopback there is no network to be patient with.
-GALERA_EVS="evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S"
+# A dead node is suspected after 3 s without a word from it (Galera's default: 5 s);
+# the cluster stops committing until the survivors agree it is gone. The install and
+# eviction timeouts stay long: on a loaded machine a shorter install timeout split the
+# survivors into two non-primary components.
+GALERA_EVS="evs.keepalive_period=PT1S;evs.inactive_check_period=PT1S;evs.suspect_timeout=PT3S;evs.inactive_timeout=PT15S;evs.install_timeout=PT7.5S"
 
 galera_dir() { echo "$SVC/galera/$1"; }
 galera_ping() { mariadb-admin --no-defaults --socket="$(galera_dir "$1")/mysqld.sock" -uroot ping >/dev/null 2>&1; }

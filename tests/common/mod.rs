@@ -370,7 +370,8 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         loop {
             let r: Result<Vec<T>, mysql_async::Error> = self.rt.block_on(async {
                 let mut conn = self.pool.get_conn().await?;
-                conn.query(sql).await
+                // A cluster node that cannot serve: the next query goes to another.
+                conn.query(sql).await.inspect_err(|_| conn.fail_over())
             });
             match r {
                 Ok(v) => return v,

@@ -164,12 +164,16 @@ pub(super) async fn settle_with_retries(
 }
 
 /// A connection whose transaction failed: rolled back. If even that fails, it keeps its
-/// reset on (when it is dropped the pool resets it, or discards it if that fails too),
-/// and the process fails over to another node of a cluster.
+/// reset on (when it is dropped the pool resets it, or discards it if that fails too).
+/// If the rollback or a read after it fails (a cluster node that lost its cluster
+/// refuses queries), the process fails over to another node of a cluster.
 pub(super) async fn abandon(conn: &mut Conn) {
-    if conn.query_drop("ROLLBACK").await.is_ok() {
-        conn.reset_connection(false);
-    } else {
+    if conn.query_drop("ROLLBACK").await.is_err() {
+        conn.fail_over();
+        return;
+    }
+    conn.reset_connection(false);
+    if conn.query_drop("SELECT 1").await.is_err() {
         conn.fail_over();
     }
 }
