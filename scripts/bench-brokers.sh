@@ -21,6 +21,7 @@ OUT=$(mktemp -d /tmp/dtss-bench-brokers.XXXXXX)
 # run NAME BROKERS: a fresh dtss up with kafka.brokers = BROKERS ("" = embedded), a bench.
 run() {
   local name=$1 brokers=$2 dir=$OUT/$1 stamp
+  shift 2
   stamp=$(date +%s%N | cut -c1-13)
   mkdir -p "$dir"
   sed -e "s#^data_dir = .*#data_dir = \"$dir/data\"#" \
