@@ -248,15 +248,12 @@ impl Supervisor {
         })
     }
 
-    /// Restart what exited: an error when the broker did (nothing can be accepted or
-    /// settled without it).
+    /// Restart what exited. The broker comes back on its port with its log (ingest's
+    /// producer and the workers' consumers reconnect to it); meanwhile ingest answers 503
+    /// or 504 and the workers wait.
     async fn tick(&mut self) -> Result<()> {
-        if let Some(b) = self.broker.as_mut() {
-            if let Some(status) = b.exited() {
-                bail!("the embedded broker exited ({status}).\n{}", b.tail());
-            }
-        }
-        for p in [&mut self.modifier, &mut self.ingest] {
+        let broker = self.broker.iter_mut();
+        for p in broker.chain([&mut self.modifier, &mut self.ingest]) {
             if let Some(status) = p.exited() {
                 let tail = p.tail();
                 if p.respawn(&self.logs)? {

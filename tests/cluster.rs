@@ -251,6 +251,47 @@ fn dtss_up_restarts_a_killed_worker_process_and_nothing_is_lost() {
     );
 }
 
+#[test]
+fn dtss_up_restarts_a_killed_broker_on_its_port_and_the_rest_keeps_running() {
+    let c = Cluster::configure("up-broker", Spec::default());
+    let mut up = common::start_up(&c);
+    let config = c.config.display().to_string();
+    let broker =
+        common::find_process(&["broker --config", &config]).expect("the broker of dtss up");
+    let ingest = common::find_process(&["ingest --config", &config]).expect("ingest of dtss up");
+    let addr = std::fs::read_to_string(c.dir.join("data/broker.addr")).unwrap();
+    let mut recovery = Duration::ZERO;
+    let accepted = c.post_while(4, || {
+        c.wait_results(500, Duration::from_secs(60));
+        unsafe {
+            libc::kill(broker, libc::SIGKILL);
+        }
+        let killed = Instant::now();
+        c.wait_more_results_than(500, "settling again after the broker restarted");
+        recovery = killed.elapsed();
+    });
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    let again = common::find_process(&["broker --config", &config]).expect("a new broker");
+    assert_ne!(again, broker);
+    assert_eq!(
+        std::fs::read_to_string(c.dir.join("data/broker.addr")).unwrap(),
+        addr,
+        "the same port"
+    );
+    assert_eq!(
+        common::find_process(&["ingest --config", &config]),
+        Some(ingest),
+        "ingest kept running"
+    );
+    eprintln!(
+        "{} orders accepted; the broker killed with SIGKILL, restarted by dtss up on {addr}; \
+         settling resumed after {recovery:?}",
+        accepted.len()
+    );
+    c.check_invariants(&accepted);
+    assert!(Cluster::terminate(&mut up.0).success());
+}
+
 /// (session id, nice value) of process `pid`, from /proc/PID/stat.
 fn session_and_nice(pid: i32) -> (i32, i32) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
