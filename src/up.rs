@@ -1,10 +1,11 @@
 //! `dtss up`: services, schema, broker, workers, ingest and the rate modifier on one
 //! machine, supervised until Ctrl-C, SIGTERM or SIGHUP. A worker process that dies takes
 //! the cluster's workers down and up again (timely cannot lose a process and go on);
-//! every worker resumes from the offsets committed in MySQL. The broker, ingest and the rate
-//! modifier are restarted alone (the broker on its port, from its log). Workers that fail `GIVE_UP_AFTER` times in a row
-//! without any committed offset moving (the same batch each time) are not started
-//! again: the supervisor says which partitions wait at which offsets, and why.
+//! every worker resumes from the offsets committed in MySQL. The broker (on its port,
+//! from its log), ingest and the rate modifier are restarted alone. Workers that fail
+//! `GIVE_UP_AFTER` times in a row without any committed offset moving (the same batch
+//! each time) are not started again: the supervisor says which partitions wait at which
+//! offsets, and why.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
