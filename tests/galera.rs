@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -15,34 +14,14 @@ const PORTS: [u16; 3] = [3311, 3312, 3313];
 
 static GALERA: Once = Once::new();
 
-/// `scripts/services.sh ARGS` of this repository.
-fn services(args: &[&str]) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let st = Command::new("bash")
-        .arg(format!("{root}/scripts/services.sh"))
-        .args(args)
-        .status()
-        .expect("run services.sh");
-    assert!(st.success(), "scripts/services.sh {args:?} failed");
-}
-
 fn galera() {
     common::services();
-    GALERA.call_once(|| services(&["up", "--galera", "3"]));
+    GALERA.call_once(|| common::script("services.sh", &["up", "--galera", "3"]));
 }
 
 /// kill -9 Galera node `n` (1-based).
 fn kill_node(n: usize) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let pidfile = format!("{root}/.dtss/services/galera/{n}/mysqld.pid");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    common::kill_service(&format!("galera/{n}/mysqld.pid"));
 }
 
 #[test]
@@ -64,7 +43,7 @@ fn the_write_node_killed_three_times_under_load_loses_nothing_and_settles_nothin
             let killed = Instant::now();
             c.wait_more_results_than(200, "settling again after the write node died");
             resumed.push(killed.elapsed());
-            services(&["node-start", &node.to_string()]);
+            common::script("services.sh", &["node-start", &node.to_string()]);
         }
     });
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -16,18 +15,8 @@ const BROKER: &str = "127.0.0.1:9092";
 
 static TANSU: Once = Once::new();
 
-fn tansu(action: &str) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let st = Command::new("bash")
-        .arg(format!("{root}/scripts/tansu.sh"))
-        .arg(action)
-        .status()
-        .expect("run tansu.sh");
-    assert!(st.success(), "scripts/tansu.sh {action} failed");
-}
-
 fn start() -> Cluster {
-    TANSU.call_once(|| tansu("up"));
+    TANSU.call_once(|| common::script("tansu.sh", &["up"]));
     Cluster::start(
         "tansu",
         Spec {
@@ -68,22 +57,13 @@ fn orders_settle_through_tansu_and_a_killed_worker_loses_nothing() {
 #[test]
 fn tansu_killed_under_load_and_restarted_loses_nothing() {
     let c = start();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let pidfile = format!("{root}/.dtss/services/tansu/tansu.pid");
     let mut resumed = Duration::ZERO;
     let accepted = c.post_while(4, || {
         c.wait_results(1500, Duration::from_secs(60));
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        common::kill_service("tansu/tansu.pid");
         let killed = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        tansu("up");
+        common::script("tansu.sh", &["up"]);
         c.wait_more_results_than(10, "settling again after Tansu restarted");
         resumed = killed.elapsed();
         c.wait_more_results_than(1500, "more load after the restart");

@@ -19,39 +19,41 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dtss");
 static SERVICES: Once = Once::new();
 
 pub fn services() {
-    SERVICES.call_once(|| {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let st = Command::new("bash")
-            .arg(format!("{root}/scripts/services.sh"))
-            .arg("up")
-            .status()
-            .expect("run services.sh");
-        assert!(st.success(), "scripts/services.sh up failed");
-    });
+    SERVICES.call_once(|| script("services.sh", &["up"]));
+}
+
+/// `bash scripts/{name} ARGS` of this repository; panics unless it succeeds.
+pub fn script(name: &str, args: &[&str]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let st = Command::new("bash")
+        .arg(format!("{root}/scripts/{name}"))
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    assert!(st.success(), "scripts/{name} {args:?} failed");
 }
 
 /// kill -9 the local service whose pid file is `.dtss/services/{pidfile}`
-/// (`mariadb/mysqld.pid`, `zookeeper/zk.pid`), wait `down`, start it again.
-pub fn crash_and_restart_service(pidfile: &str, down: Duration) {
+/// (`mariadb/mysqld.pid`, `zookeeper/zk.pid`, `galera/1/mysqld.pid`, `tansu/tansu.pid`).
+pub fn kill_service(pidfile: &str) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let pid: i32 = std::fs::read_to_string(format!("{root}/.dtss/services/{pidfile}"))
-        .unwrap()
+    let path = format!("{root}/.dtss/services/{pidfile}");
+    let pid: i32 = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
         .trim()
         .parse()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("pid in {path}: {e}"));
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
+}
+
+/// kill -9 the local service whose pid file is `.dtss/services/{pidfile}`, wait `down`,
+/// start it again.
+pub fn crash_and_restart_service(pidfile: &str, down: Duration) {
+    kill_service(pidfile);
     std::thread::sleep(down);
-    let st = Command::new("bash")
-        .arg(format!("{root}/scripts/services.sh"))
-        .arg("up")
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "scripts/services.sh up after killing {pidfile}"
-    );
+    script("services.sh", &["up"]);
 }
 
 /// `n` distinct free ports (each bound until all are chosen, so none repeats).
