@@ -29,8 +29,15 @@ ZK_CP=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-ap
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
-# shellcheck source=scripts/pids.sh
-. "$ROOT/scripts/pids.sh"
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its cmdline contains PATTERN
+# (PIDs are reused on busy machines: never trust a pid file alone).
+pid_alive() {
+  local pidfile=$1 pattern=$2 pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
+}
 
 install_missing() {
   local need=()
@@ -257,6 +264,23 @@ EOF
     "$ZK/zoo.cfg" </dev/null >"$ZK/zk.log" 2>&1 9>&- &
   echo $! >"$ZK/zk.pid"
   wait_until_up ZooKeeper $! zk_ruok "$ZK/zk.log"
+}
+
+stop_pid() {
+  local pidfile=$1 pattern=$2 name=$3 pid
+  if pid_alive "$pidfile" "$pattern"; then
+    pid=$(cat "$pidfile")
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  else
+    log "$name is not running (from $DTSS_HOME)"
+  fi
+  rm -f "$pidfile"
 }
 
 mkdir -p "$SVC"

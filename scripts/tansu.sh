@@ -24,10 +24,12 @@ VERSION=0.6.0
 
 log() { printf '[tansu] %s\n' "$*" >&2; }
 
-# shellcheck source=scripts/pids.sh
-. "$ROOT/scripts/pids.sh"
-
-alive() { pid_alive "$DIR/tansu.pid" "--listener-url tcp://127.0.0.1:$PORT"; }
+alive() {
+  local pid
+  [ -f "$DIR/tansu.pid" ] || return 1
+  pid=$(cat "$DIR/tansu.pid")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--listener-url tcp://127.0.0.1:$PORT"
+}
 
 answers() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$PORT" 2>/dev/null; }
 
@@ -77,7 +79,22 @@ up() {
   log "Tansu answers after $((SECONDS - start)) s"
 }
 
-down() { stop_pid "$DIR/tansu.pid" "--listener-url tcp://127.0.0.1:$PORT" Tansu; }
+down() {
+  if alive; then
+    local pid
+    pid=$(cat "$DIR/tansu.pid")
+    log "stopping Tansu (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  else
+    log "Tansu is not running (from $DTSS_HOME)"
+  fi
+  rm -f "$DIR/tansu.pid"
+}
 
 mkdir -p "$DIR"
 exec 9>"$DIR/.lock"
