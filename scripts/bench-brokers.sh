@@ -29,6 +29,7 @@ run() {
     -e "s#^root = \"/dtss\"#root = \"/dtss_bench_${name}_$stamp\"#" \
     -e "s#^topic = .*#topic = \"orders_${name}_$stamp\"#" \
     -e "s#^brokers = .*#brokers = [$brokers]#" \
+    -e "s|^# password_file = .*|password_file = \"$ROOT/.dtss/mysql-password\"|" \
     "$ROOT/cluster.toml" >"$dir/cluster.toml"
   "$BIN" up --no-services --config "$dir/cluster.toml" >"$dir/up.log" 2>&1 &
   local up=$!

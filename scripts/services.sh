@@ -102,6 +102,7 @@ mysql_os_user() {
 mysql_up() {
   if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then
     log "MariaDB already running on 127.0.0.1:$MYSQL_PORT"
+    mysql_users "$MY/mysqld.sock"
     return
   fi
   mkdir -p "$MY/files"
@@ -137,13 +138,31 @@ mysql_up() {
   mysql_users "$MY/mysqld.sock"
 }
 
-# mysql_users SOCKET: root only through the socket; dtss on the dtss… databases only.
+# The dtss user's password: random, made on the first start, kept in $PASSWORD_FILE
+# (mode 0600, read by every dtss command as the default mysql.password_file).
+PASSWORD_FILE=$DTSS_HOME/mysql-password
+mysql_password() {
+  if [ ! -s "$PASSWORD_FILE" ]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '+/=' >"$PASSWORD_FILE.new" &&
+      mv "$PASSWORD_FILE.new" "$PASSWORD_FILE")
+    log "generated the MySQL password of dtss into $PASSWORD_FILE (mode 0600)"
+  fi
+  chmod 600 "$PASSWORD_FILE"
+  cat "$PASSWORD_FILE"
+}
+
+# mysql_users SOCKET: root only through the socket; dtss on the dtss… databases only,
+# with the password of $PASSWORD_FILE (set again at every start, so it never drifts).
 mysql_users() {
-  mariadb --no-defaults --socket="$1" -uroot <<'SQL'
-CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY 'dtss';
-CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY 'dtss';
+  local pw
+  pw=$(mysql_password)
+  mariadb --no-defaults --socket="$1" -uroot <<SQL
+CREATE USER IF NOT EXISTS 'dtss'@'127.0.0.1' IDENTIFIED BY '$pw';
+CREATE USER IF NOT EXISTS 'dtss'@'localhost' IDENTIFIED BY '$pw';
+ALTER USER 'dtss'@'127.0.0.1' IDENTIFIED BY '$pw';
+ALTER USER 'dtss'@'localhost' IDENTIFIED BY '$pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dtss'@'127.0.0.1', 'dtss'@'localhost';
-GRANT ALL PRIVILEGES ON `dtss%`.* TO 'dtss'@'127.0.0.1', 'dtss'@'localhost';
+GRANT ALL PRIVILEGES ON \`dtss%\`.* TO 'dtss'@'127.0.0.1', 'dtss'@'localhost';
 DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1', 'root'@'%';
 ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket;
 SQL
@@ -303,12 +322,12 @@ up)
     galera_up
     ports=$(seq -s, $((GALERA_PORT + 1)) $((GALERA_PORT + GALERA)))
     zk_up
-    log "ready: Galera $GALERA nodes on 127.0.0.1 ports $ports  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+    log "ready: Galera $GALERA nodes on 127.0.0.1 ports $ports (user dtss, password in $PASSWORD_FILE)  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
   else
     install_missing
     mysql_up
     zk_up
-    log "ready: mysql://dtss:dtss@127.0.0.1:$MYSQL_PORT  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+    log "ready: mysql://dtss@127.0.0.1:$MYSQL_PORT (password in $PASSWORD_FILE)  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
   fi
   ;;
 node-start)

@@ -15,7 +15,7 @@ listen="127.0.0.1:$(port)"
 sed -e "s|^processes = .*|processes = [\"127.0.0.1:$(port)\"]|" \
     -e "s|^data_dir = .*|data_dir = \"data\"|" \
     -e "s|^root = .*|root = \"/dtss_$unique\"|" \
-    -e "s|^url = .*|url = \"mysql://dtss:dtss@127.0.0.1:3306/dtss_$unique\"|" \
+    -e "s|^url = .*|url = \"mysql://dtss@127.0.0.1:3306/dtss_$unique\"\npassword_file = \"$PWD/.dtss/mysql-password\"|" \
     -e "s|^listen = .*|listen = \"$listen\"|" \
     -e "s|^modifier_period_ms = .*|modifier_period_ms = 500|" \
     cluster.toml >"$dir/cluster.toml"
@@ -26,7 +26,7 @@ cleanup() {
     kill -INT "$up_pid"
     wait "$up_pid" || true
   fi
-  mariadb --no-defaults -h127.0.0.1 -P3306 -udtss -pdtss -e "DROP DATABASE IF EXISTS dtss_$unique" 2>/dev/null || true
+  MYSQL_PWD=$(cat .dtss/mysql-password) mariadb --no-defaults -h127.0.0.1 -P3306 -udtss -e "DROP DATABASE IF EXISTS dtss_$unique" 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT

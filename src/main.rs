@@ -9,6 +9,7 @@ mod init;
 mod load;
 mod proc;
 mod rates;
+mod secrets;
 mod services;
 mod signals;
 mod up;
@@ -150,15 +151,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The config at `path`; with no admin token configured, the one `dtss up` generated
-/// into the data directory, if there is one.
+/// The config at `path`, with the secrets it leaves to files and the environment.
 fn read_config(path: &std::path::Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let mut cfg = Config::parse_at(&text, path)?;
-    if cfg.ingest.admin_token.is_none() {
-        cfg.ingest.admin_token = up::read_admin_token(&cfg.admin_token_file())?;
-    }
+    secrets::apply(&mut cfg)?;
     Ok(cfg)
 }
 

@@ -41,11 +41,13 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
         let c = cfg.clone();
         tokio::task::spawn_blocking(move || crate::services::run(&c, "up")).await??;
     }
-    crate::init::init(&cfg).await?;
     let mut cfg = cfg;
+    // A first start of the local services has only now generated the MySQL password.
+    crate::secrets::apply(&mut cfg)?;
+    crate::init::init(&cfg).await?;
     if cfg.ingest.admin_token.is_none() {
         let file = cfg.admin_token_file();
-        cfg.ingest.admin_token = Some(make_admin_token(&file)?);
+        cfg.ingest.admin_token = Some(crate::secrets::make_admin_token(&file)?);
         println!("admin token generated into {} (mode 0600)", file.display());
     }
     let mut sup = Supervisor::start(&cfg).await?;
@@ -325,44 +327,6 @@ impl Supervisor {
     }
 }
 
-/// The admin token in `file`, if it exists (it must be readable by its owner only).
-pub fn read_admin_token(file: &Path) -> Result<Option<String>> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = match std::fs::metadata(file) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    };
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "{} is readable by others: chmod 600 it (or delete it for a new token)",
-            file.display()
-        );
-    }
-    let token =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
-}
-
-/// A new random admin token (256 bits, hex) in `file`, created with mode 0600.
-fn make_admin_token(file: &Path) -> Result<String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {}", file.display()))?;
-    writeln!(f, "{token}").with_context(|| format!("writing {}", file.display()))?;
-    Ok(token)
-}
-
 /// A service's command line: `extra`, then `--config PATH`.
 fn service_args(config: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -428,30 +392,4 @@ async fn healthz(addr: std::net::SocketAddr) -> bool {
     }
     let mut buf = vec![0u8; 64];
     matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    use super::*;
-
-    #[test]
-    fn a_generated_admin_token_is_private_and_read_back() {
-        let dir = std::env::temp_dir().join(format!("dtss-token-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let file = dir.join("admin-token");
-        assert_eq!(read_admin_token(&file).unwrap(), None);
-        let token = make_admin_token(&file).unwrap();
-        assert_eq!(token.len(), 64);
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(read_admin_token(&file).unwrap(), Some(token.clone()));
-        assert!(make_admin_token(&file).is_err(), "never overwritten");
-        assert_ne!(make_admin_token(&dir.join("other")).unwrap(), token);
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = read_admin_token(&file).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -430,7 +430,7 @@ fn dtss_services_up_starts_fresh_services_under_a_relative_data_dir() {
         format!(
             "[cluster]\nprocesses = [\"127.0.0.1:{}\"]\nworkers_per_process = 1\ndata_dir = \".dtss\"\n\
              [zookeeper]\nconnect = \"127.0.0.1:{zk}\"\n\
-             [mysql]\nurl = \"mysql://dtss:dtss@127.0.0.1:{my}/dtss\"\n\
+             [mysql]\nurl = \"mysql://dtss@127.0.0.1:{my}/dtss\"\n\
              [currencies]\nbase = \"RMB\"\ninitial = {{ RMB = \"1\", USD = \"7.12\" }}\n",
             common::free_port()
         ),
@@ -453,18 +453,30 @@ fn dtss_services_up_starts_fresh_services_under_a_relative_data_dir() {
         );
     }
     assert!(dir.join(".dtss/services/mariadb/data/mysql").is_dir());
+    // Its own random password, private to its owner; the old fixed one is refused.
+    let password_file = dir.join(".dtss/mysql-password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&password_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the password file is private");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let password = password.trim();
+    assert!(password.len() >= 24, "a long random password");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let one: Option<u32> = rt.block_on(async {
-        let pool = mysql_async::Pool::new(format!("mysql://dtss:dtss@127.0.0.1:{my}").as_str());
+        let pool =
+            mysql_async::Pool::new(format!("mysql://dtss:{password}@127.0.0.1:{my}").as_str());
         let mut conn = pool.get_conn().await.unwrap();
         let v = mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT 1")
             .await
             .unwrap();
         drop(conn);
         pool.disconnect().await.unwrap();
+        let fixed = mysql_async::Conn::from_url(format!("mysql://dtss:dtss@127.0.0.1:{my}")).await;
+        assert!(fixed.is_err(), "no working default password");
         v
     });
     assert_eq!(one, Some(1), "the new MariaDB answers as dtss");

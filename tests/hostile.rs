@@ -183,7 +183,7 @@ fn without_a_token_the_admin_endpoints_are_off() {
 #[test]
 fn the_dtss_user_of_the_local_mariadb_has_no_file_or_global_privileges() {
     common::services();
-    let pool = mysql_async::Pool::new("mysql://dtss:dtss@127.0.0.1:3306/");
+    let pool = mysql_async::Pool::new(common::mysql_url(3306, "").as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -72,6 +72,9 @@ pub struct Mysql {
     pub url: String,
     /// Every node's URL, in the order they are tried.
     pub urls: Vec<String>,
+    /// `mysql.password_file` as written (relative to the config file's folder); see
+    /// [`Config::mysql_password_file`].
+    pub password_file: Option<PathBuf>,
 }
 
 impl Mysql {
@@ -84,7 +87,38 @@ impl Mysql {
     pub fn is_cluster(&self) -> bool {
         self.urls.len() > 1
     }
+
+    /// Put `password` into every URL that names a user and no password of its own.
+    pub fn set_password(&mut self, password: &str) {
+        for url in &mut self.urls {
+            *url = with_password(url, password);
+        }
+        self.url = self.urls[0].clone();
+    }
 }
+
+/// `url` with `password` (percent-encoded) after its user, unless it has one already
+/// or names no user.
+fn with_password(url: &str, password: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((user, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    if user.contains(':') || user.is_empty() {
+        return url.to_string();
+    }
+    let password = percent_encoding::utf8_percent_encode(password, NOT_IN_USERINFO);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// Every byte but the unreserved ones of RFC 3986 is escaped in a URL's password.
+const NOT_IN_USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 impl std::fmt::Debug for Mysql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,6 +282,7 @@ mod raw {
     pub struct Mysql {
         pub url: Option<String>,
         pub urls: Vec<String>,
+        pub password_file: Option<PathBuf>,
     }
 
     #[derive(Deserialize)]
@@ -393,6 +428,16 @@ impl Config {
         self.data_dir().join("admin-token")
     }
 
+    /// The file the MySQL password is read from when no URL carries one and
+    /// `DTSS_MYSQL_PASSWORD` is unset: `mysql.password_file`, else the one
+    /// scripts/services.sh generates into the data directory (mode 0600).
+    pub fn mysql_password_file(&self) -> PathBuf {
+        match &self.mysql.password_file {
+            Some(p) => self.resolve(p),
+            None => self.data_dir().join("mysql-password"),
+        }
+    }
+
     /// The file in which `dtss broker` publishes the embedded broker's address.
     pub fn broker_addr_file(&self) -> PathBuf {
         self.data_dir().join("broker.addr")
@@ -459,7 +504,7 @@ fn mysql(m: raw::Mysql) -> Result<Mysql> {
             bail!("mysql: set url (one server) or urls (the nodes of a cluster), not both")
         }
         (Some(url), _) => vec![url],
-        (None, urls) if urls.is_empty() => vec!["mysql://dtss:dtss@127.0.0.1:3306/dtss".into()],
+        (None, urls) if urls.is_empty() => vec!["mysql://dtss@127.0.0.1:3306/dtss".into()],
         (None, urls) => urls,
     };
     ensure!(
@@ -470,13 +515,14 @@ fn mysql(m: raw::Mysql) -> Result<Mysql> {
     for (i, u) in urls.iter().enumerate() {
         ensure!(
             u.starts_with("mysql://") && u.len() <= 1024,
-            "mysql.urls[{i}]: {:?} is not a URL like mysql://user:password@host:3306/dtss",
+            "mysql.urls[{i}]: {:?} is not a URL like mysql://user@host:3306/dtss",
             redact_url(u)
         );
     }
     Ok(Mysql {
         url: urls[0].clone(),
         urls,
+        password_file: m.password_file,
     })
 }
 
@@ -704,5 +750,27 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
             "{shown}"
         );
         assert!(shown.contains("mysql://u:***@h/d"), "{shown}");
+    }
+
+    #[test]
+    fn a_password_goes_into_urls_that_have_none() {
+        let text = format!(
+            "{GOOD}\n[mysql]\nurls = [\"mysql://u@h:1/d\", \"mysql://v:own@h:2/d\", \"mysql://h:3/d\"]\npassword_file = \"pw\"\n"
+        );
+        let mut c = Config::parse_at(&text, Path::new("/etc/dtss/cluster.toml")).unwrap();
+        assert_eq!(c.mysql_password_file(), Path::new("/etc/dtss/pw"));
+        c.mysql.set_password("a b/c@d");
+        assert_eq!(c.mysql.url, "mysql://u:a%20b%2Fc%40d@h:1/d");
+        assert_eq!(
+            c.mysql.urls[1], "mysql://v:own@h:2/d",
+            "its own password stays"
+        );
+        assert_eq!(c.mysql.urls[2], "mysql://h:3/d", "no user, no password");
+        let default = Config::parse_at(GOOD, Path::new("/srv/cluster.toml")).unwrap();
+        assert!(default.mysql_password_file().ends_with("mysql-password"));
+        assert!(
+            default.mysql.url.starts_with("mysql://dtss@"),
+            "no default password"
+        );
     }
 }

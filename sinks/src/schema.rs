@@ -139,7 +139,7 @@ async fn ensure_schema_at(url: &str) -> Result<()> {
         .with_context(|| format!("mysql.url {:?} does not parse", model::redact_url(url)))?;
     let db = opts
         .db_name()
-        .context("mysql.url must name a database, e.g. mysql://dtss:dtss@127.0.0.1:3306/dtss")?
+        .context("mysql.url must name a database, e.g. mysql://dtss@127.0.0.1:3306/dtss")?
         .to_string();
     let server = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
     let mut conn = mysql_async::Conn::new(server).await.with_context(|| {

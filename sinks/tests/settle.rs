@@ -77,7 +77,12 @@ async fn create_db(
         std::process::id(),
         model::now_ms() % 1_000_000
     );
-    let url = format!("mysql://dtss:dtss@127.0.0.1:3306/{db}");
+    let pw = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.dtss/mysql-password"
+    ))
+    .expect("scripts/services.sh up ran");
+    let url = format!("mysql://dtss:{}@127.0.0.1:3306/{db}", pw.trim());
     dtss_sinks::ensure_schema(&[&url]).await.unwrap();
     let pool = dtss_sinks::connect(&[&url], conns).unwrap();
     let currencies = vec![Currency::from_str("RMB").unwrap()];

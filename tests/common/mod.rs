@@ -33,6 +33,18 @@ pub fn script(name: &str, args: &[&str]) {
     assert!(st.success(), "scripts/{name} {args:?} failed");
 }
 
+/// The file scripts/services.sh keeps the dtss user's MySQL password in.
+pub fn mysql_password_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dtss/mysql-password")
+}
+
+/// A URL as the dtss user, with its password, for the local MariaDB (or Galera node)
+/// on `port`; `db` may be empty.
+pub fn mysql_url(port: u16, db: &str) -> String {
+    let pw = std::fs::read_to_string(mysql_password_file()).expect("scripts/services.sh up ran");
+    format!("mysql://dtss:{}@127.0.0.1:{port}/{db}", pw.trim())
+}
+
 /// kill -9 the local service whose pid file is `.dtss/services/{pidfile}`
 /// (`mariadb/mysqld.pid`, `zookeeper/zk.pid`, `galera/1/mysqld.pid`, `tansu/tansu.pid`).
 pub fn kill_service(pidfile: &str) {
@@ -173,9 +185,9 @@ impl Cluster {
         };
         let urls: Vec<String> = ports
             .iter()
-            .map(|p| format!("mysql://dtss:dtss@127.0.0.1:{p}/{db}"))
+            .map(|p| format!("mysql://dtss@127.0.0.1:{p}/{db}"))
             .collect();
-        let mysql = match urls.as_slice() {
+        let nodes = match urls.as_slice() {
             [one] => format!("url = \"{one}\""),
             many => format!(
                 "urls = [{}]",
@@ -185,6 +197,10 @@ impl Cluster {
                     .join(", ")
             ),
         };
+        let mysql = format!(
+            "{nodes}\npassword_file = \"{}\"",
+            mysql_password_file().display()
+        );
         let kafka = match spec.kafka_brokers {
             [] => "topic = \"orders\"".to_string(),
             brokers => format!(
@@ -241,6 +257,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
             .enable_all()
             .build()
             .unwrap();
+        let urls: Vec<String> = ports.iter().map(|p| mysql_url(*p, &db)).collect();
         let pool = sinks::connect(&urls, 4).unwrap();
         Cluster {
             name: name.into(),
@@ -478,7 +495,9 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
     /// version that was in force at its epoch.
     pub fn check_invariants(&self, accepted: &[String]) {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        let cfg = model::Config::parse_at(&text, &self.config).unwrap();
+        let mut cfg = model::Config::parse_at(&text, &self.config).unwrap();
+        let password = std::fs::read_to_string(mysql_password_file()).unwrap();
+        cfg.mysql.set_password(password.trim());
         let verdicts = self
             .rt
             .block_on(harness::check(
