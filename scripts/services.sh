@@ -11,8 +11,16 @@
 #   scripts/services.sh node-start I    start Galera node I again (it rejoins)
 #   scripts/services.sh node-stop I     stop Galera node I (SIGTERM)
 #
+#   scripts/services.sh up --zookeeper-only   ZooKeeper alone (a member of an ensemble)
+#   scripts/services.sh watch [--zookeeper-only]   up, then wait; exits 1 when one dies
+#                                       (for scripts/supervise.sh to start it again)
+#
 # Environment: DTSS_HOME (default: <repo>/.dtss), DTSS_MYSQL_PORT (3306),
-# DTSS_ZK_PORT (2181), DTSS_GALERA_PORT (3310: node I listens on 3310+I).
+# DTSS_ZK_PORT (2181), DTSS_GALERA_PORT (3310: node I listens on 3310+I);
+# for a host of several (scripts/hosts.sh): DTSS_BIND (127.0.0.1), the address MariaDB
+# and ZooKeeper listen on; DTSS_MYSQL_CLIENTS, a host pattern the dtss user may also
+# connect from (e.g. 10.77.0.%); DTSS_ZK_ENSEMBLE, the members' addresses ("A B C"), with
+# DTSS_ZK_ID, this member's place in it (1, 2, ...).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +31,10 @@ DTSS_HOME=$(cd "$DTSS_HOME" && pwd)
 SVC=$DTSS_HOME/services
 MYSQL_PORT=${DTSS_MYSQL_PORT:-3306}
 ZK_PORT=${DTSS_ZK_PORT:-2181}
+BIND=${DTSS_BIND:-127.0.0.1}
+MYSQL_CLIENTS=${DTSS_MYSQL_CLIENTS:-}
+ZK_ENSEMBLE=${DTSS_ZK_ENSEMBLE:-}
+ZK_ID=${DTSS_ZK_ID:-}
 MY=$SVC/mariadb
 ZK=$SVC/zookeeper
 ZK_CP=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar
@@ -101,7 +113,7 @@ mysql_os_user() {
 
 mysql_up() {
   if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then
-    log "MariaDB already running on 127.0.0.1:$MYSQL_PORT"
+    log "MariaDB already running on $BIND:$MYSQL_PORT"
     mysql_users "$MY/mysqld.sock"
     return
   fi
@@ -121,11 +133,11 @@ mysql_up() {
   fi
   chown -R "$user:" "$MY"
   chmod 750 "$MY" "$MY/files"
-  log "starting MariaDB on 127.0.0.1:$MYSQL_PORT as $user (log: $MY/error.log)"
+  log "starting MariaDB on $BIND:$MYSQL_PORT as $user (log: $MY/error.log)"
   # secure_file_priv: the server reads and writes files only under $MY/files (and the
   # dtss user, without FILE, not even there). LOCAL INFILE sends the client's data.
   setsid nohup mariadbd --no-defaults --datadir="$MY/data" --socket="$MY/mysqld.sock" \
-    --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user="$user" \
+    --pid-file="$MY/mysqld.pid" --port="$MYSQL_PORT" --bind-address="$BIND" --user="$user" \
     --log-error="$MY/error.log" --skip-name-resolve --max-connections=1000 \
     --innodb-buffer-pool-size=2G --innodb-log-file-size=2G \
     --innodb-io-capacity=2000 --innodb-io-capacity-max=8000 --local-infile=1 \
@@ -168,6 +180,15 @@ ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket;
 SQL
   mariadb --no-defaults --socket="$1" -uroot \
     -e "DROP USER IF EXISTS 'root'@'$(hostname)'"
+  if [ -n "$MYSQL_CLIENTS" ]; then
+    case $MYSQL_CLIENTS in *[!0-9.%]*) echo "DTSS_MYSQL_CLIENTS: an address pattern like 10.77.0.%, got $MYSQL_CLIENTS" >&2; exit 2 ;; esac
+    mariadb --no-defaults --socket="$1" -uroot <<SQL
+CREATE USER IF NOT EXISTS 'dtss'@'$MYSQL_CLIENTS' IDENTIFIED BY '$pw';
+ALTER USER 'dtss'@'$MYSQL_CLIENTS' IDENTIFIED BY '$pw';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dtss'@'$MYSQL_CLIENTS';
+GRANT ALL PRIVILEGES ON \`dtss%\`.* TO 'dtss'@'$MYSQL_CLIENTS';
+SQL
+  fi
 }
 
 # A MariaDB Galera cluster of $GALERA nodes. Node I: $SVC/galera/I, client port
@@ -254,13 +275,13 @@ galera_nodes() { ls -d "$SVC"/galera/[0-9]* 2>/dev/null | xargs -rn1 basename | 
 # answered, but its socket is never closed (an NPE in ZooKeeper's close path).
 zk_ruok() {
   local reply
-  reply=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf ruok >&3 && head -c 4 <&3' _ "$ZK_PORT" 2>/dev/null) || return 1
+  reply=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf ruok >&3 && head -c 4 <&3' _ "$BIND" "$ZK_PORT" 2>/dev/null) || return 1
   [ "$reply" = imok ]
 }
 
 zk_up() {
   if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then
-    log "ZooKeeper already running on 127.0.0.1:$ZK_PORT"
+    log "ZooKeeper already running on $BIND:$ZK_PORT"
     return
   fi
   mkdir -p "$ZK/data"
@@ -270,19 +291,34 @@ initLimit=10
 syncLimit=5
 dataDir=$ZK/data
 clientPort=$ZK_PORT
-clientPortAddress=127.0.0.1
+clientPortAddress=$BIND
 maxClientCnxns=0
 admin.enableServer=false
 4lw.commands.whitelist=srvr,stat,ruok,mntr
 minSessionTimeout=1000
 maxSessionTimeout=30000
 EOF
-  log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (log: $ZK/zk.log)"
+  zk_ensemble
+  log "starting ZooKeeper on $BIND:$ZK_PORT${ZK_ID:+ (member $ZK_ID of $ZK_ENSEMBLE)} (log: $ZK/zk.log)"
   setsid nohup java -Xmx512m -Dorg.slf4j.simpleLogger.showDateTime=true \
     -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS -cp "$ZK_CP" org.apache.zookeeper.server.quorum.QuorumPeerMain \
     "$ZK/zoo.cfg" </dev/null >"$ZK/zk.log" 2>&1 9>&- &
   echo $! >"$ZK/zk.pid"
   wait_until_up ZooKeeper $! zk_ruok "$ZK/zk.log"
+}
+
+# With DTSS_ZK_ENSEMBLE: the members in zoo.cfg (quorum port 2888, election 3888 on
+# each member's address) and this one's id in myid.
+zk_ensemble() {
+  [ -n "$ZK_ENSEMBLE" ] || return 0
+  case $ZK_ID in '' | *[!0-9]*) echo "DTSS_ZK_ID: this member's place in DTSS_ZK_ENSEMBLE (1, 2, ...), got ${ZK_ID:-nothing}" >&2; exit 2 ;; esac
+  local n=0 a
+  for a in $ZK_ENSEMBLE; do
+    n=$((n + 1))
+    echo "server.$n=$a:2888:3888" >>"$ZK/zoo.cfg"
+  done
+  [ "$ZK_ID" -ge 1 ] && [ "$ZK_ID" -le "$n" ] || { echo "DTSS_ZK_ID: $ZK_ID is not between 1 and $n" >&2; exit 2; }
+  echo "$ZK_ID" >"$ZK/data/myid"
 }
 
 stop_pid() {
@@ -303,6 +339,23 @@ stop_pid() {
 }
 
 mkdir -p "$SVC"
+# watch [--zookeeper-only]: up, then return (1) when a service it started dies, for a
+# supervisor (scripts/supervise.sh) to call it again; SIGTERM stops them first.
+if [ "${1:-}" = watch ]; then
+  shift
+  bash "$0" up "$@" || exit 1
+  trap 'bash "$0" down; exit 0' TERM INT
+  while :; do
+    pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" || { log "ZooKeeper is gone"; exit 1; }
+    if [ "${1:-}" != --zookeeper-only ] && ! pid_alive "$MY/mysqld.pid" "$MY/data"; then
+      log "MariaDB is gone"
+      exit 1
+    fi
+    sleep 0.5 &
+    wait $!
+  done
+fi
+
 exec 9>"$SVC/.lock"
 flock 9
 
@@ -323,11 +376,15 @@ up)
     ports=$(seq -s, $((GALERA_PORT + 1)) $((GALERA_PORT + GALERA)))
     zk_up
     log "ready: Galera $GALERA nodes on 127.0.0.1 ports $ports (user dtss, password in $PASSWORD_FILE)  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+  elif [ "${2:-}" = --zookeeper-only ]; then
+    install_missing
+    zk_up
+    log "ready: zookeeper $BIND:$ZK_PORT  data $SVC"
   else
     install_missing
     mysql_up
     zk_up
-    log "ready: mysql://dtss@127.0.0.1:$MYSQL_PORT (password in $PASSWORD_FILE)  zookeeper 127.0.0.1:$ZK_PORT  data $SVC"
+    log "ready: mysql://dtss@$BIND:$MYSQL_PORT (password in $PASSWORD_FILE)  zookeeper $BIND:$ZK_PORT  data $SVC"
   fi
   ;;
 node-start)
@@ -348,14 +405,14 @@ down)
   true
   ;;
 status)
-  if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then echo "mariadb: up 127.0.0.1:$MYSQL_PORT"; else echo "mariadb: down"; fi
+  if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then echo "mariadb: up $BIND:$MYSQL_PORT"; else echo "mariadb: down"; fi
   for i in $(galera_nodes); do
     if galera_alive "$i" && galera_synced "$i"; then echo "galera node $i: synced 127.0.0.1:$((GALERA_PORT + i))"; else echo "galera node $i: down or not synced"; fi
   done
-  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then echo "zookeeper: up 127.0.0.1:$ZK_PORT"; else echo "zookeeper: down"; fi
+  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then echo "zookeeper: up $BIND:$ZK_PORT"; else echo "zookeeper: down"; fi
   ;;
 *)
-  echo "usage: $0 up [--galera N] | down | status | node-start I | node-stop I" >&2
+  echo "usage: $0 up [--galera N | --zookeeper-only] | watch [--zookeeper-only] | down | status | node-start I | node-stop I" >&2
   exit 2
   ;;
 esac

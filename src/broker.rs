@@ -4,6 +4,7 @@
 //! settled. Production may use a real Kafka cluster instead (`kafka.brokers`).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,21 +13,30 @@ use model::Config;
 /// How often settled log segments are looked for and deleted.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
-pub fn run(cfg: &Config) -> Result<()> {
-    anyhow::ensure!(
-        cfg.kafka.brokers.is_empty(),
-        "kafka.brokers is set in {}: the embedded broker is only for configs without brokers",
-        cfg.path.display()
-    );
+pub fn run(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
+    match listen {
+        None => anyhow::ensure!(
+            cfg.kafka.brokers.is_empty(),
+            "kafka.brokers is set in {}: run the embedded broker as one of them (--listen)",
+            cfg.path.display()
+        ),
+        Some(addr) => anyhow::ensure!(
+            cfg.kafka.brokers.iter().any(|b| b == &addr.to_string()),
+            "--listen {addr}: not one of kafka.brokers in {} ({:?})",
+            cfg.path.display(),
+            cfg.kafka.brokers
+        ),
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, listen))
 }
 
-async fn serve(cfg: &Config) -> Result<()> {
+async fn serve(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
     let topic = &cfg.kafka.topic;
     let dir = cfg.data_dir().join("broker");
+    let _lock = lock_log(&dir)?;
     let broker = broker::Broker::open(&dir, topic, cfg.partitions())
         .with_context(|| format!("opening the broker log in {}", dir.display()))?;
     sinks::ensure_schema(&cfg.mysql.urls).await?;
@@ -48,27 +58,17 @@ async fn serve(cfg: &Config) -> Result<()> {
             dir.display()
         );
     }
-    // The port of the last run if it is free: clients of a crashed broker (ingest's
-    // producer, the workers' consumers) reconnect to the address they know.
-    let port_file = dir.join("port");
-    let last_port: u16 = std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", last_port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::info!("port {last_port} of the last run is taken ({e}): taking another");
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the embedded broker to 127.0.0.1")?
-        }
+    let listener = match listen {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the embedded broker to {addr}"))?,
+        None => loopback_listener(&dir).await?,
     };
     let addr = listener.local_addr()?;
-    std::fs::write(&port_file, addr.port().to_string())
-        .with_context(|| format!("writing {}", port_file.display()))?;
     let file = cfg.broker_addr_file();
-    broker::publish(&file, &addr.to_string())?;
+    if listen.is_none() {
+        broker::publish(&file, &addr.to_string())?;
+    }
     tracing::info!(
         "embedded Kafka broker at {addr}, topic {topic} with {} partitions, offsets {offsets:?}, \
          log in {} (address in {})",
@@ -101,6 +101,46 @@ async fn serve(cfg: &Config) -> Result<()> {
     }
     tracing::info!("embedded broker stopped");
     Ok(())
+}
+
+/// The log's lock, held while the broker runs: a second broker on the same log (started
+/// twice by mistake) would read it while the first writes, and take its end for a lost
+/// log. Refused before anything is read.
+fn lock_log(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|e| {
+        anyhow::anyhow!(
+            "another broker runs on the log in {} ({e}): stop it first",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// A loopback port: the one of the last run if it is free, so clients of a crashed
+/// broker (ingest's producer, the workers' consumers) reconnect to the address they know.
+async fn loopback_listener(dir: &std::path::Path) -> Result<tokio::net::TcpListener> {
+    let port_file = dir.join("port");
+    let last_port: u16 = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", last_port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::info!("port {last_port} of the last run is taken ({e}): taking another");
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the embedded broker to 127.0.0.1")?
+        }
+    };
+    let port = listener.local_addr()?.port();
+    std::fs::write(&port_file, port.to_string())
+        .with_context(|| format!("writing {}", port_file.display()))?;
+    Ok(listener)
 }
 
 /// A log left by a cluster with more partitions (say `workers_per_process` lowered) has

@@ -58,9 +58,15 @@ enum Command {
     /// Create the schema, load the catalogue and seed the rates (idempotent).
     #[command(after_help = exit::HELP)]
     Init,
-    /// Run the embedded Kafka-protocol broker (when kafka.brokers is empty).
+    /// Run the embedded Kafka-protocol broker: for a config without kafka.brokers, or
+    /// with --listen as one of them (the broker of a cluster of several hosts).
     #[command(after_help = exit::HELP)]
-    Broker,
+    Broker {
+        /// Listen on this address, one of kafka.brokers; default: a loopback port,
+        /// published in {data_dir}/broker.addr.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Run one HTTP ingest replica.
     #[command(after_help = exit::HELP)]
     Ingest {
@@ -128,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
         Command::Services { action } => services::run(&cfg, &action),
         Command::Init => multi_thread()?.block_on(init::init(&cfg)),
-        Command::Broker => broker::run(&cfg),
+        Command::Broker { listen } => broker::run(&cfg, listen),
         // One thread: requests, Kafka delivery reports and responses all meet on it.
         // With a worker per core they hand off between threads (futex wake-ups, context
         // switches), and over HTTP the whole machine took ~45 % more CPU per order.

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use model::Config;
 
 /// Create the topic with one partition per worker when it is missing (configured
-/// brokers only: the embedded broker creates its own), then check its partition count.
+/// brokers only: the embedded broker creates its own, and takes no CreateTopics even
+/// when it is one of the configured), then check its partition count.
 pub async fn ensure_topic(cfg: &Config) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -15,7 +16,11 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
         &cfg.broker_addr_file(),
         Duration::from_secs(30),
     )?;
-    if !cfg.kafka.brokers.is_empty() {
+    let check = |cfg: &Config, bootstrap: &str| {
+        let (cfg, bootstrap) = (cfg.clone(), bootstrap.to_string());
+        tokio::task::spawn_blocking(move || check_topic(&cfg, &bootstrap))
+    };
+    if !cfg.kafka.brokers.is_empty() && check(cfg, &bootstrap).await?.is_err() {
         let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .create()
@@ -39,8 +44,7 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
             }
         }
     }
-    let cfg2 = cfg.clone();
-    tokio::task::spawn_blocking(move || check_topic(&cfg2, &bootstrap)).await?
+    check(cfg, &bootstrap).await?
 }
 
 /// The check that the topic has exactly one partition per worker.
