@@ -63,7 +63,7 @@ fn counts_lines(s: &mut String, r: &BenchReport) {
     );
     let _ = writeln!(
         s,
-        "retries: 503 {}, 504 {}, no answer {}; copies skipped (duplicates prevented) {}, dead letters {}; idempotency keys {}",
+        "retries: 503 {}, 502/504 {}, no answer {}; copies skipped (duplicates prevented) {}, dead letters {}; idempotency keys {}",
         c.busy_retried,
         c.unacknowledged_retried,
         c.errors_retried,

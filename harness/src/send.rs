@@ -187,7 +187,9 @@ impl Sender {
                         }
                     }
                     503 => Answer::Busy,
-                    504 => Answer::Unknown,
+                    // 502: a proxy in front (nginx) lost the replica mid-request; like
+                    // a 504, the order may or may not have been taken.
+                    502 | 504 => Answer::Unknown,
                     400 | 413 => Answer::Invalid,
                     _ => Answer::Failed,
                 },
@@ -219,7 +221,7 @@ impl Sender {
     }
 
     /// Send until the order is taken or refused, as a well-behaved client would, every
-    /// attempt with the order's key: a 503 is retried after 50 ms, a 504 or no answer
+    /// attempt with the order's key: a 503 is retried after 50 ms, a 502, 504 or no answer
     /// after 100 ms, for up to `PATIENCE`; then the order counts as abandoned (the caller
     /// should stop: the system is not taking orders). The id if it got a 202.
     pub async fn place(&mut self, body: &str, tally: &mut Tally) -> Option<Uuid> {
