@@ -1,7 +1,9 @@
-//! The worker's settlement thread. It takes every hand-over waiting as one, at most once
-//! per `settle_interval_ms` (under load: fewer, larger transactions), cuts it into
+//! The worker's settlement thread. It takes every hand-over waiting as one, cuts it into
 //! batches of at most MAX_BATCH orders, and settles them in offset order through
-//! `sinks::Settlement` (while one commits, the next one starts). Outcomes go back to the
+//! `sinks::Settlement` (while one commits, the next one starts). Batching adapts to the
+//! load: while no transaction is in flight, what waits is taken at once (a closed epoch
+//! settles without delay at low load); while one is, the next take waits until
+//! `settle_interval_ms` after the last (under load: fewer, larger transactions). Outcomes go back to the
 //! settle operator with the number of hand-overs they complete. A failure that retrying
 //! does not cure ends the process (`worker::die`).
 
@@ -124,7 +126,8 @@ impl Thread {
     fn run(mut self) {
         let mut p = Progress::default();
         let mut open = true;
-        // No hand-over is taken before this (`interval` after the last was taken).
+        // While a transaction is in flight, no hand-over is taken before this
+        // (`interval` after the last was taken).
         let mut next_take = Instant::now();
         loop {
             let (rx, interval) = (&self.rx, self.interval);
@@ -138,13 +141,7 @@ impl Thread {
                 None if !open => break,
                 None => {}
             }
-            // Hand-overs wait until `next_take`: then all those waiting go as one.
-            let now = Instant::now();
-            if now < next_take {
-                std::thread::sleep(next_take - now);
-                continue;
-            }
-            // Nothing to settle. A batch's commit record is written with the next batch;
+            // Nothing in flight and nothing waiting. A batch's commit record is written with the next batch;
             // when none follows soon, on its own.
             match self.rx.recv_timeout(RECORD_IDLE) {
                 Ok(batch) => {
@@ -192,8 +189,9 @@ impl Thread {
     }
 }
 
-/// The next batch for `Settlement`: the next one queued, or, once `next_take` has come,
-/// every hand-over waiting merged into one and cut into batches.
+/// The next batch for `Settlement`: the next one queued, or every hand-over waiting merged
+/// into one and cut into batches: at once when nothing is in flight, else once
+/// `next_take` has come.
 fn take(
     queued: &mut VecDeque<(Batch, usize)>,
     given: &mut VecDeque<usize>,
@@ -203,7 +201,7 @@ fn take(
 ) -> Option<Batch> {
     if queued.is_empty() {
         let now = Instant::now();
-        if now < *next_take {
+        if now < *next_take && !given.is_empty() {
             return None;
         }
         let (merged, n) = merge(rx.try_iter());
@@ -371,18 +369,42 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_taken_before_the_interval_has_passed() {
+    fn while_a_transaction_is_in_flight_nothing_is_taken_before_the_interval() {
         let (tx, rx) = crossbeam_channel::unbounded();
         tx.send(batch(0..1, 1)).unwrap();
         tx.send(batch(1..2, 2)).unwrap();
-        let (mut queued, mut given) = (VecDeque::new(), VecDeque::new());
+        let (mut queued, mut given) = (VecDeque::new(), VecDeque::from([1]));
         let mut next_take = Instant::now() + Duration::from_secs(60);
         let interval = Duration::from_secs(60);
         assert!(take(&mut queued, &mut given, &rx, &mut next_take, interval).is_none());
         next_take = Instant::now();
         let b = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
         assert_eq!((b.orders.len(), b.next_offset), (2, 2));
-        assert_eq!(given, [2]);
+        assert_eq!(given, [1, 2]);
         assert!(next_take > Instant::now() + Duration::from_secs(30));
+    }
+
+    #[test]
+    fn with_nothing_in_flight_what_waits_is_taken_at_once() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (mut queued, mut given) = (VecDeque::new(), VecDeque::new());
+        let interval = Duration::from_secs(60);
+        let mut next_take = Instant::now() + interval;
+        assert!(take(&mut queued, &mut given, &rx, &mut next_take, interval).is_none());
+        tx.send(batch(0..3, 3)).unwrap();
+        tx.send(batch(3..4, 4)).unwrap();
+        let b = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!(
+            (b.orders.len(), b.next_offset),
+            (4, 4),
+            "both hand-overs as one"
+        );
+        assert_eq!(given, [2]);
+        // Now one is in flight: the next waits for the interval.
+        tx.send(batch(4..5, 5)).unwrap();
+        assert!(take(&mut queued, &mut given, &rx, &mut next_take, interval).is_none());
+        given.pop_front();
+        let b = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!(b.next_offset, 5, "committed: taken at once again");
     }
 }
