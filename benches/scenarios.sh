@@ -5,7 +5,8 @@
 # {data_dir}/bench/; this prints each scenario's summary lines.
 #
 # Usage: benches/scenarios.sh [dtss binary]   (default: target/release/dtss)
-#        SCENARIOS="http direct" benches/scenarios.sh   (a subset, by name)
+#        SCENARIOS="http direct" benches/scenarios.sh   (a subset, by name; also the
+#        latency scenarios h1k, d1k and d10k: 1,000/s over HTTP and direct, 10,000/s direct)
 #        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the figures of record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,14 @@ declare -A args=(
   [r10k]="--runs $runs --duration $duration --rate 10000 --connections 256"
   [direct]="--runs $runs --duration $duration --direct-kafka"
   [r5k]="--duration $((duration / 2)) --rate 5000 --connections 128"
+  [h1k]="--runs $runs --duration $duration --rate 1000"
+  [d1k]="--runs $runs --duration $duration --rate 1000 --direct-kafka"
+  [d10k]="--runs $runs --duration $duration --rate 10000 --direct-kafka"
 )
 logs=$(mktemp -d)
 status=0
 for name in ${SCENARIOS:-http r10k direct r5k}; do
-  [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http r10k direct r5k)" >&2; exit 2; }
+  [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http r10k direct r5k h1k d1k d10k)" >&2; exit 2; }
   echo "== $name: dtss bench ${args[$name]}   ($(date +%T))"
   # shellcheck disable=SC2086
   if ! "$dtss" bench ${args[$name]} >"$logs/$name.log" 2>&1; then
@@ -36,9 +40,9 @@ for name in ${SCENARIOS:-http r10k direct r5k}; do
   fi
   log=$logs/$name.log
   if grep -q "^medians of" "$log"; then
-    grep -A 9 "^medians of" "$log"
+    grep -A 11 "^medians of" "$log"
   else
-    grep -E "^(throughput|ack|accepted →|settlement transaction|slowest)" "$log"
+    grep -E "^(throughput|ack|accepted →|settlement transaction|slowest|floor)" "$log"
   fi | sed 's/^/   /'
   grep -E "^CPU" "$log" | sed 's/^/   /'
   echo "   dtss check: $(grep -c '^check: PASS' "$log") passed, $(grep -c '^check: FAIL' "$log") failed"

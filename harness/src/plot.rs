@@ -117,6 +117,17 @@ fn latency_lines(s: &mut String, r: &BenchReport) {
             .collect();
         let _ = writeln!(s, "slowest settlement transactions: {}", slowest.join(", "));
     }
+    if let Some(f) = &r.floor {
+        let _ = writeln!(
+            s,
+            "floor, same steady phase: fsynced commit p50 {:.2} / p99 {:.2} ms, Kafka round trip p50 {:.2} / p99 {:.2} ms; accepted → committed p99 = {:.1} × commit p99",
+            f.commit_ms.p50,
+            f.commit_ms.p99,
+            f.kafka_round_trip_ms.p50,
+            f.kafka_round_trip_ms.p99,
+            r.e2e_ms.p99 / f.commit_ms.p99.max(0.001)
+        );
+    }
     if let Some(c) = r.cpu {
         let _ = writeln!(
             s,
@@ -137,7 +148,7 @@ pub fn medians(runs: &[BenchReport]) -> String {
         sorted.sort_by(|a, b| a.total_cmp(b));
         (sorted[sorted.len() / 2], v)
     };
-    let figures: [(&str, &Figure); 9] = [
+    let figures: [(&str, &Figure); 11] = [
         ("accepted orders/s (steady)", &|r| {
             r.throughput.accepted_per_s
         }),
@@ -151,6 +162,14 @@ pub fn medians(runs: &[BenchReport]) -> String {
         ("accepted→committed p99 ms", &|r| r.e2e_ms.p99),
         ("accepted→committed max ms", &|r| r.e2e_ms.max),
         ("settlement transaction p99 ms", &|r| r.transactions_ms.p99),
+        ("floor: fsynced commit p99 ms", &|r| {
+            r.floor.as_ref().map_or(f64::NAN, |f| f.commit_ms.p99)
+        }),
+        ("floor: Kafka round trip p99", &|r| {
+            r.floor
+                .as_ref()
+                .map_or(f64::NAN, |f| f.kafka_round_trip_ms.p99)
+        }),
     ];
     let mut s = format!(
         "medians of {} runs (each run's figure in run order):\n",

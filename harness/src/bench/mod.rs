@@ -8,6 +8,7 @@
 //! (`rates.rs`), run the senders (`senders.rs`, on the timetable of `timetable.rs`),
 //! drain, read the results back (`readback.rs`), build the report (`report.rs`).
 
+mod floor;
 mod rates;
 mod readback;
 mod report;
@@ -180,6 +181,7 @@ pub async fn bench(
     let watch = watch::Watch::start(cfg, &pool, clock, live.clone(), progress).await?;
     let changes = Arc::new(AtomicU64::new(0));
     let changer = spawn_rate_changes(cfg, opts, clock, &live, &changes);
+    let floor = floor::spawn(cfg, &pool, clock);
 
     let (mut sent, tally) = senders::send_all(cfg, opts, clock, &target, &live).await?;
     if tally.abandoned > 0 {
@@ -189,6 +191,17 @@ pub async fn bench(
     drain(&live, clock, opts.drain_timeout_s).await;
     live.done.store(true, Ordering::Relaxed);
     let (lag, cpu) = watch.finish().await;
+    let floor = match floor.await {
+        Ok(Ok(f)) => Some(f),
+        Ok(Err(e)) => {
+            tracing::warn!("measuring the floor (fsynced commit, Kafka round trip): {e:#}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("the floor probe panicked: {e}");
+            None
+        }
+    };
     if let Some(c) = changer {
         c.await.context("the rate changer panicked")??;
     }
@@ -217,6 +230,7 @@ pub async fn bench(
         commits,
         lag,
         cpu,
+        floor,
         rate_changes: changes.load(Ordering::Relaxed),
     };
     Ok(report::build(opts, measured))

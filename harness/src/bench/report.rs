@@ -121,6 +121,9 @@ pub struct BenchReport {
     /// How busy this machine's CPUs were in the steady phase (everything on it, the
     /// bench included), and how much time the hypervisor took (steal); Linux only.
     pub cpu: Option<CpuUse>,
+    /// What the disk and the broker allowed in the same steady phase (None if the
+    /// probes failed).
+    pub floor: Option<super::floor::Floor>,
     pub timeline: Vec<Second>,
     pub lag: Vec<LagSample>,
     /// (quantile, ms) points of the steady-phase distributions, for plotting.
@@ -214,6 +217,7 @@ pub(super) struct Measured {
     pub commits: Vec<CommitRecord>,
     pub lag: Vec<LagSample>,
     pub cpu: Option<CpuUse>,
+    pub floor: Option<super::floor::Floor>,
     pub rate_changes: u64,
 }
 
@@ -247,6 +251,7 @@ pub(super) fn build(opts: &BenchOptions, m: Measured) -> BenchReport {
         slowest_transactions,
         rate_changes: m.rate_changes,
         cpu: m.cpu,
+        floor: m.floor,
         timeline: t.seconds(clock.end_of_load_s()),
         lag: m.lag,
         ack_distribution: distribution(&ack),

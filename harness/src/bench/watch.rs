@@ -62,7 +62,7 @@ impl Watch {
 }
 
 /// A Kafka client that reads the topic's high watermarks.
-async fn watermarks(cfg: &Config) -> Result<BaseConsumer> {
+pub(super) async fn watermarks(cfg: &Config) -> Result<BaseConsumer> {
     let c = cfg.clone();
     let bootstrap = tokio::task::spawn_blocking(move || {
         broker::bootstrap(
