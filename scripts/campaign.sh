@@ -22,6 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DTSS_HOME=${DTSS_HOME:-$ROOT/.dtss}
 BIN=${DTSS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}
+[ -e "$BIN" ] && BIN=$(realpath "$BIN")
 ROUNDS=5 STEADY=30 RATE=2000 FAULT_AT=10
 SCENARIOS=()
 while [ $# -gt 0 ]; do
@@ -73,7 +74,11 @@ fault() {
   case $1 in
   worker) hosts kill 2 worker ;;
   host) hosts kill-host 3 ;;
-  cut) hosts cut 3 10 >/dev/null 2>&1 & ;;
+  cut)
+    # Down now (the fault's time is taken just before), back up 10 s later.
+    ip -n dtss-h3 link set eth0 down
+    (sleep 10 && ip -n dtss-h3 link set eth0 up) &
+    ;;
   ingest) hosts kill 2 ingest ;;
   zk-leader) hosts kill "$(zk_leader)" zookeeper ;;
   mariadb) hosts kill 1 mariadb ;;

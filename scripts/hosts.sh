@@ -30,6 +30,7 @@ DTSS_HOME=${DTSS_HOME:-$ROOT/.dtss}
 mkdir -p "$DTSS_HOME"
 H=$(cd "$DTSS_HOME" && pwd)/hosts
 BIN=${DTSS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}
+[ -e "$BIN" ] && BIN=$(realpath "$BIN")
 NGINX_PORT=${DTSS_NGINX_PORT:-8090}
 HOSTS=3
 NET=10.77.0

@@ -4,7 +4,8 @@
 # embedded Kafka broker, a 3-node MariaDB Galera cluster (scripts/services.sh up
 # --galera 3) and Tansu (scripts/tansu.sh: built once into ~/.cache/dtss/tansu, about
 # 10 minutes on a machine that never built it), then 30 s of each fuzz target
-# (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh).
+# (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh), then the three-host
+# scenario (scripts/campaign.sh --rounds 1 --steady 60 host).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,15 @@ smoke=0
 if [[ $status -eq 0 ]]; then
   scripts/smoke-bench.sh "${CARGO_TARGET_DIR:-target}/release/dtss" || smoke=$?
   [[ $smoke -eq 0 ]] || { echo "smoke bench FAILED"; status=$smoke; }
+fi
+
+# Three hosts (network namespaces, scripts/hosts.sh): a minute of 2,000 orders/s through
+# nginx, every process of host 3 killed 10 s in, the cluster back and settling, strict
+# `dtss check --accepted`.
+hosts=0
+if [[ $status -eq 0 ]]; then
+  DTSS_BIN="${CARGO_TARGET_DIR:-target}/release/dtss" scripts/campaign.sh --rounds 1 --steady 60 host || hosts=$?
+  [[ $hosts -eq 0 ]] || { echo "three-host scenario FAILED"; status=$hosts; }
 fi
 
 # One closing line for the whole suite (cargo prints one per test binary).
