@@ -149,7 +149,7 @@ services_up() {
 
 dtss_up() {
   for i in $(seq 1 $HOSTS); do
-    supervised "$i" worker -- "$BIN" --config "$CONFIG" worker --process $((i - 1))
+    supervised "$i" worker -- "$BIN" --config "$CONFIG" worker --process $((i - 1)) --metrics-listen "$(addr "$i"):9101"
     supervised "$i" ingest -- "$BIN" --config "$CONFIG" ingest --listen "$(addr "$i"):8080"
     supervised "$i" rates -- "$BIN" --config "$CONFIG" rates run
   done

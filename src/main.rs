@@ -7,6 +7,7 @@ mod check;
 mod dead_letters;
 mod init;
 mod load;
+mod metrics;
 mod proc;
 mod rates;
 mod secrets;
@@ -82,6 +83,9 @@ enum Command {
         /// address this host can bind.
         #[arg(long)]
         process: Option<usize>,
+        /// Serve this process's metrics (Prometheus format) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Post generated orders over HTTP, wait until they settle, print a summary.
     #[command(after_help = exit::HELP)]
@@ -142,7 +146,10 @@ fn run(cli: Cli) -> Result<()> {
             let listen = listen.unwrap_or(cfg.ingest.listen);
             one_thread()?.block_on(ingest::serve(cfg, listen, signals::shutdown_signal()))
         }
-        Command::Worker { process } => worker::run(cfg, process),
+        Command::Worker {
+            process,
+            metrics_listen,
+        } => worker::run(cfg, process, metrics_listen),
         Command::Load(args) => multi_thread()?.block_on(load::load(&cfg, &args)),
         Command::Rates(cmd) => multi_thread()?.block_on(rates::run(&cfg, cmd)),
         Command::Check { accepted, wait } => multi_thread()?.block_on(check::run(

@@ -1,11 +1,17 @@
 //! `dtss worker`: one timely process of the cluster.
 
+use std::net::SocketAddr;
+
 use anyhow::Result;
 use model::Config;
 
 /// Run process `process` of the cluster (default: the one entry of `cluster.processes`
-/// this host owns) until SIGINT/SIGTERM, then settle what was read and return.
-pub fn run(cfg: Config, process: Option<usize>) -> Result<()> {
+/// this host owns) until SIGINT/SIGTERM, then settle what was read and return; its
+/// metrics at `metrics_listen` when given.
+pub fn run(cfg: Config, process: Option<usize>, metrics_listen: Option<SocketAddr>) -> Result<()> {
+    if let Some(listen) = metrics_listen {
+        crate::metrics::serve(listen, dataflow::render_metrics)?;
+    }
     let process = match process {
         Some(p) => p,
         None => own_process(&cfg)?,

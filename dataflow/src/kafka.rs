@@ -21,6 +21,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sinks::DeadLetter;
 
+use crate::metrics::{label, METRICS};
+
 /// A message read from the worker's partition: its offset and the order, or the dead
 /// letter it makes when it does not decode or fails the checks (its epoch is set when
 /// it is handed over).
@@ -110,6 +112,7 @@ pub fn spawn_reader(
         chunk: Vec::with_capacity(CHUNK),
         drain_to: None,
         lag_checked: Instant::now(),
+        lag_logged: Instant::now(),
         checks,
         held: None,
     };
@@ -136,6 +139,7 @@ struct Reader<W> {
     /// the deadline.
     drain_to: Option<(i64, Instant)>,
     lag_checked: Instant,
+    lag_logged: Instant,
     checks: Checks,
     /// Set when a message of a newer format was read: nothing more is read.
     held: Option<Hold>,
@@ -170,24 +174,26 @@ impl<W: Fn()> Reader<W> {
         (self.wake)();
     }
 
-    /// Every 10 s, how far the partition's end is ahead of what was read.
+    /// Every second, how far the partition's end is ahead of what was read (the
+    /// `lag` metric); logged every 10 s while there is any.
     fn log_lag(&mut self) {
-        if self.lag_checked.elapsed() < Duration::from_secs(10) {
+        if self.lag_checked.elapsed() < Duration::from_secs(1) {
             return;
         }
         self.lag_checked = Instant::now();
         let w = self
             .consumer
             .fetch_watermarks(&self.topic, self.partition, Duration::from_secs(1));
-        if let Ok((_, high)) = w {
-            let lag = high - self.expected;
-            if lag > 0 {
-                tracing::info!(
-                    partition = self.partition,
-                    lag,
-                    "Kafka lag: {lag} orders not yet read"
-                );
-            }
+        let Ok((_, high)) = w else { return };
+        let lag = high - self.expected;
+        METRICS.lag.get_or_create(&label(self.partition)).set(lag);
+        if lag > 0 && self.lag_logged.elapsed() >= Duration::from_secs(10) {
+            self.lag_logged = Instant::now();
+            tracing::info!(
+                partition = self.partition,
+                lag,
+                "Kafka lag: {lag} orders not yet read"
+            );
         }
     }
 

@@ -15,6 +15,7 @@
 //! and the offset committed with them is exact.
 
 mod kafka;
+mod metrics;
 mod settle;
 mod settler;
 mod sources;
@@ -22,6 +23,7 @@ mod topic;
 mod totals;
 mod worker;
 
+pub use metrics::render as render_metrics;
 pub use topic::{check_topic, ensure_topic};
 
 use std::sync::atomic::{AtomicBool, Ordering};

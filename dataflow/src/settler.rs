@@ -14,6 +14,7 @@ use anyhow::Result;
 use sinks::{Batch, Outcome, Pool, Settlement};
 use timely::scheduling::SyncActivator;
 
+use crate::metrics::{label, Settled, METRICS};
 use crate::worker::die;
 
 /// Most orders settled in one MySQL transaction. The larger a batch, the fewer times each
@@ -115,6 +116,8 @@ struct Progress {
     /// outcomes come back.
     queued: VecDeque<(Batch, usize)>,
     given: VecDeque<usize>,
+    /// When each batch given was given, and the offset its commit moves to.
+    given_at: VecDeque<(Instant, i64)>,
     outcomes: Vec<Outcome>,
     batches: u64,
     /// `Settlement::view_counts` and `Settlement::poison_counts` as last reported.
@@ -131,7 +134,15 @@ impl Thread {
         let mut next_take = Instant::now();
         loop {
             let (rx, interval) = (&self.rx, self.interval);
-            let pull = || take(&mut p.queued, &mut p.given, rx, &mut next_take, interval);
+            let partition = self.partition;
+            let pull = || {
+                let batch = take(&mut p.queued, &mut p.given, rx, &mut next_take, interval);
+                if let Some(b) = &batch {
+                    p.given_at.push_back((Instant::now(), b.next_offset));
+                    observe_given(partition, b);
+                }
+                batch
+            };
             let next = self.rt.block_on(self.settlement.next(pull));
             match next.unwrap_or_else(|e| die("settling a batch", e)) {
                 Some(out) => {
@@ -160,6 +171,7 @@ impl Thread {
     /// A batch committed with `out`: when it completes hand-overs, send them back.
     /// False when the operator is gone.
     fn report(&self, p: &mut Progress, out: Vec<Outcome>) -> bool {
+        observe_committed(self.partition, &out, p.given_at.pop_front());
         p.outcomes.extend(out);
         p.batches += 1;
         let ends = p.given.pop_front().expect("a batch was given");
@@ -177,6 +189,11 @@ impl Thread {
             skipped: poisons.1 - p.poisons.1,
             handovers: ends,
         };
+        let m = &METRICS;
+        let l = label(self.partition);
+        m.stale_views.get_or_create(&l).inc_by(done.stale);
+        m.dead_letters.get_or_create(&l).inc_by(done.dead);
+        m.skipped_copies.get_or_create(&l).inc_by(done.skipped);
         p.counted = now;
         p.poisons = poisons;
         self.done.send(done).is_ok() && self.wake.activate().is_ok()
@@ -186,6 +203,37 @@ impl Thread {
         if let Err(e) = self.rt.block_on(self.settlement.flush()) {
             tracing::warn!(partition = self.partition, "{e:#}");
         }
+    }
+}
+
+/// A batch given to MySQL: its size and the rates it applies.
+fn observe_given(partition: i32, batch: &Batch) {
+    let l = label(partition);
+    METRICS
+        .batch_orders
+        .get_or_create(&l)
+        .observe(batch.orders.len() as f64);
+    if let Some(last) = batch.orders.last() {
+        let version = i64::try_from(last.rates.version).unwrap_or(i64::MAX);
+        METRICS.rate_version.get_or_create(&l).set(version);
+    }
+}
+
+/// A batch committed with `out`, given at `given`.
+fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i64)>) {
+    let m = &METRICS;
+    let l = label(partition);
+    if let Some((at, next_offset)) = given {
+        m.commit_seconds
+            .get_or_create(&l)
+            .observe(at.elapsed().as_secs_f64());
+        m.committed_offset.get_or_create(&l).set(next_offset);
+    }
+    for o in out {
+        let outcome = o.reason.map_or("succeeded", |r| r.as_str());
+        m.settled
+            .get_or_create(&Settled { partition, outcome })
+            .inc();
     }
 }
 

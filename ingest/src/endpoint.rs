@@ -50,6 +50,23 @@ impl Endpoint {
         }
     }
 
+    /// Its name in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Submit => "submit",
+            Endpoint::ByUser => "by_user",
+            Endpoint::Rates => "rates",
+            Endpoint::PutRate(_) => "put_rate",
+            Endpoint::Totals => "totals",
+            Endpoint::Amount(_) => "amount",
+            Endpoint::Lookup(_) => "lookup",
+            Endpoint::Health => "health",
+            Endpoint::Metrics => "metrics",
+            Endpoint::MethodNotAllowed => "method_not_allowed",
+            Endpoint::NotFound => "not_found",
+        }
+    }
+
     /// Whether it takes the admin token.
     pub fn needs_admin(&self) -> bool {
         matches!(

@@ -1,10 +1,12 @@
 //! The HTTP service (docs/DESIGN.md, "API"): order intake to Kafka, result queries,
 //! rates, totals, health and metrics. Stateless: any number of replicas may run behind a
 //! load balancer. A request goes `http.rs` (connections) → `endpoint.rs` (which endpoint)
-//! → `routes.rs` (its handler) → `produce.rs` (to Kafka, for an order).
+//! → `routes.rs` (its handler, counted in `metrics.rs`) → `produce.rs` (to Kafka, for an
+//! order).
 
 mod endpoint;
 mod http;
+mod metrics;
 mod produce;
 mod routes;
 

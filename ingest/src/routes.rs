@@ -14,6 +14,7 @@ use sinks::Pool;
 use subtle::ConstantTimeEq;
 
 use crate::endpoint::{Endpoint, UserQuery};
+use crate::metrics::Requests;
 use crate::produce::{NotTaken, OrderProducer};
 
 pub const MAX_BODY: usize = 64 * 1024;
@@ -37,6 +38,7 @@ pub struct Metrics {
     /// 504s: sent to Kafka, not acknowledged.
     unacknowledged: AtomicU64,
     queries: AtomicU64,
+    requests: Requests,
 }
 
 pub type Resp = Response<Full<Bytes>>;
@@ -105,6 +107,14 @@ fn admin(state: &State, req: &Request<Incoming>) -> Option<Resp> {
 pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let endpoint = Endpoint::decode(req.method(), &path);
+    let name = endpoint.name();
+    let resp = answer(state.clone(), endpoint, &path, req).await;
+    let requests = &state.metrics.requests;
+    requests.answered(name, resp.status().as_u16());
+    resp
+}
+
+async fn answer(state: Arc<State>, endpoint: Endpoint, path: &str, req: Request<Incoming>) -> Resp {
     if endpoint.needs_admin() {
         if let Some(denied) = admin(&state, &req) {
             return denied;
@@ -336,7 +346,10 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
             return error(StatusCode::BAD_REQUEST, &fe.field, fe.problem);
         }
     };
+    let handed = std::time::Instant::now();
     let sent = state.producer.send(request, key.as_deref()).await;
+    let requests = &state.metrics.requests;
+    requests.acknowledged(handed.elapsed().as_secs_f64());
     let counter = match &sent {
         Ok(_) => &state.metrics.accepted,
         Err(NotTaken::Unknown { .. }) => &state.metrics.unacknowledged,
@@ -483,7 +496,7 @@ async fn metrics(state: &State) -> Resp {
          # TYPE dtss_ingest_queries_total counter\n\
          dtss_ingest_queries_total {}\n\
          # TYPE dtss_ingest_unsettled_max gauge\n\
-         dtss_ingest_unsettled_max {}\n{poisons}",
+         dtss_ingest_unsettled_max {}\n{poisons}{}",
         m.accepted.load(Ordering::Relaxed),
         m.invalid.load(Ordering::Relaxed),
         m.too_large.load(Ordering::Relaxed),
@@ -491,6 +504,7 @@ async fn metrics(state: &State) -> Resp {
         m.unacknowledged.load(Ordering::Relaxed),
         m.queries.load(Ordering::Relaxed),
         state.producer.unsettled_max(),
+        m.requests.render(),
     );
     Response::builder()
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

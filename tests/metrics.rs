@@ -1,0 +1,155 @@
+//! Metrics from every process: what ingest and a worker (`--metrics-listen`) expose
+//! agrees with what MySQL holds, and every metric the Grafana dashboard in
+//! deploy/grafana names appears in a live scrape of the process its name says.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{free_port, http, wait_for, Cluster, Spec};
+
+/// The metric text at `addr`'s `/metrics`.
+fn scrape(addr: &str) -> String {
+    match http(addr, "GET", "/metrics", None).expect("GET /metrics") {
+        (200, serde_json::Value::String(text)) => text,
+        other => panic!("GET {addr}/metrics answered {other:?}"),
+    }
+}
+
+/// The sum of every sample of `name` whose labels hold all of `labels`.
+fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .map(|(_, v)| v.parse::<f64>().expect("a number"))
+        .sum()
+}
+
+/// The names of the series in a scrape (`name` of `name{labels} value`).
+fn names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Every `dtss_…` metric name in the dashboard's queries.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let text = include_str!("../deploy/grafana/dtss.json");
+    let dashboard: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+    let mut found = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("dtss_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                found.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_process_reports_metrics_that_agree_with_mysql_and_the_dashboard() {
+    let mut c = Cluster::configure("metrics", Spec::default());
+    c.run(&["init"]).expect("dtss init");
+    c.start_broker();
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
+    c.workers.lock().unwrap()[0] = Some(c.spawn(
+        "worker-0",
+        &[
+            "worker",
+            "--process",
+            "0",
+            "--metrics-listen",
+            &worker_metrics,
+        ],
+    ));
+    c.start_ingest();
+
+    let mut accepted = vec![];
+    for i in 0..40 {
+        let item = if i == 7 { 999_999 } else { 1 + i % 50 };
+        let (s, v) = c.post(&format!(
+            r#"{{"user_id":"m-{i}","initiator":"RMB","items":[{{"id":{item},"number":1}}]}}"#
+        ));
+        assert_eq!(s, 202, "{v}");
+        accepted.push(v["order_id"].as_str().unwrap().to_string());
+    }
+    let (s, _) = c.post(r#"{"user_id":"m","initiator":"RMB","items":[]}"#);
+    assert_eq!(s, 400);
+    c.wait_results(40, Duration::from_secs(60));
+
+    let ingest = scrape(&c.listen);
+    let submitted = r#"route="submit""#;
+    assert_eq!(
+        sum(
+            &ingest,
+            "dtss_ingest_requests_total",
+            &[submitted, r#"status="202""#]
+        ),
+        40.0
+    );
+    assert_eq!(
+        sum(
+            &ingest,
+            "dtss_ingest_requests_total",
+            &[submitted, r#"status="400""#]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&ingest, "dtss_ingest_ack_seconds_count", &[]), 40.0);
+
+    // Offsets are committed with the next batch or after 100 ms idle, the lag read every
+    // second: wait for them.
+    let succeeded = c.count("SELECT COUNT(*) FROM result WHERE success") as f64;
+    let mut worker = String::new();
+    wait_for(
+        Duration::from_secs(10),
+        "worker metrics of 40 orders",
+        || {
+            worker = scrape(&worker_metrics);
+            sum(&worker, "dtss_worker_committed_offset", &[]) == 40.0
+                && names(&worker).contains("dtss_worker_lag")
+        },
+    );
+    assert_eq!(sum(&worker, "dtss_worker_lag", &[]), 0.0, "all read");
+    let settled = "dtss_worker_settled_orders_total";
+    assert_eq!(
+        sum(&worker, settled, &[r#"outcome="succeeded""#]),
+        succeeded
+    );
+    assert_eq!(sum(&worker, settled, &[r#"outcome="unknown_item""#]), 1.0);
+    assert_eq!(sum(&worker, "dtss_worker_batch_orders_sum", &[]), 40.0);
+    assert!(
+        sum(&worker, "dtss_worker_rate_version", &[]) >= 1.0,
+        "{worker}"
+    );
+
+    let (ingest, worker) = (names(&ingest), names(&worker));
+    let dashboard = dashboard_metrics();
+    assert!(dashboard.len() >= 10, "{dashboard:?}");
+    for name in &dashboard {
+        let scraped = if name.starts_with("dtss_worker_") {
+            &worker
+        } else {
+            &ingest
+        };
+        assert!(
+            scraped.contains(name),
+            "the dashboard's {name} is in no live scrape"
+        );
+    }
+    c.check_invariants(&accepted);
+}
