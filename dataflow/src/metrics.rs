@@ -34,7 +34,7 @@ pub(crate) struct Settled {
 type Histograms = Family<Partition, Histogram, fn() -> Histogram>;
 
 pub(crate) struct Metrics {
-    pub settled: Family<Settled, Counter>,
+    pub settled_orders: Family<Settled, Counter>,
     pub batch_orders: Histograms,
     pub commit_seconds: Histograms,
     pub committed_offset: Family<Partition, Gauge>,
@@ -59,7 +59,7 @@ fn seconds_buckets() -> Histogram {
 impl Metrics {
     fn new() -> Metrics {
         let mut m = Metrics {
-            settled: Family::default(),
+            settled_orders: Family::default(),
             batch_orders: Family::new_with_constructor(batch_buckets),
             commit_seconds: Family::new_with_constructor(seconds_buckets),
             committed_offset: Family::default(),
@@ -70,48 +70,22 @@ impl Metrics {
             rate_version: Family::default(),
             registry: Registry::with_prefix("dtss_worker"),
         };
-        let r = &mut m.registry;
-        r.register(
-            "settled_orders",
-            "Orders settled, by outcome",
-            m.settled.clone(),
-        );
-        r.register(
-            "batch_orders",
-            "Orders per settlement transaction",
-            m.batch_orders.clone(),
-        );
-        r.register(
-            "commit_seconds",
-            "From a batch given to MySQL to its commit",
-            m.commit_seconds.clone(),
-        );
-        r.register(
-            "committed_offset",
-            "The partition's next offset as committed in MySQL",
-            m.committed_offset.clone(),
-        );
-        r.register("lag", "Orders in the partition not yet read", m.lag.clone());
-        r.register(
-            "stale_views",
-            "Stock views found stale and read again",
-            m.stale_views.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Messages kept as dead letters",
-            m.dead_letters.clone(),
-        );
-        r.register(
-            "skipped_copies",
-            "Copies of an order already settled, skipped",
-            m.skipped_copies.clone(),
-        );
-        r.register(
-            "rate_version",
-            "Version of the rates last applied",
-            m.rate_version.clone(),
-        );
+        macro_rules! register {
+            ($($field:ident: $help:literal),* $(,)?) => {
+                $(m.registry.register(stringify!($field), $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            settled_orders: "Orders settled, by outcome",
+            batch_orders: "Orders per settlement transaction",
+            commit_seconds: "From a batch given to MySQL to its commit",
+            committed_offset: "The partition's next offset as committed in MySQL",
+            lag: "Orders in the partition not yet read",
+            stale_views: "Stock views found stale and read again",
+            dead_letters: "Messages kept as dead letters",
+            skipped_copies: "Copies of an order already settled, skipped",
+            rate_version: "Version of the rates last applied",
+        }
         m
     }
 }

@@ -231,7 +231,7 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
     }
     for o in out {
         let outcome = o.reason.map_or("succeeded", |r| r.as_str());
-        m.settled
+        m.settled_orders
             .get_or_create(&Settled { partition, outcome })
             .inc();
     }
