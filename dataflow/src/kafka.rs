@@ -186,6 +186,7 @@ impl<W: Fn()> Reader<W> {
             .fetch_watermarks(&self.topic, self.partition, Duration::from_secs(1));
         let Ok((_, high)) = w else { return };
         let lag = high - self.expected;
+        crate::status::observe_end(self.partition, high);
         METRICS.lag.get_or_create(&label(self.partition)).set(lag);
         if lag > 0 && self.lag_logged.elapsed() >= Duration::from_secs(10) {
             self.lag_logged = Instant::now();

@@ -7,7 +7,8 @@
 //! `settle.rs` (joined with its epoch's rates once the epoch closes) → `settler.rs` (a
 //! transaction) → `totals.rs` (its paid amount, summed per currency and epoch).
 //! `worker.rs` wires them together; `topic.rs` checks the topic has one partition per
-//! worker.
+//! worker; `status.rs` publishes what the process is doing, every second, for the
+//! console.
 //!
 //! Time is the epoch `accepted_at / epoch_ms`. An order's epoch never goes below the
 //! source's frontier nor below the previous order's in its partition (a late order is
@@ -19,6 +20,7 @@ mod metrics;
 mod settle;
 mod settler;
 mod sources;
+mod status;
 mod topic;
 mod totals;
 mod worker;
@@ -72,6 +74,7 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
         communication: comm,
         worker: timely::WorkerConfig::default(),
     };
+    status::spawn_publisher(cfg.clone(), process, stop.clone());
     let failed = Arc::new(AtomicBool::new(false));
     let (cfg2, failed2, stop2) = (cfg.clone(), failed.clone(), stop.clone());
     let guards = timely::execute(config, move |worker| {

@@ -229,6 +229,12 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
             .observe(at.elapsed().as_secs_f64());
         m.committed_offset.get_or_create(&l).set(next_offset);
     }
+    crate::status::observe_commit(
+        partition,
+        given.map(|(_, next)| next),
+        given.map(|(at, _)| at.elapsed().as_millis() as u64),
+        out,
+    );
     for o in out {
         let outcome = o.reason.map_or("succeeded", |r| r.as_str());
         m.settled_orders

@@ -443,6 +443,12 @@ impl Config {
         self.data_dir().join("broker.addr")
     }
 
+    /// The ZooKeeper folder in which each timely process publishes what it is doing, one
+    /// ephemeral node per process index (the console reads it).
+    pub fn workers_path(&self) -> String {
+        format!("{}/workers", self.zookeeper.root)
+    }
+
     pub fn epoch_of(&self, ms: i64) -> u64 {
         ms.max(0) as u64 / self.cluster.epoch_ms
     }

@@ -16,8 +16,9 @@ mod settle;
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
 pub use pool::{connect, Conn, Pool};
 pub use query::{
-    latest_rates, load_offsets, max_prices, poison_counts, record_rates, reset_offsets,
-    result_by_id, results_by_user, totals, ResultRow, TotalRow,
+    latest_rates, load_offsets, max_prices, poison_counts, recent_rates, record_rates,
+    reset_offsets, result_by_id, results_by_user, search_catalogue, totals, CommodityRow,
+    RateVersion, ResultRow, TotalRow,
 };
 pub use schema::ensure_schema;
 pub use settle::{

@@ -187,3 +187,79 @@ pub async fn max_prices(pool: &Pool) -> Result<Vec<(String, Decimal)>> {
         .await
         .context("reading the catalogue's dearest prices")
 }
+
+/// A commodity as the console's catalogue search shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CommodityRow {
+    pub id: u32,
+    pub name: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    pub currency: String,
+    pub inventory: u32,
+}
+
+/// At most `limit` commodities whose name contains `text` (no wildcards: `%` and `_`
+/// match themselves) or whose id it is, by id.
+pub async fn search_catalogue(pool: &Pool, text: &str, limit: u32) -> Result<Vec<CommodityRow>> {
+    let mut conn = pool.get_conn().await?;
+    let pattern = format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let id: u32 = text.trim().parse().unwrap_or(0);
+    let rows: Vec<(u32, String, Decimal, String, u32)> = conn
+        .exec(
+            "SELECT id, name, price, currency, inventory FROM commodity \
+             WHERE name LIKE ? OR id = ? ORDER BY id = ? DESC, id LIMIT ?",
+            (pattern, id, id, limit),
+        )
+        .await
+        .context("searching the catalogue")?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, price, currency, inventory)| CommodityRow {
+            id,
+            name,
+            price,
+            currency,
+            inventory,
+        })
+        .collect())
+}
+
+/// One currency's rate at one recorded version.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RateVersion {
+    pub version: u64,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    pub recorded_at: i64,
+}
+
+/// The rates of the newest `versions` snapshots the dataflow recorded, oldest first.
+pub async fn recent_rates(pool: &Pool, versions: u32) -> Result<Vec<RateVersion>> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(u64, String, Decimal, i64)> = conn
+        .exec(
+            "SELECT version, currency, rate, recorded_at FROM rate_history WHERE version >= \
+             (SELECT COALESCE(MIN(version), 0) FROM \
+              (SELECT DISTINCT version FROM rate_history ORDER BY version DESC LIMIT ?) newest) \
+             ORDER BY version, currency",
+            (versions,),
+        )
+        .await
+        .context("reading recent rate versions")?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, currency, rate, recorded_at)| RateVersion {
+            version,
+            currency,
+            rate,
+            recorded_at,
+        })
+        .collect())
+}
