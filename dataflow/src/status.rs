@@ -4,7 +4,8 @@
 //!
 //! Per partition: the partition's end (Kafka's high watermark), the offset committed in
 //! MySQL, the orders settled since the process started (and how many succeeded), and the
-//! p50/p99 of accepted → committed and of the transactions committed in the last second.
+//! p50/p99 of accepted → committed and of the transactions committed in the last second;
+//! the same two windows over all the process's partitions.
 //! The reader (`kafka.rs`) reports the end; the settlement thread (`settler.rs`) reports
 //! each commit.
 
@@ -59,16 +60,23 @@ impl Window {
     }
 }
 
-static PARTITIONS: LazyLock<Mutex<BTreeMap<i32, Partition>>> = LazyLock::new(Default::default);
+/// The whole process: its partitions, and the windows of all of them together.
+#[derive(Default)]
+struct Process {
+    partitions: BTreeMap<i32, Partition>,
+    latency: Window,
+    commit: Window,
+}
 
-fn with<R>(partition: i32, f: impl FnOnce(&mut Partition) -> R) -> R {
-    let mut all = PARTITIONS.lock().unwrap_or_else(|p| p.into_inner());
-    f(all.entry(partition).or_default())
+static PROCESS: LazyLock<Mutex<Process>> = LazyLock::new(Default::default);
+
+fn lock() -> std::sync::MutexGuard<'static, Process> {
+    PROCESS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The partition's end, as the reader last saw it.
 pub(crate) fn observe_end(partition: i32, end: i64) {
-    with(partition, |p| p.end = Some(end));
+    lock().partitions.entry(partition).or_default().end = Some(end);
 }
 
 /// A transaction committed `outcomes` and moved the partition's offset to `next_offset`,
@@ -80,26 +88,34 @@ pub(crate) fn observe_commit(
     outcomes: &[Outcome],
 ) {
     let now = model::now_ms();
-    with(partition, |p| {
-        if next_offset.is_some() {
-            p.committed = next_offset;
-        }
-        if let Some(ms) = commit_ms {
-            p.commit.push(ms);
-        }
-        for o in outcomes {
-            p.settled += 1;
-            p.succeeded += u64::from(o.reason.is_none());
-            p.latency
-                .push(u64::try_from(now - o.accepted_at).unwrap_or(0));
-        }
-    });
+    let mut all = lock();
+    let Process {
+        partitions,
+        latency,
+        commit,
+    } = &mut *all;
+    let p = partitions.entry(partition).or_default();
+    if next_offset.is_some() {
+        p.committed = next_offset;
+    }
+    if let Some(ms) = commit_ms {
+        p.commit.push(ms);
+        commit.push(ms);
+    }
+    for o in outcomes {
+        let ms = u64::try_from(now - o.accepted_at).unwrap_or(0);
+        p.settled += 1;
+        p.succeeded += u64::from(o.reason.is_none());
+        p.latency.push(ms);
+        latency.push(ms);
+    }
 }
 
 /// This second's document, and start the next second.
 fn document(process: usize, state: &str, started_at: i64) -> Value {
-    let mut all = PARTITIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut all = lock();
     let partitions: Vec<Value> = all
+        .partitions
         .iter_mut()
         .map(|(id, p)| {
             let lag = p.end.zip(p.committed).map(|(e, c)| (e - c).max(0));
@@ -113,6 +129,7 @@ fn document(process: usize, state: &str, started_at: i64) -> Value {
     json!({
         "process": process, "state": state, "pid": std::process::id(),
         "host": hostname(), "started_at": started_at, "published_at": model::now_ms(),
+        "latency_ms": all.latency.take(), "commit_ms": all.commit.take(),
         "partitions": partitions,
     })
 }
@@ -179,5 +196,28 @@ async fn write(client: &zk::Client, path: &str, data: &[u8]) -> anyhow::Result<(
     match client.create(path, data, &ephemeral).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_gives_its_seconds_quantiles_and_starts_afresh() {
+        let mut w = Window::default();
+        for v in (1..=100).rev() {
+            w.push(v);
+        }
+        assert_eq!(w.take(), json!({"p50": 51, "p99": 100, "n": 100}));
+        assert_eq!(w.take(), json!({"p50": null, "p99": null, "n": 0}));
+        for v in 0..(SAMPLES as u64 + 5) {
+            w.push(v);
+        }
+        assert_eq!(
+            w.take()["n"],
+            SAMPLES + 5,
+            "n counts every sample, kept or not"
+        );
     }
 }

@@ -22,6 +22,14 @@ pub enum Endpoint {
     Amount(String),
     Health,
     Metrics,
+    /// `GET /`: the console page.
+    Console,
+    /// `GET /api/status`: what the processes are doing (the console's live view).
+    Status,
+    /// `GET /api/catalogue?q=…&limit=…`.
+    Catalogue,
+    /// `GET /api/rates/history?versions=…`.
+    RateHistory,
     /// A known path with a method it does not take.
     MethodNotAllowed,
     NotFound,
@@ -34,6 +42,10 @@ impl Endpoint {
             (&Method::POST, ["api", "orders"]) | (&Method::POST, ["order"]) => Endpoint::Submit,
             (&Method::GET, ["api", "orders"]) => Endpoint::ByUser,
             (&Method::GET, ["api", "rates"]) => Endpoint::Rates,
+            (&Method::GET, ["api", "rates", "history"]) => Endpoint::RateHistory,
+            (&Method::GET, [""]) | (&Method::GET, ["index.html"]) => Endpoint::Console,
+            (&Method::GET, ["api", "status"]) => Endpoint::Status,
+            (&Method::GET, ["api", "catalogue"]) => Endpoint::Catalogue,
             (&Method::PUT, ["api", "rates", cur]) => Endpoint::PutRate(cur.to_string()),
             (&Method::GET, ["api", "totals"]) => Endpoint::Totals,
             (&Method::GET, ["amount", cur]) => Endpoint::Amount(cur.to_string()),
@@ -62,6 +74,10 @@ impl Endpoint {
             Endpoint::Lookup(_) => "lookup",
             Endpoint::Health => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::Console => "console",
+            Endpoint::Status => "status",
+            Endpoint::Catalogue => "catalogue",
+            Endpoint::RateHistory => "rate_history",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::NotFound => "not_found",
         }
@@ -107,7 +123,7 @@ impl UserQuery {
 }
 
 /// `%XX` escapes and `+` for space, as a form encodes them; invalid UTF-8 is replaced.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -162,7 +178,12 @@ mod tests {
         );
         assert_eq!(d(Method::GET, "/order"), Endpoint::MethodNotAllowed);
         assert_eq!(d(Method::GET, "/api/orders/a/b"), Endpoint::NotFound);
-        assert_eq!(d(Method::GET, "/"), Endpoint::NotFound);
+        assert_eq!(d(Method::GET, "/"), Endpoint::Console);
+        assert_eq!(d(Method::POST, "/"), Endpoint::NotFound);
+        assert_eq!(d(Method::GET, "/api/status"), Endpoint::Status);
+        assert_eq!(d(Method::GET, "/api/catalogue"), Endpoint::Catalogue);
+        assert_eq!(d(Method::GET, "/api/rates/history"), Endpoint::RateHistory);
+        assert!(!d(Method::GET, "/api/status").needs_admin());
         assert!(d(Method::GET, "/api/orders").needs_admin());
         assert!(d(Method::GET, "/api/totals").needs_admin());
         assert!(!d(Method::GET, "/amount/USD").needs_admin());

@@ -2,8 +2,9 @@
 //! rates, totals, health and metrics. Stateless: any number of replicas may run behind a
 //! load balancer. A request goes `http.rs` (connections) → `endpoint.rs` (which endpoint)
 //! → `routes.rs` (its handler, counted in `metrics.rs`) → `produce.rs` (to Kafka, for an
-//! order).
+//! order). `console.rs` serves the operator's page at `/` and the reads it makes.
 
+mod console;
 mod endpoint;
 mod http;
 mod metrics;

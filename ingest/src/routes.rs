@@ -13,6 +13,7 @@ use serde_json::json;
 use sinks::Pool;
 use subtle::ConstantTimeEq;
 
+use crate::console;
 use crate::endpoint::{Endpoint, UserQuery};
 use crate::metrics::Requests;
 use crate::produce::{NotTaken, OrderProducer};
@@ -41,9 +42,22 @@ pub struct Metrics {
     requests: Requests,
 }
 
-pub type Resp = Response<Full<Bytes>>;
+impl Metrics {
+    /// This replica's order counters, for the console.
+    fn snapshot(&self, state: &State) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "accepted": n(&self.accepted), "invalid": n(&self.invalid),
+            "too_large": n(&self.too_large), "unavailable": n(&self.unavailable),
+            "unacknowledged": n(&self.unacknowledged), "queries": n(&self.queries),
+            "unsettled_max": state.producer.unsettled_max(),
+        })
+    }
+}
 
-fn json(status: StatusCode, body: serde_json::Value) -> Resp {
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Resp {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
@@ -51,7 +65,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Resp {
         .expect("valid response")
 }
 
-fn error(status: StatusCode, field: &str, problem: impl Into<String>) -> Resp {
+pub(crate) fn error(status: StatusCode, field: &str, problem: impl Into<String>) -> Resp {
     let problem = problem.into();
     json(
         status,
@@ -60,7 +74,7 @@ fn error(status: StatusCode, field: &str, problem: impl Into<String>) -> Resp {
 }
 
 /// 503 with `Retry-After: 1`: a part behind ingest (`field`) cannot answer now.
-fn unavailable(field: &str, problem: &str) -> Resp {
+pub(crate) fn unavailable(field: &str, problem: &str) -> Resp {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, field, problem);
     r.headers_mut()
         .insert(RETRY_AFTER, "1".parse().expect("static"));
@@ -130,6 +144,12 @@ async fn answer(state: Arc<State>, endpoint: Endpoint, path: &str, req: Request<
         Endpoint::Lookup(id) => lookup(&state, &id).await,
         Endpoint::Health => health(&state).await,
         Endpoint::Metrics => metrics(&state).await,
+        Endpoint::Console => console::page(),
+        Endpoint::Status => console::status(&state, state.metrics.snapshot(&state)).await,
+        Endpoint::Catalogue => console::catalogue(&state, req.uri().query().unwrap_or("")).await,
+        Endpoint::RateHistory => {
+            console::rate_history(&state, req.uri().query().unwrap_or("")).await
+        }
         Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
@@ -200,7 +220,7 @@ async fn by_user(state: &State, query: &str) -> Resp {
     }
 }
 
-fn store_unavailable(e: anyhow::Error) -> Resp {
+pub(crate) fn store_unavailable(e: anyhow::Error) -> Resp {
     tracing::warn!("query failed: {e:#}");
     unavailable("mysql", "result store unavailable")
 }
@@ -434,7 +454,7 @@ async fn lookup(state: &State, id: &str) -> Resp {
 
 /// MySQL's part of `/healthz` or `/metrics`, if it comes within a second (they answer
 /// without it otherwise).
-async fn from_db<T>(
+pub(crate) async fn from_db<T>(
     what: &str,
     read: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> Option<T> {
