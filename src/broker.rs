@@ -13,7 +13,12 @@ use model::Config;
 /// How often settled log segments are looked for and deleted.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
-pub fn run(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
+/// `metrics_listen`: serve the broker's metrics (Prometheus format) there.
+pub fn run(
+    cfg: &Config,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
     match listen {
         None => anyhow::ensure!(
             cfg.kafka.brokers.is_empty(),
@@ -30,10 +35,14 @@ pub fn run(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, listen))
+    rt.block_on(serve(cfg, listen, metrics_listen))
 }
 
-async fn serve(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
+async fn serve(
+    cfg: &Config,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<()> {
     let topic = &cfg.kafka.topic;
     let dir = cfg.data_dir().join("broker");
     let _lock = lock_log(&dir)?;
@@ -76,6 +85,10 @@ async fn serve(cfg: &Config, listen: Option<SocketAddr>) -> Result<()> {
         dir.display(),
         file.display()
     );
+    if let Some(at) = metrics_listen {
+        let b = broker.clone();
+        crate::metrics::serve(at, std::sync::Arc::new(move || b.render_metrics()))?;
+    }
     let server = tokio::spawn(broker.clone().serve(listener, addr));
     let trim = {
         let (broker, topic, partitions) = (broker.clone(), topic.clone(), cfg.partitions());

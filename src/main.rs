@@ -67,6 +67,9 @@ enum Command {
         /// published in {data_dir}/broker.addr.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve the broker's metrics (Prometheus format) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Run one HTTP ingest replica.
     #[command(after_help = exit::HELP)]
@@ -138,7 +141,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
         Command::Services { action } => services::run(&cfg, &action),
         Command::Init => multi_thread()?.block_on(init::init(&cfg)),
-        Command::Broker { listen } => broker::run(&cfg, listen),
+        Command::Broker {
+            listen,
+            metrics_listen,
+        } => broker::run(&cfg, listen, metrics_listen),
         // One thread: requests, Kafka delivery reports and responses all meet on it.
         // With a worker per core they hand off between threads (futex wake-ups, context
         // switches), and over HTTP the whole machine took ~45 % more CPU per order.

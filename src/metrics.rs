@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -13,8 +14,11 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+/// What a process renders its metrics with.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serve `render()` at `http://{listen}/metrics` until the process ends.
-pub fn serve(listen: SocketAddr, render: fn() -> String) -> Result<()> {
+pub fn serve(listen: SocketAddr, render: Render) -> Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("--metrics-listen {listen}: cannot listen there"))?;
     listener.set_nonblocking(true)?;
@@ -28,7 +32,7 @@ pub fn serve(listen: SocketAddr, render: fn() -> String) -> Result<()> {
     Ok(())
 }
 
-async fn accept(listener: std::net::TcpListener, render: fn() -> String) {
+async fn accept(listener: std::net::TcpListener, render: Render) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::warn!("metrics listener: {e}"),
@@ -37,7 +41,8 @@ async fn accept(listener: std::net::TcpListener, render: fn() -> String) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let service = hyper::service::service_fn(move |req| answer(req, render));
+        let render = render.clone();
+        let service = hyper::service::service_fn(move |req| answer(req, render.clone()));
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -50,7 +55,7 @@ async fn accept(listener: std::net::TcpListener, render: fn() -> String) {
 
 async fn answer(
     req: Request<Incoming>,
-    render: fn() -> String,
+    render: Render,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, kind, body) = if req.uri().path() == "/metrics" {
         (StatusCode::OK, "text/plain; version=0.0.4", render())

@@ -16,6 +16,9 @@ pub enum RatesCommand {
         /// Seed for reproducible steps.
         #[arg(long)]
         seed: Option<u64>,
+        /// Serve the modifier's metrics (Prometheus format) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Set rates, e.g. `dtss rates set USD=7.12 EUR=7.80`.
     Set {
@@ -28,7 +31,15 @@ pub enum RatesCommand {
 
 pub async fn run(cfg: &Config, cmd: RatesCommand) -> Result<()> {
     match cmd {
-        RatesCommand::Run { period_ms, seed } => {
+        RatesCommand::Run {
+            period_ms,
+            seed,
+            metrics_listen,
+        } => {
+            if let Some(at) = metrics_listen {
+                let render = std::sync::Arc::new(rates::render_modifier_metrics);
+                crate::metrics::serve(at, render)?;
+            }
             let period = period_ms.map_or(cfg.currencies.modifier_period, Duration::from_millis);
             anyhow::ensure!(
                 period >= Duration::from_millis(10),

@@ -10,7 +10,7 @@ use model::Config;
 /// metrics at `metrics_listen` when given.
 pub fn run(cfg: Config, process: Option<usize>, metrics_listen: Option<SocketAddr>) -> Result<()> {
     if let Some(listen) = metrics_listen {
-        crate::metrics::serve(listen, dataflow::render_metrics)?;
+        crate::metrics::serve(listen, std::sync::Arc::new(dataflow::render_metrics))?;
     }
     let process = match process {
         Some(p) => p,

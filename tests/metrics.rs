@@ -1,6 +1,6 @@
-//! Metrics from every process: what ingest and a worker (`--metrics-listen`) expose
-//! agrees with what MySQL holds, and every metric the Grafana dashboard in
-//! deploy/grafana names appears in a live scrape of the process its name says.
+//! Metrics from every process: what ingest, a worker, the broker and the rate modifier
+//! (`--metrics-listen`) expose agrees with what MySQL holds, and every metric the Grafana
+//! dashboard in deploy/grafana names appears in a live scrape of the process its name says.
 
 mod common;
 
@@ -64,7 +64,22 @@ fn dashboard_metrics() -> BTreeSet<String> {
 fn every_process_reports_metrics_that_agree_with_mysql_and_the_dashboard() {
     let mut c = Cluster::configure("metrics", Spec::default());
     c.run(&["init"]).expect("dtss init");
-    c.start_broker();
+    let broker_metrics = format!("127.0.0.1:{}", free_port());
+    let addr = c.dir.join("data/broker.addr");
+    c.broker = Some(c.spawn("broker", &["broker", "--metrics-listen", &broker_metrics]));
+    wait_for(Duration::from_secs(30), "broker address", || addr.exists());
+    let modifier_metrics = format!("127.0.0.1:{}", free_port());
+    let mut modifier = c.spawn(
+        "modifier",
+        &[
+            "rates",
+            "run",
+            "--period-ms",
+            "200",
+            "--metrics-listen",
+            &modifier_metrics,
+        ],
+    );
     let worker_metrics = format!("127.0.0.1:{}", free_port());
     c.workers.lock().unwrap()[0] = Some(c.spawn(
         "worker-0",
@@ -137,14 +152,54 @@ fn every_process_reports_metrics_that_agree_with_mysql_and_the_dashboard() {
         "{worker}"
     );
 
+    let broker = scrape(&broker_metrics);
+    let produced = r#"api="Produce""#;
+    assert!(sum(&broker, "dtss_broker_requests_total", &[produced]) >= 1.0);
+    assert!(sum(&broker, "dtss_broker_requests_total", &[r#"api="Fetch""#]) >= 1.0);
+    assert!(
+        sum(&broker, "dtss_broker_connections", &[]) >= 2.0,
+        "ingest and worker"
+    );
+    assert_eq!(
+        sum(&broker, "dtss_broker_log_end_offset", &[]),
+        40.0,
+        "the 40 accepted orders (the one refused by validation never reached Kafka): {broker}"
+    );
+
+    let mut modifier_text = String::new();
+    wait_for(Duration::from_secs(30), "the modifier's steps", || {
+        modifier_text = scrape(&modifier_metrics);
+        sum(&modifier_text, "dtss_modifier_steps_total", &[]) >= 2.0
+    });
+    assert_eq!(sum(&modifier_text, "dtss_modifier_leader", &[]), 1.0);
+    assert_eq!(
+        sum(&modifier_text, "dtss_modifier_elections_total", &[]),
+        1.0
+    );
+    let (s, rates) = c.get("/api/rates");
+    assert_eq!(s, 200);
+    let zk_usd: f64 = rates["rates"]["USD"]["rate"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let written = sum(&modifier_text, "dtss_modifier_rate", &[r#"currency="USD""#]);
+    assert!(
+        written > 0.0 && (written - zk_usd).abs() / zk_usd < 0.05,
+        "{written} vs {zk_usd}"
+    );
+    Cluster::terminate(&mut modifier);
+
     let (ingest, worker) = (names(&ingest), names(&worker));
+    let (broker, modifier) = (names(&broker), names(&modifier_text));
     let dashboard = dashboard_metrics();
     assert!(dashboard.len() >= 10, "{dashboard:?}");
     for name in &dashboard {
-        let scraped = if name.starts_with("dtss_worker_") {
-            &worker
-        } else {
-            &ingest
+        let scraped = match name.split('_').nth(1) {
+            Some("worker") => &worker,
+            Some("broker") => &broker,
+            Some("modifier") => &modifier,
+            _ => &ingest,
         };
         assert!(
             scraped.contains(name),

@@ -7,6 +7,7 @@
 mod address;
 pub mod batch;
 mod log;
+mod metrics;
 
 pub use address::{bootstrap, publish};
 
@@ -85,6 +86,7 @@ pub struct Broker {
     partitions: Vec<Mutex<PartitionLog>>,
     appended: watch::Sender<u64>,
     next_producer_id: AtomicI64,
+    counters: metrics::Counters,
 }
 
 impl Broker {
@@ -103,6 +105,7 @@ impl Broker {
             appended: watch::channel(0).0,
             // Distinct across restarts: a producer id is never handed out twice.
             next_producer_id: AtomicI64::new(now.as_millis() as i64 * 1000),
+            counters: Default::default(),
         }))
     }
 
@@ -174,6 +177,7 @@ impl Broker {
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "refusing Kafka client {peer}: {} connections open",
                     limits.connections
@@ -183,9 +187,11 @@ impl Broker {
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
             tokio::spawn(async move {
+                broker.counters.connections.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = broker.connection(stream, advertised, limits).await {
                     tracing::warn!("Kafka client {peer}: {e:#}");
                 }
+                broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
             });
         }
@@ -280,6 +286,7 @@ impl Broker {
             .with_correlation_id(header.correlation_id)
             .encode(out, api.response_header_version(version))?;
         response.encode(out, version)?;
+        self.counters.answered(api);
         Ok(())
     }
 

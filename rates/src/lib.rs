@@ -11,7 +11,9 @@ use zookeeper_client as zk;
 pub use zk::Client;
 
 mod modifier;
+mod modifier_metrics;
 pub use modifier::{bounds, cas_update, run_modifier, step, ModifierOptions, RATE_DP};
+pub use modifier_metrics::render_metrics as render_modifier_metrics;
 
 /// Rates of every configured currency, in `Currencies::all` order.
 pub type Rates = Vec<(Currency, Decimal)>;

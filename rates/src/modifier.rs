@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::RoundingStrategy;
 use zookeeper_client as zk;
 
+use crate::modifier_metrics::{self as m, ELECTIONS, FAILED_STEPS, LEADER, STEPS};
 use crate::{connect, rate_path, read_rates, seed_rates};
+use std::sync::atomic::Ordering;
 
 /// Rates are kept to 6 decimals.
 pub const RATE_DP: u32 = 6;
@@ -101,6 +103,8 @@ pub async fn run_modifier(
             lock.lock_path(),
             opts.period
         );
+        ELECTIONS.fetch_add(1, Ordering::Relaxed);
+        LEADER.store(true, Ordering::Relaxed);
         let mut tick = tokio::time::interval(opts.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -117,14 +121,17 @@ pub async fn run_modifier(
             }
             if let Err(e) = step_all(&client, cfg, &initial, base, max_step, bound, &mut rng).await
             {
+                FAILED_STEPS.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("rate step failed: {e:#}; giving up leadership");
                 break;
             }
+            STEPS.fetch_add(1, Ordering::Relaxed);
             periods += 1;
             if opts.max_periods.is_some_and(|m| periods >= m) {
                 return Ok(());
             }
         }
+        LEADER.store(false, Ordering::Relaxed);
         drop(lock);
     }
 }
@@ -139,10 +146,11 @@ async fn step_all(
     rng: &mut StdRng,
 ) -> Result<()> {
     for (c, init) in initial.iter().filter(|(c, _)| *c != base) {
-        cas_update(client, cfg, *c, |current| {
+        let (rate, _) = cas_update(client, cfg, *c, |current| {
             step(current, *init, max_step, bound, rng)
         })
         .await?;
+        m::wrote(*c, rate);
     }
     Ok(())
 }
