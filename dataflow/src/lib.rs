@@ -6,6 +6,7 @@
 //! Follow one order: `kafka.rs` (the reader thread) → `sources.rs` (its epoch) →
 //! `settle.rs` (joined with its epoch's rates once the epoch closes) → `settler.rs` (a
 //! transaction) → `totals.rs` (its paid amount, summed per currency and epoch).
+//! `views.rs` keeps live views of the outcomes with differential dataflow.
 //! `worker.rs` wires them together; `topic.rs` checks the topic has one partition per
 //! worker; `status.rs` publishes what the process is doing, every second, for the
 //! console.
@@ -23,6 +24,7 @@ mod sources;
 mod status;
 mod topic;
 mod totals;
+mod views;
 mod worker;
 
 pub use metrics::render as render_metrics;

@@ -178,7 +178,8 @@ pub(crate) fn spawn_publisher(cfg: Config, process: usize, stop: Arc<AtomicBool>
         .expect("spawn status publisher");
 }
 
-async fn write(client: &zk::Client, path: &str, data: &[u8]) -> anyhow::Result<()> {
+/// Write `data` at `path`, an ephemeral node (its folder made if missing).
+pub(crate) async fn write(client: &zk::Client, path: &str, data: &[u8]) -> anyhow::Result<()> {
     match client.set_data(path, data, None).await {
         Ok(_) => return Ok(()),
         Err(zk::Error::NoNode) => {}

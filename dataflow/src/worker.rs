@@ -4,7 +4,7 @@
 //! ```text
 //!  Kafka partition = worker index ──reader thread──▶ order_source ─┐
 //!  ZooKeeper watches (worker 0) ──rate feed──▶ rate_source ─broadcast─┴▶ settle ──▶ totals
-//!                                                                  │
+//!                                                                  │     └─▶ views
 //!                                                 settlement thread ──▶ MySQL
 //! ```
 
@@ -122,6 +122,11 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
     let stats = Rc::new(RefCell::new(Stats::default()));
     let initial_totals = committed_totals(&db)?;
+    let low_at_start = if index == 0 {
+        db.block_on(sinks::low_stock(&db.pool, cfg.catalogue.low_stock_below))?
+    } else {
+        vec![]
+    };
     let peers = worker.peers();
 
     let (order_wake, rate_wake) = worker.dataflow::<u64, _, _>(|scope| {
@@ -130,6 +135,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
             rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
         let outcomes =
             crate::settle::settle(orders, rates.broadcast(), &cfg, partition, stats.clone())?;
+        crate::views::views(outcomes.clone(), &cfg, index, low_at_start);
         crate::totals::totals(outcomes, &cfg, index, peers, initial_totals);
         anyhow::Ok((order_wake, rate_wake))
     })?;

@@ -1,8 +1,9 @@
 //! The operator's console (docs/DESIGN.md, "Console"): the page at `/`, one HTML file
 //! inside the binary that talks only to this origin, and the three read-only endpoints it
 //! needs beyond the API's: `/api/status` (what every timely process last said about
-//! itself, dead letters, totals), `/api/catalogue?q=` (search to pick items) and
-//! `/api/rates/history?versions=` (the chart of recent rate versions).
+//! itself, dead letters, totals), `/api/catalogue?q=` (search to pick items),
+//! `/api/rates/history?versions=` (the chart of recent rate versions) and `/api/views`
+//! (the job's live views, `dataflow/src/views.rs`).
 
 use std::time::Duration;
 
@@ -100,6 +101,32 @@ fn expected(cfg: &Config, mut published: Vec<(usize, Value)>, now: i64) -> Vec<V
             }
         })
         .collect()
+}
+
+/// `GET /api/views`: the live views as the job last published them, with their age;
+/// `{"views": null}` while none are published (the job not running, or starting).
+pub async fn views(state: &State) -> Resp {
+    let path = state.cfg.views_path();
+    let read = state.zk.get_data(&path);
+    let doc = match tokio::time::timeout(Duration::from_secs(1), read).await {
+        Ok(Ok((data, _))) => match serde_json::from_slice::<Value>(&data) {
+            Ok(doc) if doc.is_object() => doc,
+            _ => {
+                tracing::warn!("{path} does not hold a JSON object");
+                Value::Null
+            }
+        },
+        Ok(Err(zk::Error::NoNode)) => Value::Null,
+        Ok(Err(e)) => {
+            tracing::warn!("reading {path}: {e}");
+            return crate::routes::unavailable("zookeeper", "live views unavailable");
+        }
+        Err(_) => {
+            return crate::routes::unavailable("zookeeper", "live views: no answer within 1 s")
+        }
+    };
+    let age = doc["published_at"].as_i64().map(|t| model::now_ms() - t);
+    json(StatusCode::OK, json!({"views": doc, "age_ms": age}))
 }
 
 /// The documents under `Config::workers_path()`, by process index.

@@ -30,6 +30,8 @@ pub enum Endpoint {
     Catalogue,
     /// `GET /api/rates/history?versions=…`.
     RateHistory,
+    /// `GET /api/views`: the job's live views (sales, top commodities, low stock).
+    Views,
     /// A known path with a method it does not take.
     MethodNotAllowed,
     NotFound,
@@ -46,6 +48,7 @@ impl Endpoint {
             (&Method::GET, [""]) | (&Method::GET, ["index.html"]) => Endpoint::Console,
             (&Method::GET, ["api", "status"]) => Endpoint::Status,
             (&Method::GET, ["api", "catalogue"]) => Endpoint::Catalogue,
+            (&Method::GET, ["api", "views"]) => Endpoint::Views,
             (&Method::PUT, ["api", "rates", cur]) => Endpoint::PutRate(cur.to_string()),
             (&Method::GET, ["api", "totals"]) => Endpoint::Totals,
             (&Method::GET, ["amount", cur]) => Endpoint::Amount(cur.to_string()),
@@ -78,6 +81,7 @@ impl Endpoint {
             Endpoint::Status => "status",
             Endpoint::Catalogue => "catalogue",
             Endpoint::RateHistory => "rate_history",
+            Endpoint::Views => "views",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::NotFound => "not_found",
         }
@@ -183,6 +187,7 @@ mod tests {
         assert_eq!(d(Method::GET, "/api/status"), Endpoint::Status);
         assert_eq!(d(Method::GET, "/api/catalogue"), Endpoint::Catalogue);
         assert_eq!(d(Method::GET, "/api/rates/history"), Endpoint::RateHistory);
+        assert_eq!(d(Method::GET, "/api/views"), Endpoint::Views);
         assert!(!d(Method::GET, "/api/status").needs_admin());
         assert!(d(Method::GET, "/api/orders").needs_admin());
         assert!(d(Method::GET, "/api/totals").needs_admin());

@@ -150,6 +150,7 @@ async fn answer(state: Arc<State>, endpoint: Endpoint, path: &str, req: Request<
         Endpoint::RateHistory => {
             console::rate_history(&state, req.uri().query().unwrap_or("")).await
         }
+        Endpoint::Views => console::views(&state).await,
         Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",

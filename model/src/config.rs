@@ -169,6 +169,8 @@ pub struct Catalogue {
     pub seed: u64,
     /// CSV with `id,name,price,currency,inventory` rows (header optional).
     pub csv: Option<PathBuf>,
+    /// A commodity with less stock than this is listed by the live "low stock" view.
+    pub low_stock_below: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -315,6 +317,7 @@ mod raw {
         pub items: u32,
         pub seed: u64,
         pub csv: Option<PathBuf>,
+        pub low_stock_below: u32,
     }
 
     impl Default for Catalogue {
@@ -323,6 +326,7 @@ mod raw {
                 items: 10_000,
                 seed: 42,
                 csv: None,
+                low_stock_below: 10,
             }
         }
     }
@@ -392,6 +396,7 @@ impl Config {
                 items: raw.catalogue.items,
                 seed: raw.catalogue.seed,
                 csv: raw.catalogue.csv,
+                low_stock_below: raw.catalogue.low_stock_below,
             },
             currencies: currencies(raw.currencies)?,
             path: PathBuf::new(),
@@ -447,6 +452,11 @@ impl Config {
     /// ephemeral node per process index (the console reads it).
     pub fn workers_path(&self) -> String {
         format!("{}/workers", self.zookeeper.root)
+    }
+
+    /// Where the job publishes its live views (sales, top commodities, low stock).
+    pub fn views_path(&self) -> String {
+        format!("{}/views", self.zookeeper.root)
     }
 
     pub fn epoch_of(&self, ms: i64) -> u64 {

@@ -16,13 +16,13 @@ mod settle;
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
 pub use pool::{connect, Conn, Pool};
 pub use query::{
-    latest_rates, load_offsets, max_prices, poison_counts, recent_rates, record_rates,
+    latest_rates, load_offsets, low_stock, max_prices, poison_counts, recent_rates, record_rates,
     reset_offsets, result_by_id, results_by_user, search_catalogue, totals, CommodityRow,
     RateVersion, ResultRow, TotalRow,
 };
 pub use schema::ensure_schema;
 pub use settle::{
-    holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Outcome,
+    holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Line, Outcome,
     SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,
 };
 pub use settle::{items_text, parse_items_text};

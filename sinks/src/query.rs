@@ -188,6 +188,17 @@ pub async fn max_prices(pool: &Pool) -> Result<Vec<(String, Decimal)>> {
         .context("reading the catalogue's dearest prices")
 }
 
+/// The commodities with less stock than `below`: (id, inventory), by id.
+pub async fn low_stock(pool: &Pool, below: u32) -> Result<Vec<(u32, u32)>> {
+    let mut conn = pool.get_conn().await?;
+    conn.exec(
+        "SELECT id, inventory FROM commodity WHERE inventory < ? ORDER BY id",
+        (below,),
+    )
+    .await
+    .context("reading the commodities low on stock")
+}
+
 /// A commodity as the console's catalogue search shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CommodityRow {

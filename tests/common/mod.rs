@@ -107,6 +107,8 @@ pub struct Spec<'a> {
     pub workers: usize,
     /// CSV catalogue text (header included); None: generated.
     pub catalogue: Option<&'a str>,
+    /// More keys of the `[catalogue]` section.
+    pub catalogue_keys: &'a str,
     pub items: u32,
     /// More keys of the `[cluster]` section.
     pub cluster: &'a str,
@@ -127,6 +129,7 @@ impl Default for Spec<'_> {
             processes: 1,
             workers: 2,
             catalogue: None,
+            catalogue_keys: "",
             items: 1000,
             cluster: "",
             mysql_ports: &[],
@@ -178,7 +181,8 @@ impl Cluster {
                 "csv = \"catalogue.csv\"".to_string()
             }
             None => String::new(),
-        };
+        } + "\n"
+            + spec.catalogue_keys;
         let ports: Vec<u16> = match spec.mysql_ports {
             [] => vec![3306],
             ports => ports.to_vec(),

@@ -115,6 +115,10 @@ try {
     const card = document.querySelector(".sm[data-currency='EUR']");
     return Number(card.dataset.lastRate) === v && card.dataset.lastVersion !== b;
   }, [Number(injected), before]);
+  step("the live views show the load's sales and top commodities");
+  await page.waitForSelector("#sales-table");
+  await page.waitForFunction(() => document.querySelectorAll("#top-table tr[data-id]").length > 0);
+  assert.match(await page.textContent("#sales-table"), /USD/);
   await page.waitForTimeout(3000);
   await page.screenshot({ path: `${shots}/console-load.png`, fullPage: true });
   stop = true;

@@ -153,6 +153,17 @@ pub struct Outcome {
     pub paid: Decimal,
     pub accepted_at: i64,
     pub settled_at: i64,
+    /// The order's lines, each with the commodity's stock as the transaction left it
+    /// (None when the outcome was read back from MySQL), for the live views.
+    pub lines: Vec<Line>,
+}
+
+/// One line of a settled order: `units` of `commodity`, and its stock `left` after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub commodity: u32,
+    pub units: u32,
+    pub left: Option<u32>,
 }
 
 /// How often `prepare_partition` tries before it gives up.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use model::idempotency::Digest;
 use model::{decide, Commodity, Currency, Decimal, Decision, Reason, SettleError, Uuid};
 
-use super::{DeadLetter, Outcome, Settling, Skipped};
+use super::{DeadLetter, Line, Outcome, Settling, Skipped};
 
 /// The decision for one order against `stock` (applied to it), and the error that made
 /// it `invalid_order` when the rule could not settle it (no rate for a currency, an amount
@@ -152,10 +152,23 @@ pub(super) fn plan(
             paid: d.paid,
             accepted_at: s.order.accepted_at,
             settled_at,
+            lines: Vec::new(),
         });
     }
     if let Some(left) = left {
         stock = left;
+    }
+    for (o, s) in outcomes.iter_mut().zip(todo) {
+        o.lines = s
+            .order
+            .items
+            .iter()
+            .map(|it| Line {
+                commodity: it.id,
+                units: it.number,
+                left: stock.get(&it.id).map(|c| c.inventory),
+            })
+            .collect();
     }
     let mut stock_changes: Vec<(u32, u32, u32)> = stock
         .iter()

@@ -301,7 +301,7 @@ pub(super) fn results_insert(
 /// answer was lost; a copy's original, settled elsewhere, is not the batch's).
 pub(super) fn committed_results(batch: &[Settling], partition: i32) -> String {
     format!(
-        "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at FROM result \
+        "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at, items FROM result \
          WHERE `partition` = {partition} AND order_id IN ({})",
         join(batch.iter().map(|s| format!("'{}'", s.order.order_id)))
     )

@@ -14,7 +14,7 @@ use mysql_async::prelude::*;
 use super::pipeline::Batch;
 use super::plan::{plan, Open, Plan};
 use super::view::{Committed, SettleState};
-use super::{sql, DeadLetter, Outcome, Settling, Skipped};
+use super::{sql, DeadLetter, Line, Outcome, Settling, Skipped};
 
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
 const ER_DUP_ENTRY: u16 = 1062;
@@ -606,8 +606,17 @@ fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commo
         .collect()
 }
 
-/// order_id, initiator, reason, paid, epoch, accepted_at, settled_at
-type CommittedRow = (String, String, Option<String>, Decimal, u64, i64, i64);
+/// order_id, initiator, reason, paid, epoch, accepted_at, settled_at, items
+type CommittedRow = (
+    String,
+    String,
+    Option<String>,
+    Decimal,
+    u64,
+    i64,
+    i64,
+    String,
+);
 
 /// The outcomes of `target`'s orders as committed, read back from the result table:
 /// the results of its orders at its own offsets (not a copy's original).
@@ -641,8 +650,17 @@ async fn committed_outcomes(
 }
 
 fn outcome_of(row: CommittedRow) -> Result<Outcome, Failure> {
-    let (id, initiator, reason, paid, epoch, accepted_at, settled_at) = row;
+    let (id, initiator, reason, paid, epoch, accepted_at, settled_at, items) = row;
     let bad = |e: &dyn std::fmt::Display| fatal(format!("result {id}: {e}"));
+    let lines = sql::parse_items_text(&items)
+        .ok_or_else(|| bad(&format!("items {items:?} are not id:number,…")))?
+        .into_iter()
+        .map(|(commodity, units)| Line {
+            commodity,
+            units,
+            left: None,
+        })
+        .collect();
     Ok(Outcome {
         order_id: id.parse().map_err(|e| bad(&e))?,
         initiator: initiator.parse().map_err(|e| bad(&e))?,
@@ -655,5 +673,6 @@ fn outcome_of(row: CommittedRow) -> Result<Outcome, Failure> {
         paid,
         accepted_at,
         settled_at,
+        lines,
     })
 }

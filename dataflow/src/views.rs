@@ -1,0 +1,528 @@
+//! Live views, kept by differential dataflow (docs/DESIGN.md, "Live views"): what the
+//! committed outcomes add up to, maintained incrementally as orders settle and published
+//! to ZooKeeper (`Config::views_path`) for ingest's `GET /api/views` and the console.
+//!
+//! ```text
+//!            ┌▶ sales: (currency, minute) += paid, retracted when the minute is 60 min old ─▶ consolidate ──────┐
+//! outcomes ──┼▶ sold: commodity += units, retracted 5 min later ─▶ count ─▶ top 10 (reduce, one key) ───────────┼▶ worker 0 ─▶ ZooKeeper
+//!            └▶ stock: (commodity, left), each worker's lowest ─▶ min per commodity ─▶ below the threshold ───────┘   (≤ 1/s)
+//! ```
+//!
+//! An update takes effect at its order's epoch rounded up to the next whole second, so the
+//! views change at most once a second whatever `cluster.epoch_ms` is; a window's retraction
+//! is the same update, negated, at the time the window has passed it. Worker 0 applies the
+//! updates below the frontier and publishes what they add up to together with the epoch
+//! they are complete up to. Sales and top commodities count what this run of the job
+//! settled; stock starts from MySQL (stock only ever goes down, so the lowest value seen is
+//! the current one).
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use differential_dataflow::{AsCollection, VecCollection};
+use model::{Config, Currency, Decimal};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sinks::Outcome;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::StreamVec;
+
+/// Sales are kept per minute for this many minutes.
+pub const SALES_MINUTES: u64 = 60;
+/// Top commodities count the units sold in this window.
+pub const TOP_WINDOW_MS: u64 = 5 * 60_000;
+/// How many top commodities are listed.
+pub const TOP: usize = 10;
+/// Views move at most this often.
+const STEP_MS: u64 = 1_000;
+
+/// Paid and orders: the difference type of the sales view, so differential sums it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sales {
+    paid: Decimal,
+    orders: i64,
+}
+
+impl IsZero for Sales {
+    fn is_zero(&self) -> bool {
+        self.orders == 0 && self.paid.is_zero()
+    }
+}
+
+impl Semigroup for Sales {
+    /// Checked: a sum past Decimal's range (about 7.9·10^28, some million orders of the
+    /// largest amount a result holds, in one minute) stays at the bound and is logged.
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.paid = self.paid.checked_add(rhs.paid).unwrap_or_else(|| {
+            tracing::error!("a sales view sum overflowed; it is wrong from here on");
+            Decimal::MAX
+        });
+        self.orders = self.orders.saturating_add(rhs.orders);
+    }
+}
+
+impl Monoid for Sales {
+    fn zero() -> Self {
+        Sales::default()
+    }
+}
+
+impl Abelian for Sales {
+    fn negate(&mut self) {
+        self.paid = -self.paid;
+        self.orders = -self.orders;
+    }
+}
+
+/// The view times of epochs.
+#[derive(Clone, Copy)]
+struct Clock {
+    epoch_ms: u64,
+}
+
+impl Clock {
+    fn step(self) -> u64 {
+        (STEP_MS / self.epoch_ms).max(1)
+    }
+
+    /// When an update for `epoch` takes effect: the next whole step.
+    fn at(self, epoch: u64) -> u64 {
+        epoch.div_ceil(self.step()).saturating_mul(self.step())
+    }
+
+    /// The minute (ms since the Unix epoch, rounded down) `epoch` falls in.
+    fn minute(self, epoch: u64) -> u64 {
+        epoch.saturating_mul(self.epoch_ms) / 60_000 * 60_000
+    }
+
+    /// When the minute starting at `minute_ms` leaves the sales window.
+    fn minute_expires(self, minute_ms: u64) -> u64 {
+        let ms = minute_ms.saturating_add((SALES_MINUTES + 1) * 60_000);
+        self.at(ms / self.epoch_ms)
+    }
+
+    fn top_window(self) -> u64 {
+        self.at(TOP_WINDOW_MS / self.epoch_ms)
+    }
+
+    /// The last view time complete when the frontier is at `frontier`.
+    fn complete(self, frontier: u64) -> u64 {
+        frontier.saturating_sub(1) / self.step() * self.step()
+    }
+}
+
+/// One change to a view, on its way to worker 0.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Row {
+    /// Currency index (config order), minute, the change.
+    Sales(u8, u64, Sales),
+    /// Units (sold in the window), commodity, count. Of equal units, the lower id ranks
+    /// higher.
+    Top(i64, u32, isize),
+    /// Commodity, stock left, count.
+    Low(u32, u32, isize),
+}
+
+/// Keep the views of `outcomes` and publish them from worker `index` 0; `low_at_start`:
+/// worker 0's commodities already below the threshold (id, stock) when the job started.
+pub fn views<'s>(
+    outcomes: StreamVec<'s, u64, Outcome>,
+    cfg: &Config,
+    index: usize,
+    low_at_start: Vec<(u32, u32)>,
+) {
+    let clock = Clock {
+        epoch_ms: cfg.cluster.epoch_ms,
+    };
+    let currencies = cfg.currencies.all.clone();
+    let threshold = cfg.catalogue.low_stock_below;
+    let sales = sales(outcomes.clone(), clock, currencies.clone()).consolidate();
+    let top = sold(outcomes.clone(), clock)
+        .count()
+        .map(|(c, units)| ((), (units as i64, u32::MAX - c)))
+        .reduce(|_, ranked, out| {
+            for (v, _) in ranked.iter().rev().take(TOP) {
+                out.push((**v, 1isize));
+            }
+        });
+    let low = stock(outcomes, low_at_start)
+        .reduce(|_, seen, out| out.push((*seen[0].0, 1isize)))
+        .filter(move |(_, left)| *left < threshold);
+    let rows = sales
+        .inner
+        .map(|((c, m), t, s)| (Row::Sales(c, m, s), t))
+        .concat(
+            top.inner
+                .map(|(((), (n, c)), t, r)| (Row::Top(n, u32::MAX - c, r), t)),
+        )
+        .concat(low.inner.map(|((c, l), t, r)| (Row::Low(c, l, r), t)));
+    let latest = (index == 0).then(|| spawn_publisher(cfg.clone()));
+    let mut board = Board::new(clock, currencies, threshold);
+    rows.sink(Exchange::new(|_| 0), "Views", move |(input, frontier)| {
+        input.for_each(|_, data| board.stash(data.drain(..)));
+        let open = frontier.frontier().first().copied();
+        board.apply_below(open);
+        if let Some(latest) = &latest {
+            board.publish(latest, open.is_none());
+        }
+    });
+}
+
+/// Each successful order's paid, at its currency and minute.
+fn sales<'s>(
+    outcomes: StreamVec<'s, u64, Outcome>,
+    clock: Clock,
+    currencies: Vec<Currency>,
+) -> VecCollection<'s, u64, (u8, u64), Sales> {
+    updates(outcomes, "Sales", Vec::new(), move |o, out| {
+        let Some(c) = currencies.iter().position(|c| *c == o.initiator) else {
+            return;
+        };
+        if o.reason.is_some() {
+            return;
+        }
+        let minute = clock.minute(o.epoch);
+        let s = Sales {
+            paid: o.paid,
+            orders: 1,
+        };
+        let mut gone = s.clone();
+        gone.negate();
+        let key = (c as u8, minute);
+        out.push((key, clock.at(o.epoch), s));
+        out.push((key, clock.minute_expires(minute), gone));
+    })
+}
+
+/// Each successful order's units per commodity, for the top window.
+fn sold<'s>(
+    outcomes: StreamVec<'s, u64, Outcome>,
+    clock: Clock,
+) -> VecCollection<'s, u64, u32, isize> {
+    updates(outcomes, "Sold", Vec::new(), move |o, out| {
+        if o.reason.is_some() {
+            return;
+        }
+        let at = clock.at(o.epoch);
+        for l in &o.lines {
+            let units = l.units as isize;
+            out.push((l.commodity, at, units));
+            out.push((l.commodity, at.saturating_add(clock.top_window()), -units));
+        }
+    })
+}
+
+/// The stock each worker saw each commodity left at, only its lowest kept.
+fn stock<'s>(
+    outcomes: StreamVec<'s, u64, Outcome>,
+    at_start: Vec<(u32, u32)>,
+) -> VecCollection<'s, u64, (u32, u32), isize> {
+    let mut lowest: HashMap<u32, u32> = at_start.iter().copied().collect();
+    let seed = at_start.into_iter().map(|cl| (cl, 0, 1)).collect();
+    updates(outcomes, "Stock", seed, move |o, out| {
+        for l in &o.lines {
+            let Some(left) = l.left else { continue };
+            let at = o.epoch;
+            match lowest.insert(l.commodity, left) {
+                Some(prev) if prev <= left => {
+                    lowest.insert(l.commodity, prev);
+                }
+                Some(prev) => {
+                    out.push(((l.commodity, prev), at, -1));
+                    out.push(((l.commodity, left), at, 1));
+                }
+                None => out.push(((l.commodity, left), at, 1)),
+            }
+        }
+    })
+}
+
+/// The updates `logic` makes of each outcome, as a collection; `seed` goes in at time 0.
+/// No update is earlier than the outcome's own time (differential's invariant).
+fn updates<'s, D, R>(
+    outcomes: StreamVec<'s, u64, Outcome>,
+    name: &str,
+    seed: Vec<(D, u64, R)>,
+    mut logic: impl FnMut(&Outcome, &mut Vec<(D, u64, R)>) + 'static,
+) -> VecCollection<'s, u64, D, R>
+where
+    D: Clone + 'static,
+    R: Clone + 'static,
+{
+    outcomes
+        .unary::<CapacityContainerBuilder<Vec<(D, u64, R)>>, _, _, _>(
+            Pipeline,
+            name,
+            move |cap, _info| {
+                let mut seed = Some((cap, seed));
+                let mut buf = Vec::new();
+                move |input, output| {
+                    if let Some((cap, seed)) = seed.take() {
+                        output.session(&cap).give_iterator(seed.into_iter());
+                    }
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        let t = *cap.time();
+                        for o in data.iter() {
+                            logic(o, &mut buf);
+                        }
+                        let timed = buf.drain(..).map(|(d, at, r)| (d, at.max(t), r));
+                        output.session(&cap).give_iterator(timed);
+                    });
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// What worker 0 has applied of the views, and what waits for the frontier.
+struct Board {
+    clock: Clock,
+    currencies: Vec<Currency>,
+    threshold: u32,
+    pending: BTreeMap<u64, Vec<Row>>,
+    sales: BTreeMap<(u8, u64), Sales>,
+    top: BTreeMap<(i64, u32), isize>,
+    low: BTreeMap<(u32, u32), isize>,
+    complete: Option<u64>,
+    started_at: i64,
+    last_publish: Option<Instant>,
+    changed: bool,
+}
+
+impl Board {
+    fn new(clock: Clock, currencies: Vec<Currency>, threshold: u32) -> Board {
+        Board {
+            clock,
+            currencies,
+            threshold,
+            pending: BTreeMap::new(),
+            sales: BTreeMap::new(),
+            top: BTreeMap::new(),
+            low: BTreeMap::new(),
+            complete: None,
+            started_at: model::now_ms(),
+            last_publish: None,
+            changed: true,
+        }
+    }
+
+    fn stash(&mut self, rows: impl Iterator<Item = (Row, u64)>) {
+        for (row, t) in rows {
+            self.pending.entry(t).or_default().push(row);
+        }
+    }
+
+    /// Apply every update before `open` (all of them when the frontier is empty).
+    fn apply_below(&mut self, open: Option<u64>) {
+        while let Some(entry) = self.pending.first_entry() {
+            if open.is_some_and(|f| *entry.key() >= f) {
+                break;
+            }
+            for row in entry.remove() {
+                self.apply(row);
+            }
+            self.changed = true;
+        }
+        let complete = open.map(|f| self.clock.complete(f));
+        if complete.is_some() && complete != self.complete {
+            self.complete = complete;
+            self.changed = true;
+        }
+    }
+
+    fn apply(&mut self, row: Row) {
+        fn add<K: Ord>(map: &mut BTreeMap<K, isize>, k: K, r: isize) {
+            match map.entry(k) {
+                Entry::Occupied(mut e) => {
+                    *e.get_mut() += r;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+            }
+        }
+        match row {
+            Row::Sales(c, m, s) => {
+                let e = self.sales.entry((c, m)).or_default();
+                e.plus_equals(&s);
+                if e.is_zero() {
+                    self.sales.remove(&(c, m));
+                }
+            }
+            Row::Top(n, c, r) => add(&mut self.top, (n, c), r),
+            Row::Low(c, l, r) => add(&mut self.low, (c, l), r),
+        }
+    }
+
+    /// Hand the views to the publisher, at most once a second (and at the end).
+    fn publish(&mut self, latest: &Latest, last: bool) {
+        let due = self
+            .last_publish
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(STEP_MS));
+        if !(self.changed && (due || last)) {
+            return;
+        }
+        self.changed = false;
+        self.last_publish = Some(Instant::now());
+        *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.document());
+    }
+
+    fn document(&self) -> Value {
+        let sales: Vec<Value> = self
+            .sales
+            .iter()
+            .map(|((c, m), s)| {
+                let currency = self.currencies.get(*c as usize).map(|c| c.to_string());
+                json!({"currency": currency, "minute": m, "paid": s.paid.to_string(), "orders": s.orders})
+            })
+            .collect();
+        let mut ranked: Vec<&(i64, u32)> = self.top.keys().collect();
+        ranked.sort_by_key(|(n, c)| (std::cmp::Reverse(*n), *c));
+        let top: Vec<Value> = ranked
+            .into_iter()
+            .map(|(n, c)| json!({"id": c, "units": n}))
+            .collect();
+        let low: Vec<Value> = self
+            .low
+            .keys()
+            .map(|(c, l)| json!({"id": c, "left": l}))
+            .collect();
+        json!({
+            "complete_up_to_epoch": self.complete, "epoch_ms": self.clock.epoch_ms,
+            "since": self.started_at, "published_at": model::now_ms(),
+            "sales_minutes": SALES_MINUTES, "sales": sales,
+            "top_window_ms": TOP_WINDOW_MS, "top": top,
+            "low_stock_below": self.threshold, "low_stock": low,
+        })
+    }
+}
+
+/// The newest views, waiting for the publisher.
+type Latest = Arc<Mutex<Option<Value>>>;
+
+/// Start the thread that writes the newest views to ZooKeeper, once a second at most.
+fn spawn_publisher(cfg: Config) -> Latest {
+    let latest: Latest = Arc::default();
+    let slot = latest.clone();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let path = cfg.views_path();
+            let mut client = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(STEP_MS)).await;
+                let Some(doc) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                    if Arc::strong_count(&slot) == 1 {
+                        return;
+                    }
+                    continue;
+                };
+                if client.is_none() {
+                    client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
+                }
+                if let Some(c) = &client {
+                    if let Err(e) = crate::status::write(c, &path, doc.to_string().as_bytes()).await
+                    {
+                        tracing::debug!("publishing {path}: {e:#}");
+                        client = None;
+                    }
+                }
+            }
+        })
+    };
+    std::thread::Builder::new()
+        .name("views-publisher".into())
+        .spawn(run)
+        .expect("spawn views publisher");
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_times_round_up_to_whole_seconds_and_windows_end_after_them() {
+        let c = Clock { epoch_ms: 10 };
+        assert_eq!((c.at(0), c.at(1), c.at(100), c.at(101)), (0, 100, 100, 200));
+        assert_eq!(c.minute(6_001), 60_000, "epoch 6001 is at 60.01 s");
+        assert_eq!(c.minute_expires(60_000), c.at((60_000 + 61 * 60_000) / 10));
+        assert!(c.minute_expires(c.minute(6_001)) > c.at(6_001));
+        assert_eq!(c.top_window(), 30_000);
+        assert_eq!(
+            (c.complete(1), c.complete(100), c.complete(101)),
+            (0, 0, 100)
+        );
+        let slow = Clock { epoch_ms: 5_000 };
+        assert_eq!(
+            (slow.step(), slow.at(7)),
+            (1, 7),
+            "an epoch longer than a second"
+        );
+    }
+
+    #[test]
+    fn sales_add_and_cancel_exactly() {
+        let mut a = Sales {
+            paid: Decimal::new(1234, 2),
+            orders: 1,
+        };
+        let mut b = a.clone();
+        b.negate();
+        a.plus_equals(&b);
+        assert!(a.is_zero());
+        let mut big = Sales {
+            paid: Decimal::MAX,
+            orders: 1,
+        };
+        big.plus_equals(&Sales {
+            paid: Decimal::ONE,
+            orders: 1,
+        });
+        assert_eq!(
+            (big.paid, big.orders),
+            (Decimal::MAX, 2),
+            "checked, not a panic"
+        );
+    }
+
+    #[test]
+    fn the_board_applies_only_what_the_frontier_has_passed() {
+        let mut b = Board::new(Clock { epoch_ms: 1_000 }, vec!["USD".parse().unwrap()], 10);
+        b.stash(
+            [
+                (Row::Low(1, 5, 1), 3),
+                (Row::Top(7, 2, 1), 3),
+                (Row::Top(7, 2, -1), 9),
+            ]
+            .into_iter(),
+        );
+        b.apply_below(Some(3));
+        assert!(b.low.is_empty() && b.complete == Some(2));
+        b.apply_below(Some(4));
+        assert_eq!(b.document()["top"], json!([{"id": 2, "units": 7}]));
+        assert_eq!(b.document()["low_stock"], json!([{"id": 1, "left": 5}]));
+        b.apply_below(None);
+        assert_eq!(
+            b.document()["top"],
+            json!([]),
+            "retracted when the window passed"
+        );
+    }
+}
