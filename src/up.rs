@@ -105,6 +105,10 @@ fn banner(cfg: &Config, sup: &Supervisor, took: Duration) {
         cfg.cluster.processes.len(),
         cfg.cluster.workers_per_process,
     );
+    println!(
+        "  console: http://{}/ (orders, live throughput, lag, latency, rates, totals, live views)",
+        cfg.ingest.listen
+    );
     println!("  data and service files: {}", sup.data.display());
     println!(
         "  logs: {}/{{broker,worker-N,ingest,rate-modifier}}.log",

@@ -153,7 +153,7 @@ pub fn views<'s>(
                 out.push((**v, 1isize));
             }
         });
-    let low = stock(outcomes, low_at_start)
+    let low = stock(outcomes, clock, low_at_start)
         .reduce(|_, seen, out| out.push((*seen[0].0, 1isize)))
         .filter(move |(_, left)| *left < threshold);
     let rows = sales
@@ -223,6 +223,7 @@ fn sold<'s>(
 /// The stock each worker saw each commodity left at, only its lowest kept.
 fn stock<'s>(
     outcomes: StreamVec<'s, u64, Outcome>,
+    clock: Clock,
     at_start: Vec<(u32, u32)>,
 ) -> VecCollection<'s, u64, (u32, u32), isize> {
     let mut lowest: HashMap<u32, u32> = at_start.iter().copied().collect();
@@ -230,7 +231,7 @@ fn stock<'s>(
     updates(outcomes, "Stock", seed, move |o, out| {
         for l in &o.lines {
             let Some(left) = l.left else { continue };
-            let at = o.epoch;
+            let at = clock.at(o.epoch);
             match lowest.insert(l.commodity, left) {
                 Some(prev) if prev <= left => {
                     lowest.insert(l.commodity, prev);
