@@ -144,28 +144,66 @@ fn hostname() -> String {
 /// is set (then once more, as "stopping").
 pub(crate) fn spawn_publisher(cfg: Config, process: usize, stop: Arc<AtomicBool>) {
     let started_at = model::now_ms();
+    let path = format!("{}/{process}", cfg.workers_path());
+    spawn_writer(cfg, "status-publisher", path, move || {
+        let stopping = stop.load(Ordering::SeqCst);
+        let state = if stopping { "stopping" } else { "running" };
+        let doc = document(process, state, started_at)
+            .to_string()
+            .into_bytes();
+        if stopping {
+            Next::Last(doc)
+        } else {
+            Next::Write(doc)
+        }
+    });
+}
+
+/// What a ZooKeeper writer does next (`spawn_writer`).
+pub(crate) enum Next {
+    Write(Vec<u8>),
+    /// Write this, then end.
+    Last(Vec<u8>),
+    /// Nothing new this time.
+    Skip,
+    End,
+}
+
+/// Start thread `name`: once a second it asks `next` what to write at `path` (an
+/// ephemeral node) and writes it, connecting to ZooKeeper again whenever a write failed.
+/// A document that could not be written is dropped: the next one replaces it.
+pub(crate) fn spawn_writer(
+    cfg: Config,
+    name: &str,
+    path: String,
+    mut next: impl FnMut() -> Next + Send + 'static,
+) {
     let run = move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let path = format!("{}/{process}", cfg.workers_path());
             let mut client: Option<zk::Client> = None;
             loop {
-                let stopping = stop.load(Ordering::SeqCst);
-                let state = if stopping { "stopping" } else { "running" };
-                let doc = document(process, state, started_at).to_string();
-                if client.is_none() {
-                    client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
-                }
-                if let Some(c) = &client {
-                    if let Err(e) = write(c, &path, doc.as_bytes()).await {
-                        tracing::debug!("publishing {path}: {e:#}");
-                        client = None;
+                let (doc, last) = match next() {
+                    Next::Write(doc) => (doc, false),
+                    Next::Last(doc) => (doc, true),
+                    Next::Skip => (vec![], false),
+                    Next::End => return,
+                };
+                if !doc.is_empty() {
+                    if client.is_none() {
+                        client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
+                    }
+                    if let Some(c) = &client {
+                        if let Err(e) = write(c, &path, &doc).await {
+                            tracing::debug!("publishing {path}: {e:#}");
+                            client = None;
+                        }
                     }
                 }
-                if stopping {
+                if last {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -173,13 +211,13 @@ pub(crate) fn spawn_publisher(cfg: Config, process: usize, stop: Arc<AtomicBool>
         })
     };
     std::thread::Builder::new()
-        .name("status-publisher".into())
+        .name(name.into())
         .spawn(run)
-        .expect("spawn status publisher");
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
 }
 
 /// Write `data` at `path`, an ephemeral node (its folder made if missing).
-pub(crate) async fn write(client: &zk::Client, path: &str, data: &[u8]) -> anyhow::Result<()> {
+async fn write(client: &zk::Client, path: &str, data: &[u8]) -> anyhow::Result<()> {
     match client.set_data(path, data, None).await {
         Ok(_) => return Ok(()),
         Err(zk::Error::NoNode) => {}

@@ -35,6 +35,8 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::StreamVec;
 
+use crate::status::Next;
+
 /// Sales are kept per minute for this many minutes.
 pub const SALES_MINUTES: u64 = 60;
 /// Top commodities count the units sold in this window.
@@ -420,43 +422,19 @@ impl Board {
 /// The newest views, waiting for the publisher.
 type Latest = Arc<Mutex<Option<Value>>>;
 
-/// Start the thread that writes the newest views to ZooKeeper, once a second at most.
+/// Start the thread that writes the newest views to ZooKeeper, once a second at most,
+/// until the board is gone.
 fn spawn_publisher(cfg: Config) -> Latest {
     let latest: Latest = Arc::default();
     let slot = latest.clone();
-    let run = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let path = cfg.views_path();
-            let mut client = None;
-            loop {
-                tokio::time::sleep(Duration::from_millis(STEP_MS)).await;
-                let Some(doc) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-                    if Arc::strong_count(&slot) == 1 {
-                        return;
-                    }
-                    continue;
-                };
-                if client.is_none() {
-                    client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
-                }
-                if let Some(c) = &client {
-                    if let Err(e) = crate::status::write(c, &path, doc.to_string().as_bytes()).await
-                    {
-                        tracing::debug!("publishing {path}: {e:#}");
-                        client = None;
-                    }
-                }
-            }
-        })
-    };
-    std::thread::Builder::new()
-        .name("views-publisher".into())
-        .spawn(run)
-        .expect("spawn views publisher");
+    let path = cfg.views_path();
+    crate::status::spawn_writer(cfg, "views-publisher", path, move || {
+        match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(doc) => Next::Write(doc.to_string().into_bytes()),
+            None if Arc::strong_count(&slot) == 1 => Next::End,
+            None => Next::Skip,
+        }
+    });
     latest
 }
 
