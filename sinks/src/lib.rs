@@ -10,6 +10,7 @@ mod catalogue;
 mod pool;
 mod publish;
 mod query;
+mod retry;
 mod schema;
 mod settle;
 

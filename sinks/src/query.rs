@@ -141,19 +141,22 @@ pub async fn record_rates(
     from_epoch: u64,
     rates: &[(model::Currency, Decimal)],
 ) -> Result<()> {
-    let mut conn = pool.get_conn().await?;
     let now = model::now_ms();
     let params: Vec<(u64, String, Decimal, u64, i64)> = rates
         .iter()
         .map(|(c, r)| (version, c.to_string(), *r, from_epoch, now))
         .collect();
-    conn.exec_batch(
-        "INSERT IGNORE INTO rate_history (version, currency, rate, from_epoch, recorded_at) VALUES (?,?,?,?,?)",
-        params,
-    )
+    // INSERT IGNORE: a second try after a lost answer finds its rows there.
+    crate::retry::idempotent("recording rate history", || async {
+        let mut conn = pool.get_conn().await?;
+        conn.exec_batch(
+            "INSERT IGNORE INTO rate_history (version, currency, rate, from_epoch, recorded_at) VALUES (?,?,?,?,?)",
+            params.clone(),
+        )
+        .await
+        .context("recording rate history")
+    })
     .await
-    .context("recording rate history")?;
-    Ok(())
 }
 
 /// Forget the stored offsets of `topic`: its log was started afresh (the embedded

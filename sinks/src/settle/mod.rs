@@ -166,37 +166,21 @@ pub struct Line {
     pub left: Option<u32>,
 }
 
-/// How often `prepare_partition` tries before it gives up.
-const PREPARE_ATTEMPTS: u32 = 8;
-
 /// Create the partition's `offsets` row and its `totals` rows (one per currency) if
 /// missing, so the settlement transaction only ever updates rows that exist; and clear
 /// a hold on it (`record_hold`): a worker starting reads it again. Every statement is
-/// idempotent, so a deadlock or a cluster's certification conflict (two workers
-/// preparing at once) or a lost connection is simply tried again, with backoff.
+/// idempotent, so a deadlock, a cluster's certification conflict (two workers preparing
+/// at once) or a lost connection is simply tried again.
 pub async fn prepare_partition(
     pool: &Pool,
     topic: &str,
     partition: i32,
     currencies: &[Currency],
 ) -> Result<()> {
-    let mut wait = std::time::Duration::from_millis(50);
-    let mut attempt = 1;
-    loop {
-        match prepare_once(pool, topic, partition, currencies).await {
-            Err(e) if attempt < PREPARE_ATTEMPTS => {
-                tracing::warn!(
-                    partition,
-                    attempt,
-                    "preparing the partition failed, retrying in {wait:?}: {e:#}"
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(2));
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    crate::retry::idempotent("preparing the partition", || {
+        prepare_once(pool, topic, partition, currencies)
+    })
+    .await
 }
 
 async fn prepare_once(
