@@ -52,26 +52,10 @@ fn views_complete_to(c: &Cluster, epoch: u64) -> Value {
     last
 }
 
-#[test]
-fn the_live_views_agree_with_mysql_once_everything_has_settled() {
-    let csv = catalogue();
-    let keys = format!("low_stock_below = {THRESHOLD}");
-    let c = Cluster::start(
-        "views",
-        Spec {
-            processes: 2,
-            workers: 1,
-            catalogue: Some(&csv),
-            catalogue_keys: &keys,
-            ..Spec::default()
-        },
-    );
-    let (status, body) = c.get("/api/views");
-    assert_eq!(status, 200, "{body}");
-
+/// Post `count` orders (numbered from `from`) of two lines each, in every currency.
+fn post_orders(c: &Cluster, from: u32, count: u32) {
     let currencies = ["RMB", "USD", "JPY", "EUR"];
-    let mut n = 0;
-    for i in 0..240u32 {
+    for i in from..from + count {
         let a = 1 + (i * 7) % 24;
         let b = 1 + (i * 11 + 3) % 24;
         let body = format!(
@@ -83,24 +67,95 @@ fn the_live_views_agree_with_mysql_once_everything_has_settled() {
         );
         let (s, v) = c.post(&body);
         assert_eq!(s, 202, "{v}");
-        n += 1;
     }
-    c.wait_results(n, Duration::from_secs(60));
+}
 
-    let rows: Vec<(String, u64, Decimal, String)> =
-        c.query("SELECT initiator, epoch, paid, items FROM result WHERE success");
+fn cluster(name: &str, processes: usize, workers: usize) -> Cluster {
+    let csv = catalogue();
+    let keys = format!("low_stock_below = {THRESHOLD}");
+    Cluster::start(
+        name,
+        Spec {
+            processes,
+            workers,
+            catalogue: Some(&csv),
+            catalogue_keys: &keys,
+            ..Spec::default()
+        },
+    )
+}
+
+#[test]
+fn the_live_views_agree_with_mysql_once_everything_has_settled() {
+    let c = cluster("views", 2, 1);
+    let (status, body) = c.get("/api/views");
+    assert_eq!(status, 200, "{body}");
+    post_orders(&c, 0, 240);
+    c.wait_results(240, Duration::from_secs(60));
     let failed = c.count("SELECT COUNT(*) FROM result WHERE NOT success");
+    assert!(failed > 0, "some orders run out of stock");
+    let views = settled_views(&c);
+    assert_agree(&c, &views, 0);
+    let low = low_stock(&views);
     assert!(
-        !rows.is_empty() && failed > 0,
-        "some orders succeed and some run out of stock"
+        low.iter().any(|(id, _)| *id <= 4) && low.iter().any(|(id, _)| *id > 4),
+        "some were low from the start and some fell below during the run: {low:?}"
     );
+    assert_eq!(views["low_stock_below"], THRESHOLD);
+}
+
+#[test]
+fn after_a_worker_is_killed_the_views_count_what_the_new_run_settled() {
+    let c = cluster("views-restart", 1, 2);
+    post_orders(&c, 0, 120);
+    c.wait_results(120, Duration::from_secs(60));
+    let before = settled_views(&c);
+    assert_agree(&c, &before, 0);
+    c.kill_worker(0, libc::SIGKILL);
+    c.start_worker(0);
+    post_orders(&c, 120, 120);
+    c.wait_results(240, Duration::from_secs(60));
+    let after = settled_views(&c);
+    let since = after["since"].as_i64().expect("since");
+    assert!(since > before["since"].as_i64().unwrap(), "a new run");
+    assert_agree(&c, &after, since);
+    assert!(
+        !low_stock(&after).is_empty(),
+        "stock is read again from MySQL at start: {after}"
+    );
+}
+
+/// The views once they cover every result in MySQL.
+fn settled_views(c: &Cluster) -> Value {
     let last_epoch: u64 = c
         .query::<(u64,)>("SELECT MAX(epoch) FROM result")
         .first()
         .map_or(0, |r| r.0);
-    let views = views_complete_to(&c, last_epoch);
-    let epoch_ms = views["epoch_ms"].as_u64().expect("epoch_ms");
+    views_complete_to(c, last_epoch)
+}
 
+fn low_stock(views: &Value) -> Vec<(u32, u32)> {
+    views["low_stock"]
+        .as_array()
+        .expect("low_stock")
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_u64().unwrap() as u32,
+                l["left"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect()
+}
+
+/// The views equal what MySQL's results settled at or after `since` (ms) add up to,
+/// and MySQL's stock.
+fn assert_agree(c: &Cluster, views: &Value, since: i64) {
+    let rows: Vec<(String, u64, Decimal, String)> = c.query(&format!(
+        "SELECT initiator, epoch, paid, items FROM result WHERE success AND settled_at >= {since}"
+    ));
+    assert!(!rows.is_empty(), "orders succeeded");
+    let epoch_ms = views["epoch_ms"].as_u64().expect("epoch_ms");
     // Sales per (currency, minute).
     let mut sales: BTreeMap<(String, u64), (Decimal, i64)> = BTreeMap::new();
     let mut units: BTreeMap<u32, i64> = BTreeMap::new();
@@ -161,21 +216,6 @@ fn the_live_views_agree_with_mysql_once_everything_has_settled() {
     let low_mysql: Vec<(u32, u32)> = c.query(&format!(
         "SELECT id, inventory FROM commodity WHERE inventory < {THRESHOLD} ORDER BY id"
     ));
-    let low: Vec<(u32, u32)> = views["low_stock"]
-        .as_array()
-        .expect("low_stock")
-        .iter()
-        .map(|l| {
-            (
-                l["id"].as_u64().unwrap() as u32,
-                l["left"].as_u64().unwrap() as u32,
-            )
-        })
-        .collect();
+    let low = low_stock(views);
     assert_eq!(low, low_mysql, "commodities below {THRESHOLD}");
-    assert!(
-        low.iter().any(|(id, _)| *id <= 4) && low.iter().any(|(id, _)| *id > 4),
-        "some were low from the start and some fell below during the run: {low:?}"
-    );
-    assert_eq!(views["low_stock_below"], THRESHOLD);
 }
