@@ -50,6 +50,12 @@ fn the_console_places_finds_and_watches_orders_in_a_real_browser() {
         c.get("/api/rates/history?versions=0").1["field"],
         "versions"
     );
+    // The first rate version is recorded by worker 0 once it has read the rates.
+    wait_for(Duration::from_secs(10), "the first rate version", || {
+        c.get("/api/rates/history").1["rates"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
     let (s, v) = c.get("/api/rates/history");
     assert!(
         s == 200 && !v["rates"].as_array().unwrap().is_empty(),
