@@ -177,7 +177,7 @@ impl Broker {
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.refused.inc();
                 tracing::warn!(
                     "refusing Kafka client {peer}: {} connections open",
                     limits.connections
@@ -187,11 +187,11 @@ impl Broker {
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
             tokio::spawn(async move {
-                broker.counters.connections.fetch_add(1, Ordering::Relaxed);
+                broker.counters.connections.inc();
                 if let Err(e) = broker.connection(stream, advertised, limits).await {
                     tracing::warn!("Kafka client {peer}: {e:#}");
                 }
-                broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                broker.counters.connections.dec();
                 drop(slot);
             });
         }

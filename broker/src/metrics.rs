@@ -7,25 +7,83 @@
 //! - `dtss_broker_log_start_offset{partition}` and `dtss_broker_log_end_offset{partition}`:
 //!   the first offset a partition's log still holds, and the next one it will write.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
 use kafka_protocol::messages::ApiKey;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::{Broker, APIS};
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Api {
+    api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Partition {
+    partition: usize,
+}
+
 pub(crate) struct Counters {
-    /// Indexed like `APIS`.
-    requests: [AtomicU64; APIS.len()],
-    pub refused: AtomicU64,
-    pub connections: AtomicI64,
+    /// Each API's counter of `requests`, indexed like `APIS` (no label built per request).
+    by_api: Vec<Counter>,
+    pub refused: Counter,
+    pub connections: Gauge,
+    log_start: Family<Partition, Gauge>,
+    log_end: Family<Partition, Gauge>,
+    registry: Registry,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let requests = Family::<Api, Counter>::default();
+        let by_api = APIS
+            .iter()
+            .map(|(api, ..)| {
+                requests
+                    .get_or_create(&Api {
+                        api: format!("{api:?}"),
+                    })
+                    .clone()
+            })
+            .collect();
+        let c = Counters {
+            by_api,
+            refused: Counter::default(),
+            connections: Gauge::default(),
+            log_start: Family::default(),
+            log_end: Family::default(),
+            registry: Registry::with_prefix("dtss_broker"),
+        };
+        let mut registry = c.registry;
+        registry.register("requests", "Requests answered, by Kafka API", requests);
+        registry.register(
+            "refused_connections",
+            "Connections closed at once, over the limit",
+            c.refused.clone(),
+        );
+        registry.register("connections", "Connections open now", c.connections.clone());
+        registry.register(
+            "log_start_offset",
+            "The first offset the partition's log still holds",
+            c.log_start.clone(),
+        );
+        registry.register(
+            "log_end_offset",
+            "The next offset the partition's log will write",
+            c.log_end.clone(),
+        );
+        Counters { registry, ..c }
+    }
 }
 
 impl Counters {
     pub fn answered(&self, api: ApiKey) {
         if let Some(i) = APIS.iter().position(|(k, ..)| *k == api) {
-            self.requests[i].fetch_add(1, Ordering::Relaxed);
+            self.by_api[i].inc();
         }
     }
 }
@@ -34,29 +92,16 @@ impl Broker {
     /// The broker's metrics, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
         let c = &self.counters;
-        let mut s = String::from("# TYPE dtss_broker_requests_total counter\n");
-        for (i, (api, ..)) in APIS.iter().enumerate() {
-            let n = c.requests[i].load(Ordering::Relaxed);
-            writeln!(s, "dtss_broker_requests_total{{api=\"{api:?}\"}} {n}").unwrap();
+        for (p, (start, end)) in self.offsets().into_iter().enumerate() {
+            c.log_start
+                .get_or_create(&Partition { partition: p })
+                .set(start);
+            c.log_end
+                .get_or_create(&Partition { partition: p })
+                .set(end);
         }
-        let refused = c.refused.load(Ordering::Relaxed);
-        let open = c.connections.load(Ordering::Relaxed);
-        write!(
-            s,
-            "# TYPE dtss_broker_refused_connections_total counter\n\
-             dtss_broker_refused_connections_total {refused}\n\
-             # TYPE dtss_broker_connections gauge\n\
-             dtss_broker_connections {open}\n"
-        )
-        .unwrap();
-        let offsets = self.offsets();
-        for (name, pick) in [("start", 0), ("end", 1)] {
-            writeln!(s, "# TYPE dtss_broker_log_{name}_offset gauge").unwrap();
-            for (p, o) in offsets.iter().enumerate() {
-                let v = if pick == 0 { o.0 } else { o.1 };
-                writeln!(s, "dtss_broker_log_{name}_offset{{partition=\"{p}\"}} {v}").unwrap();
-            }
-        }
-        s
+        let mut out = String::new();
+        encode(&mut out, &c.registry).expect("writing to a String");
+        out
     }
 }

@@ -187,12 +187,12 @@ pub(crate) fn spawn_writer(
             let mut client: Option<zk::Client> = None;
             loop {
                 let (doc, last) = match next() {
-                    Next::Write(doc) => (doc, false),
-                    Next::Last(doc) => (doc, true),
-                    Next::Skip => (vec![], false),
+                    Next::Write(doc) => (Some(doc), false),
+                    Next::Last(doc) => (Some(doc), true),
+                    Next::Skip => (None, false),
                     Next::End => return,
                 };
-                if !doc.is_empty() {
+                if let Some(doc) = doc {
                     if client.is_none() {
                         client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
                     }

@@ -17,7 +17,7 @@
 //! the current one).
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{hash_map, BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -234,15 +234,16 @@ fn stock<'s>(
         for l in &o.lines {
             let Some(left) = l.left else { continue };
             let at = clock.at(o.epoch);
-            match lowest.insert(l.commodity, left) {
-                Some(prev) if prev <= left => {
-                    lowest.insert(l.commodity, prev);
-                }
-                Some(prev) => {
-                    out.push(((l.commodity, prev), at, -1));
+            match lowest.entry(l.commodity) {
+                hash_map::Entry::Occupied(mut e) if left < *e.get() => {
+                    out.push(((l.commodity, e.insert(left)), at, -1));
                     out.push(((l.commodity, left), at, 1));
                 }
-                None => out.push(((l.commodity, left), at, 1)),
+                hash_map::Entry::Occupied(_) => {}
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(left);
+                    out.push(((l.commodity, left), at, 1));
+                }
             }
         }
     })

@@ -106,23 +106,11 @@ fn expected(cfg: &Config, mut published: Vec<(usize, Value)>, now: i64) -> Vec<V
 /// `GET /api/views`: the live views as the job last published them, with their age;
 /// `{"views": null}` while none are published (the job not running, or starting).
 pub async fn views(state: &State) -> Resp {
-    let path = state.cfg.views_path();
-    let read = state.zk.get_data(&path);
-    let doc = match tokio::time::timeout(Duration::from_secs(1), read).await {
-        Ok(Ok((data, _))) => match serde_json::from_slice::<Value>(&data) {
-            Ok(doc) if doc.is_object() => doc,
-            _ => {
-                tracing::warn!("{path} does not hold a JSON object");
-                Value::Null
-            }
-        },
-        Ok(Err(zk::Error::NoNode)) => Value::Null,
-        Ok(Err(e)) => {
-            tracing::warn!("reading {path}: {e}");
+    let doc = match read_doc(&state.zk, &state.cfg.views_path()).await {
+        Ok(doc) => doc.unwrap_or(Value::Null),
+        Err(e) => {
+            tracing::warn!("reading the live views: {e:#}");
             return crate::routes::unavailable("zookeeper", "live views unavailable");
-        }
-        Err(_) => {
-            return crate::routes::unavailable("zookeeper", "live views: no answer within 1 s")
         }
     };
     let age = doc["published_at"].as_i64().map(|t| model::now_ms() - t);
@@ -142,18 +130,28 @@ async fn read_processes(client: &zk::Client, cfg: &Config) -> anyhow::Result<Vec
         let Ok(process) = name.parse::<usize>() else {
             continue;
         };
-        let read = client.get_data(&format!("{dir}/{name}"));
-        match tokio::time::timeout(Duration::from_secs(1), read).await {
-            Ok(Ok((data, _))) => match serde_json::from_slice::<Value>(&data) {
-                Ok(doc) if doc.is_object() => out.push((process, doc)),
-                _ => tracing::debug!("process {process}'s status is not a JSON object"),
-            },
-            Ok(Err(zk::Error::NoNode)) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => anyhow::bail!("reading {dir}/{name}: no answer within 1 s"),
+        if let Some(doc) = read_doc(client, &format!("{dir}/{name}")).await? {
+            out.push((process, doc));
         }
     }
     Ok(out)
+}
+
+/// The JSON object a job's process published at `path`: None when there is none (or
+/// what is there is not a JSON object); an error when ZooKeeper does not answer in 1 s.
+async fn read_doc(client: &zk::Client, path: &str) -> anyhow::Result<Option<Value>> {
+    match tokio::time::timeout(Duration::from_secs(1), client.get_data(path)).await {
+        Ok(Ok((data, _))) => match serde_json::from_slice::<Value>(&data) {
+            Ok(doc) if doc.is_object() => Ok(Some(doc)),
+            _ => {
+                tracing::debug!("{path} does not hold a JSON object");
+                Ok(None)
+            }
+        },
+        Ok(Err(zk::Error::NoNode)) => Ok(None),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("reading {path}"))),
+        Err(_) => anyhow::bail!("reading {path}: no answer within 1 s"),
+    }
 }
 
 /// The parameters of `/api/catalogue?q=…&limit=…`: q at most 64 characters, limit 1–50.

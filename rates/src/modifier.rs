@@ -12,9 +12,8 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::RoundingStrategy;
 use zookeeper_client as zk;
 
-use crate::modifier_metrics::{self as m, ELECTIONS, FAILED_STEPS, LEADER, STEPS};
+use crate::modifier_metrics::METRICS;
 use crate::{connect, rate_path, read_rates, seed_rates};
-use std::sync::atomic::Ordering;
 
 /// Rates are kept to 6 decimals.
 pub const RATE_DP: u32 = 6;
@@ -103,8 +102,8 @@ pub async fn run_modifier(
             lock.lock_path(),
             opts.period
         );
-        ELECTIONS.fetch_add(1, Ordering::Relaxed);
-        LEADER.store(true, Ordering::Relaxed);
+        METRICS.elections.inc();
+        METRICS.leader.set(1);
         let mut tick = tokio::time::interval(opts.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -121,17 +120,17 @@ pub async fn run_modifier(
             }
             if let Err(e) = step_all(&client, cfg, &initial, base, max_step, bound, &mut rng).await
             {
-                FAILED_STEPS.fetch_add(1, Ordering::Relaxed);
+                METRICS.failed_steps.inc();
                 tracing::warn!("rate step failed: {e:#}; giving up leadership");
                 break;
             }
-            STEPS.fetch_add(1, Ordering::Relaxed);
+            METRICS.steps.inc();
             periods += 1;
             if opts.max_periods.is_some_and(|m| periods >= m) {
                 return Ok(());
             }
         }
-        LEADER.store(false, Ordering::Relaxed);
+        METRICS.leader.set(0);
         drop(lock);
     }
 }
@@ -150,7 +149,7 @@ async fn step_all(
             step(current, *init, max_step, bound, rng)
         })
         .await?;
-        m::wrote(*c, rate);
+        METRICS.wrote(*c, rate);
     }
     Ok(())
 }
