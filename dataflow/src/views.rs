@@ -3,10 +3,14 @@
 //! to ZooKeeper (`Config::views_path`) for ingest's `GET /api/views` and the console.
 //!
 //! ```text
-//!            ┌▶ sales: (currency, minute) += paid, retracted when the minute is 60 min old ─▶ consolidate ──────┐
-//! outcomes ──┼▶ sold: commodity += units, retracted 5 min later ─▶ count ─▶ top 10 (reduce, one key) ───────────┼▶ worker 0 ─▶ ZooKeeper
-//!            └▶ stock: (commodity, left), each worker's lowest ─▶ min per commodity ─▶ below the threshold ───────┘   (≤ 1/s)
+//!            ┌▶ sales: (currency, minute) += paid, retracted when 60 min old ─▶ consolidate ──┐
+//! outcomes ──┼▶ sold: commodity += units, retracted 5 min later ──────────────────────────────┼▶ worker 0 ─▶ ZooKeeper
+//!            └▶ stock: (commodity, left) below the threshold ─▶ min per commodity ────────────┘   (≤ 1/s)
 //! ```
+//!
+//! Worker 0 sums the units sold per commodity and ranks the top 10 itself: a count and
+//! a top-10 reduce in differential replayed each commodity's five minutes of history
+//! every second, tens of milliseconds in which that worker settled nothing.
 //!
 //! An update takes effect at its order's epoch rounded up to the next whole second, so the
 //! views change at most once a second whatever `cluster.epoch_ms` is; a window's retraction
@@ -21,7 +25,7 @@ use std::collections::{hash_map, BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::{AsCollection, VecCollection};
 use model::{Config, Currency, Decimal};
@@ -115,6 +119,15 @@ impl Clock {
         self.at(TOP_WINDOW_MS / self.epoch_ms)
     }
 
+    /// Just past the last step before `frontier` (a time no later than it): what the
+    /// views' collections hold their frontier at, so that it moves once a step.
+    fn past_last_step(self, frontier: u64) -> u64 {
+        match frontier {
+            0 => 0,
+            f => (f - 1) / self.step() * self.step() + 1,
+        }
+    }
+
     /// The last view time complete when the frontier is at `frontier`.
     fn complete(self, frontier: u64) -> u64 {
         frontier.saturating_sub(1) / self.step() * self.step()
@@ -126,9 +139,8 @@ impl Clock {
 enum Row {
     /// Currency index (config order), minute, the change.
     Sales(u8, u64, Sales),
-    /// Units (sold in the window), commodity, count. Of equal units, the lower id ranks
-    /// higher.
-    Top(i64, u32, isize),
+    /// Commodity, units sold (negative: leaving the window).
+    Sold(u32, isize),
     /// Commodity, stock left, count.
     Low(u32, u32, isize),
 }
@@ -147,24 +159,15 @@ pub fn views<'s>(
     let currencies = cfg.currencies.all.clone();
     let threshold = cfg.catalogue.low_stock_below;
     let sales = sales(outcomes.clone(), clock, currencies.clone()).consolidate();
-    let top = sold(outcomes.clone(), clock)
-        .count()
-        .map(|(c, units)| ((), (units as i64, u32::MAX - c)))
-        .reduce(|_, ranked, out| {
-            for (v, _) in ranked.iter().rev().take(TOP) {
-                out.push((**v, 1isize));
-            }
-        });
-    let low = stock(outcomes, clock, low_at_start)
+    // Summed per commodity and ranked by worker 0 (the module's header says why).
+    let sold = sold(outcomes.clone(), clock);
+    let low = stock(outcomes, clock, threshold, low_at_start)
         .reduce(|_, seen, out| out.push((*seen[0].0, 1isize)))
         .filter(move |(_, left)| *left < threshold);
     let rows = sales
         .inner
         .map(|((c, m), t, s)| (Row::Sales(c, m, s), t))
-        .concat(
-            top.inner
-                .map(|(((), (n, c)), t, r)| (Row::Top(n, u32::MAX - c, r), t)),
-        )
+        .concat(sold.inner.map(|(c, t, units)| (Row::Sold(c, units), t)))
         .concat(low.inner.map(|((c, l), t, r)| (Row::Low(c, l, r), t)));
     let latest = (index == 0).then(|| spawn_publisher(cfg.clone()));
     let mut board = Board::new(clock, currencies, threshold);
@@ -184,7 +187,7 @@ fn sales<'s>(
     clock: Clock,
     currencies: Vec<Currency>,
 ) -> VecCollection<'s, u64, (u8, u64), Sales> {
-    updates(outcomes, "Sales", Vec::new(), move |o, out| {
+    updates(outcomes, clock, "Sales", Vec::new(), move |o, out| {
         let Some(c) = currencies.iter().position(|c| *c == o.initiator) else {
             return;
         };
@@ -209,7 +212,7 @@ fn sold<'s>(
     outcomes: StreamVec<'s, u64, Outcome>,
     clock: Clock,
 ) -> VecCollection<'s, u64, u32, isize> {
-    updates(outcomes, "Sold", Vec::new(), move |o, out| {
+    updates(outcomes, clock, "Sold", Vec::new(), move |o, out| {
         if o.reason.is_some() {
             return;
         }
@@ -222,17 +225,21 @@ fn sold<'s>(
     })
 }
 
-/// The stock each worker saw each commodity left at, only its lowest kept.
+/// The stock each worker saw each commodity left at, below `threshold` (stock only goes
+/// down: a commodity never leaves the view once in it), only its lowest kept.
 fn stock<'s>(
     outcomes: StreamVec<'s, u64, Outcome>,
     clock: Clock,
+    threshold: u32,
     at_start: Vec<(u32, u32)>,
 ) -> VecCollection<'s, u64, (u32, u32), isize> {
     let mut lowest: HashMap<u32, u32> = at_start.iter().copied().collect();
     let seed = at_start.into_iter().map(|cl| (cl, 0, 1)).collect();
-    updates(outcomes, "Stock", seed, move |o, out| {
+    updates(outcomes, clock, "Stock", seed, move |o, out| {
         for l in &o.lines {
-            let Some(left) = l.left else { continue };
+            let Some(left) = l.left.filter(|&left| left < threshold) else {
+                continue;
+            };
             let at = clock.at(o.epoch);
             match lowest.entry(l.commodity) {
                 hash_map::Entry::Occupied(mut e) if left < *e.get() => {
@@ -251,8 +258,17 @@ fn stock<'s>(
 
 /// The updates `logic` makes of each outcome, as a collection; `seed` goes in at time 0.
 /// No update is earlier than the outcome's own time (differential's invariant).
+///
+/// The collection moves in whole steps (`Clock::step`) however often epochs close: the
+/// operator holds a capability just past the last step the input frontier has passed, so
+/// the arrangements downstream seal and merge once a step rather than once an epoch. An
+/// update for a later time (a view's next second, a window's retraction minutes ahead)
+/// waits here, summed per time, until the input frontier reaches its time: handed on at
+/// once, it would wait in differential's batchers, which go over everything waiting each
+/// time the frontier moves.
 fn updates<'s, D, R>(
     outcomes: StreamVec<'s, u64, Outcome>,
+    clock: Clock,
     name: &str,
     seed: Vec<(D, u64, R)>,
     mut logic: impl FnMut(&Outcome, &mut Vec<(D, u64, R)>) + 'static,
@@ -262,36 +278,82 @@ where
     R: Semigroup + 'static,
 {
     outcomes
-        .unary::<CapacityContainerBuilder<Vec<(D, u64, R)>>, _, _, _>(
+        .unary_frontier::<CapacityContainerBuilder<Vec<(D, u64, R)>>, _, _, _>(
             Pipeline,
             name,
             move |cap, _info| {
-                let mut seed = Some((cap, seed));
+                // Never after the input frontier or any waiting time.
+                let mut held = Some(cap);
+                let mut seed = Some(seed);
                 let mut buf = Vec::new();
-                move |input, output| {
-                    if let Some((cap, seed)) = seed.take() {
-                        output.session(&cap).give_iterator(seed.into_iter());
+                let mut waiting: BTreeMap<u64, Waiting<D, R>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    let Some(h) = held.as_mut() else { return };
+                    if let Some(seed) = seed.take() {
+                        output.session(h).give_iterator(seed.into_iter());
                     }
                     input.for_each(|cap, data| {
-                        let Some(cap) = cap.retain_least(0) else {
+                        let Some(t) = cap.retain_least(0).map(|c| *c.time()) else {
                             return;
                         };
-                        let t = *cap.time();
                         for o in data.iter() {
                             logic(o, &mut buf);
                         }
-                        for u in buf.iter_mut() {
-                            u.1 = u.1.max(t);
-                        }
-                        // A hand-over's outcomes share few (key, second) pairs: summed here,
-                        // the arrangements see far fewer updates.
+                        // A hand-over's outcomes share few (key, second) pairs: summed
+                        // here, far fewer updates wait and reach the arrangements.
                         consolidate_updates(&mut buf);
-                        output.session(&cap).give_iterator(buf.drain(..));
+                        for (d, at, r) in buf.drain(..) {
+                            waiting.entry(at.max(t)).or_default().push(d, r);
+                        }
                     });
+                    let open = frontier.frontier().first().copied();
+                    while let Some(entry) = waiting.first_entry() {
+                        if open.is_some_and(|f| *entry.key() > f) {
+                            break;
+                        }
+                        let at = *entry.key();
+                        let ups = entry.remove().take().into_iter().map(|(d, r)| (d, at, r));
+                        output.session(&h.delayed(&at)).give_iterator(ups);
+                    }
+                    match open {
+                        Some(f) => h.downgrade(&clock.past_last_step(f)),
+                        None => held = None,
+                    }
                 }
             },
         )
         .as_collection()
+}
+
+/// The updates of one time waiting for the frontier, summed whenever they have doubled
+/// since they last were (so they stay within twice their distinct keys).
+struct Waiting<D, R> {
+    updates: Vec<(D, R)>,
+    summed: usize,
+}
+
+impl<D, R> Default for Waiting<D, R> {
+    fn default() -> Self {
+        Waiting {
+            updates: Vec::new(),
+            summed: 0,
+        }
+    }
+}
+
+impl<D: Ord, R: Semigroup> Waiting<D, R> {
+    fn push(&mut self, d: D, r: R) {
+        self.updates.push((d, r));
+        if self.updates.len() >= (2 * self.summed).max(1024) {
+            consolidate(&mut self.updates);
+            self.summed = self.updates.len();
+        }
+    }
+
+    fn take(mut self) -> Vec<(D, R)> {
+        consolidate(&mut self.updates);
+        self.updates
+    }
 }
 
 /// What worker 0 has applied of the views, and what waits for the frontier.
@@ -301,7 +363,8 @@ struct Board {
     threshold: u32,
     pending: BTreeMap<u64, Vec<Row>>,
     sales: BTreeMap<(u8, u64), Sales>,
-    top: BTreeMap<(i64, u32), isize>,
+    /// Units sold in the window per commodity.
+    sold: BTreeMap<u32, isize>,
     low: BTreeMap<(u32, u32), isize>,
     complete: Option<u64>,
     started_at: i64,
@@ -317,7 +380,7 @@ impl Board {
             threshold,
             pending: BTreeMap::new(),
             sales: BTreeMap::new(),
-            top: BTreeMap::new(),
+            sold: BTreeMap::new(),
             low: BTreeMap::new(),
             complete: None,
             started_at: model::now_ms(),
@@ -372,7 +435,7 @@ impl Board {
                     self.sales.remove(&(c, m));
                 }
             }
-            Row::Top(n, c, r) => add(&mut self.top, (n, c), r),
+            Row::Sold(c, units) => add(&mut self.sold, c, units),
             Row::Low(c, l, r) => add(&mut self.low, (c, l), r),
         }
     }
@@ -390,6 +453,19 @@ impl Board {
         *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.document());
     }
 
+    /// The `TOP` commodities with the most units sold in the window, most first (of equal
+    /// units, the lower id first).
+    fn top(&self) -> Vec<(u32, i64)> {
+        let rank = |&(c, n): &(u32, i64)| (std::cmp::Reverse(n), c);
+        let mut all: Vec<(u32, i64)> = self.sold.iter().map(|(&c, &n)| (c, n as i64)).collect();
+        if all.len() > TOP {
+            all.select_nth_unstable_by_key(TOP - 1, rank);
+            all.truncate(TOP);
+        }
+        all.sort_unstable_by_key(rank);
+        all
+    }
+
     fn document(&self) -> Value {
         let sales: Vec<Value> = self
             .sales
@@ -399,11 +475,10 @@ impl Board {
                 json!({"currency": currency, "minute": m, "paid": s.paid.to_string(), "orders": s.orders})
             })
             .collect();
-        let mut ranked: Vec<&(i64, u32)> = self.top.keys().collect();
-        ranked.sort_by_key(|(n, c)| (std::cmp::Reverse(*n), *c));
-        let top: Vec<Value> = ranked
+        let top: Vec<Value> = self
+            .top()
             .into_iter()
-            .map(|(n, c)| json!({"id": c, "units": n}))
+            .map(|(c, n)| json!({"id": c, "units": n}))
             .collect();
         let low: Vec<Value> = self
             .low
@@ -455,6 +530,11 @@ mod tests {
             (c.complete(1), c.complete(100), c.complete(101)),
             (0, 0, 100)
         );
+        assert_eq!(
+            [0, 1, 100, 101, 150, 200, 201].map(|f| c.past_last_step(f)),
+            [0, 1, 1, 101, 101, 101, 201],
+            "the views' frontier moves once a second"
+        );
         let slow = Clock { epoch_ms: 5_000 };
         assert_eq!(
             (slow.step(), slow.at(7)),
@@ -494,8 +574,8 @@ mod tests {
         b.stash(
             [
                 (Row::Low(1, 5, 1), 3),
-                (Row::Top(7, 2, 1), 3),
-                (Row::Top(7, 2, -1), 9),
+                (Row::Sold(2, 7), 3),
+                (Row::Sold(2, -7), 9),
             ]
             .into_iter(),
         );
@@ -510,5 +590,61 @@ mod tests {
             json!([]),
             "retracted when the window passed"
         );
+    }
+
+    #[test]
+    fn later_updates_wait_until_the_frontier_reaches_their_time() {
+        use timely::dataflow::operators::capture::{Capture, Event};
+        use timely::dataflow::operators::{Input, Probe};
+        let outcome = |epoch| Outcome {
+            order_id: model::Uuid::nil(),
+            initiator: "USD".parse().unwrap(),
+            epoch,
+            reason: None,
+            paid: Decimal::ONE,
+            accepted_at: 0,
+            settled_at: 0,
+            lines: vec![],
+        };
+        let sent_by = timely::execute_directly(move |worker| {
+            let mut input = timely::dataflow::InputHandle::new();
+            let (probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
+                let outcomes = scope.input_from(&mut input);
+                // One update now and its retraction 100 later, as a window makes them.
+                let clock = Clock { epoch_ms: 1_000 };
+                let ups = updates(
+                    outcomes,
+                    clock,
+                    "Test",
+                    vec![(0u32, 0, 1isize)],
+                    |o, out| {
+                        out.push((7u32, o.epoch, 1isize));
+                        out.push((7u32, o.epoch + 100, -1isize));
+                    },
+                );
+                let (probe, stream) = ups.inner.probe();
+                (probe, stream.capture())
+            });
+            // How many updates had gone out once the frontier stood past each time.
+            let (mut sent_by, mut seen) = (Vec::new(), 0);
+            for (t, epoch) in [(10, Some(10)), (20, Some(10)), (50, None), (110, None)] {
+                input.advance_to(t);
+                if let Some(e) = epoch {
+                    input.send(outcome(e));
+                }
+                input.advance_to(t + 1);
+                worker.step_while(|| probe.less_than(&(t + 1)));
+                while let Ok(event) = captured.try_recv() {
+                    if let Event::Messages(_, data) = event {
+                        seen += data.len();
+                    }
+                }
+                sent_by.push((t, seen));
+            }
+            sent_by
+        });
+        // The seed and the +1 of time 10 by 10; the second +1 (read at 20) by 20; both
+        // retractions, summed into one update of time 110, only once the frontier is there.
+        assert_eq!(sent_by, vec![(10, 2), (20, 3), (50, 3), (110, 4)]);
     }
 }
