@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The same short bench against the embedded broker and against Tansu, one after the
-# other, each on a fresh system (its own data directory, database and topic), then
+# The same short bench against the embedded broker, one Tansu on SQLite and three Tansu
+# brokers sharing one PostgreSQL, one after the other, each on a fresh system (its own data directory, database and topic), then
 # `dtss check --accepted`. Prints one line per backend.
 #
 #   scripts/bench-brokers.sh [SECONDS] [extra dtss bench options…]
 #
 # Needs the release binary (cargo build --release) and the services
-# (scripts/services.sh up); starts Tansu itself (scripts/tansu.sh up).
+# (scripts/services.sh up); starts Tansu itself (scripts/tansu.sh up, up --postgres 3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +16,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss
 [ -x "$BIN" ] || { echo "build the release binary first: cargo build --release" >&2; exit 1; }
 "$ROOT/scripts/services.sh" up
 "$ROOT/scripts/tansu.sh" up
+"$ROOT/scripts/tansu.sh" up --postgres 3
 OUT=$(mktemp -d /tmp/dtss-bench-brokers.XXXXXX)
 
 # run NAME BROKERS: a fresh dtss up with kafka.brokers = BROKERS ("" = embedded), a bench.
@@ -50,4 +51,5 @@ run() {
 
 run embedded "" "$@"
 run tansu '"127.0.0.1:9092"' "$@"
+run tansu_pg '"127.0.0.1:9093","127.0.0.1:9094","127.0.0.1:9095"' "$@"
 echo "reports under $OUT"

@@ -5,12 +5,9 @@
 -- bigint, Uuid = uuid, SystemTime = timestamp(tz), serde_json::Value = json), and the
 -- unique keys its `on conflict` clauses name.
 --
--- Status: no script uses it yet. Loaded into Debian 12's PostgreSQL 15, it lets two
--- Tansu brokers start on one database, but Tansu 0.6.0's ListOffsets query
--- (list_latest_offset_committed.sql: a subquery in FROM without an alias) is refused by
--- PostgreSQL 15 with SQLSTATE 42601; PostgreSQL 16 accepts it. Until a PostgreSQL 16 or
--- a Tansu with that query fixed is at hand, DTSS runs against Tansu on SQLite only
--- (scripts/tansu.sh).
+-- Used by `scripts/tansu.sh up --postgres N` (as the role `tansu`, idempotent). With
+-- scripts/tansu-pg15.patch applied to Tansu, every query of its Postgres engine runs on
+-- Debian 12's PostgreSQL 15.
 
 begin;
 
@@ -133,6 +130,10 @@ create table if not exists record (
   timestamp timestamptz,
   k bytea,
   v bytea,
+  -- The inserting transaction: a fetch returns a record only once every transaction
+  -- older than the oldest still running has ended (tansu-storage/src/pg/record_fetch.sql),
+  -- so that a reader never skips an offset whose insert has not committed yet.
+  transaction_id xid8 default pg_current_xact_id() not null,
   last_updated timestamp default current_timestamp not null,
   created_at timestamp default current_timestamp not null,
   primary key (topition, offset_id)

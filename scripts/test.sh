@@ -2,8 +2,8 @@
 # The test suite: unit tests, then end-to-end tests against the real MariaDB and
 # ZooKeeper (started here by scripts/services.sh, installed if missing) and the
 # embedded Kafka broker, a 3-node MariaDB Galera cluster (scripts/services.sh up
-# --galera 3) and Tansu (scripts/tansu.sh: built once into ~/.cache/dtss/tansu, about
-# 10 minutes on a machine that never built it), then 30 s of each fuzz target
+# --galera 3) and Tansu (scripts/tansu.sh: one broker on SQLite, three on one PostgreSQL;
+# built once into ~/.cache/dtss/tansu, about 13 minutes on a machine that never built it), then 30 s of each fuzz target
 # (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh), then the three-host
 # scenario (scripts/campaign.sh --rounds 1 --steady 60 host).
 # Usage: scripts/test.sh [extra cargo test args]

@@ -1,8 +1,10 @@
-//! DTSS against a Kafka-protocol broker it did not write: Tansu (scripts/tansu.sh, on
-//! its SQLite storage). The topic is created by `dtss init`, ingest produces with acks=all
-//! on an idempotent producer, the workers read their assigned partitions from the
-//! offsets in MySQL. The end-to-end scenario, a worker killed, and the broker itself
-//! killed with SIGKILL under load: nothing lost, nothing settled twice.
+//! DTSS against a Kafka-protocol broker it did not write: Tansu (scripts/tansu.sh), one
+//! broker on its SQLite storage, and three brokers sharing one PostgreSQL. The topic is
+//! created by `dtss init`, ingest produces with acks=all on an idempotent producer, the
+//! workers read their assigned partitions from the offsets in MySQL. The end-to-end
+//! scenario and a worker killed on each; the SQLite broker killed with SIGKILL under load
+//! and restarted; of the three, the one serving the most connections killed with SIGKILL
+//! under load and left down while the others serve. Nothing lost, nothing settled twice.
 
 mod common;
 
@@ -13,7 +15,11 @@ use common::{Cluster, Spec};
 
 const BROKER: &str = "127.0.0.1:9092";
 
+/// The brokers of `scripts/tansu.sh up --postgres 3`.
+const ON_POSTGRES: [&str; 3] = ["127.0.0.1:9093", "127.0.0.1:9094", "127.0.0.1:9095"];
+
 static TANSU: Once = Once::new();
+static TANSU_ON_POSTGRES: Once = Once::new();
 
 fn start() -> Cluster {
     TANSU.call_once(|| common::script("tansu.sh", &["up"]));
@@ -26,9 +32,28 @@ fn start() -> Cluster {
     )
 }
 
+fn start_on_postgres() -> Cluster {
+    TANSU_ON_POSTGRES.call_once(|| common::script("tansu.sh", &["up", "--postgres", "3"]));
+    Cluster::start(
+        "tansu_pg",
+        Spec {
+            kafka_brokers: &ON_POSTGRES,
+            ..Spec::default()
+        },
+    )
+}
+
 #[test]
 fn orders_settle_through_tansu_and_a_killed_worker_loses_nothing() {
-    let c = start();
+    settle_and_kill_a_worker(&start(), "Tansu on SQLite");
+}
+
+#[test]
+fn orders_settle_through_three_tansu_brokers_on_postgres_and_a_killed_worker_loses_nothing() {
+    settle_and_kill_a_worker(&start_on_postgres(), "three Tansu brokers on PostgreSQL");
+}
+
+fn settle_and_kill_a_worker(c: &Cluster, what: &str) {
     let body = r#"{"user_id": "u-t", "initiator": "USD", "items": [{"id": 1, "number": 2}]}"#;
     let (s, v) = c.post(body);
     assert_eq!(s, 202, "{v}");
@@ -48,7 +73,7 @@ fn orders_settle_through_tansu_and_a_killed_worker_loses_nothing() {
     accepted.push(first);
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!(
-        "Tansu: {} orders accepted, worker killed with SIGKILL and restarted, settling resumed after {resumed:?}",
+        "{what}: {} orders accepted, worker killed with SIGKILL and restarted, settling resumed after {resumed:?}",
         accepted.len()
     );
     c.check_invariants(&accepted);
@@ -74,4 +99,56 @@ fn tansu_killed_under_load_and_restarted_loses_nothing() {
         accepted.len()
     );
     c.check_invariants(&accepted);
+}
+
+#[test]
+fn a_tansu_broker_on_postgres_killed_under_load_the_others_serve() {
+    let c = start_on_postgres();
+    let mut resumed = Duration::ZERO;
+    let (mut killed_port, mut connections) = (0, 0);
+    let accepted = c.post_while(4, || {
+        c.wait_results(1500, Duration::from_secs(60));
+        let i;
+        (i, connections) = busiest_broker();
+        assert!(connections > 0, "no connection to any of {ON_POSTGRES:?}");
+        killed_port = 9093 + i;
+        common::kill_service(&format!("tansu/broker-{i}/tansu.pid"));
+        let killed = Instant::now();
+        c.wait_more_results_than(10, "settling again with one broker down");
+        resumed = killed.elapsed();
+        c.wait_more_results_than(1500, "more load with one broker down");
+        common::script("tansu.sh", &["up", "--postgres", "3"]);
+    });
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!(
+        "Tansu on PostgreSQL: broker on port {killed_port} (the busiest: {connections} connections) killed with SIGKILL under load, {} orders accepted, settling resumed after {resumed:?} on the others",
+        accepted.len()
+    );
+    c.check_invariants(&accepted);
+}
+
+/// Which of the brokers on PostgreSQL holds the most established TCP connections (its
+/// index, and the count), from /proc/net/tcp: the one DTSS is using.
+fn busiest_broker() -> (u16, usize) {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let mut counts = [0usize; ON_POSTGRES.len()];
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local_address is HEXIP:HEXPORT; state 01 is ESTABLISHED.
+        let (Some(local), Some(&"01")) = (fields.get(1), fields.get(3)) else {
+            continue;
+        };
+        let port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if let Some(i) = port
+            .and_then(|p| p.checked_sub(9093))
+            .filter(|&i| (i as usize) < counts.len())
+        {
+            counts[i as usize] += 1;
+        }
+    }
+    let (i, n) = counts.iter().enumerate().max_by_key(|(_, n)| **n).unwrap();
+    (i as u16, *n)
 }
