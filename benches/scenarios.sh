@@ -40,9 +40,9 @@ for name in ${SCENARIOS:-http r10k direct r5k}; do
   fi
   log=$logs/$name.log
   if grep -q "^medians of" "$log"; then
-    grep -A 11 "^medians of" "$log"
+    grep -A 12 "^medians of" "$log"
   else
-    grep -E "^(throughput|ack|accepted →|settlement transaction|slowest|floor)" "$log"
+    grep -E "^(throughput|late|ack|accepted →|settlement transaction|slowest|floor)" "$log"
   fi | sed 's/^/   /'
   grep -E "^CPU" "$log" | sed 's/^/   /'
   echo "   dtss check: $(grep -c '^check: PASS' "$log") passed, $(grep -c '^check: FAIL' "$log") failed"

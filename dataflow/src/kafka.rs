@@ -42,10 +42,12 @@ pub fn consumer(bootstrap: &str) -> Result<BaseConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
-        // A fetch returns once 64 KiB (~400 orders) are there, or after 5 ms: under
-        // load, a few hundred fetches a second rather than one per produce batch.
-        .set("fetch.wait.max.ms", "5")
-        .set("fetch.min.bytes", "65536")
+        // A fetch returns as soon as anything is there: an order reaches its worker
+        // within the broker's round trip, well inside the watermark delay. Under load
+        // each fetch takes what arrived during the one before. Idle, one fetch waits
+        // up to 100 ms.
+        .set("fetch.wait.max.ms", "100")
+        .set("fetch.min.bytes", "1")
         // Back within a second of a broker restart (the default backs off up to 10 s).
         .set("reconnect.backoff.max.ms", "1000")
         .create()

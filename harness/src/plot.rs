@@ -71,6 +71,12 @@ fn counts_lines(s: &mut String, r: &BenchReport) {
         c.dead_letters,
         if r.options.keys { "on" } else { "off" }
     );
+    let _ = writeln!(
+        s,
+        "late (read after their epoch had closed, settled in the next open one): {} ({:.2} %)",
+        c.late,
+        late_pct(r)
+    );
     if c.commit_time_unknown > 0 {
         let _ = writeln!(
             s,
@@ -139,6 +145,11 @@ fn latency_lines(s: &mut String, r: &BenchReport) {
 
 type Figure = dyn Fn(&BenchReport) -> f64;
 
+/// Late orders, as a share of those settled.
+fn late_pct(r: &BenchReport) -> f64 {
+    100.0 * r.counts.late as f64 / r.counts.settled.max(1) as f64
+}
+
 /// The medians over several runs, one line per figure.
 pub fn medians(runs: &[BenchReport]) -> String {
     // The median, and every run's figure in the order of the runs.
@@ -148,7 +159,7 @@ pub fn medians(runs: &[BenchReport]) -> String {
         sorted.sort_by(|a, b| a.total_cmp(b));
         (sorted[sorted.len() / 2], v)
     };
-    let figures: [(&str, &Figure); 11] = [
+    let figures: [(&str, &Figure); 12] = [
         ("accepted orders/s (steady)", &|r| {
             r.throughput.accepted_per_s
         }),
@@ -162,6 +173,7 @@ pub fn medians(runs: &[BenchReport]) -> String {
         ("accepted→committed p99 ms", &|r| r.e2e_ms.p99),
         ("accepted→committed max ms", &|r| r.e2e_ms.max),
         ("settlement transaction p99 ms", &|r| r.transactions_ms.p99),
+        ("late orders %", &late_pct),
         ("floor: fsynced commit p99 ms", &|r| {
             r.floor.as_ref().map_or(f64::NAN, |f| f.commit_ms.p99)
         }),

@@ -19,6 +19,8 @@ pub struct ResultTiming {
     pub settled_at: i64,
     pub partition: i32,
     pub offset: i64,
+    /// The epoch it was settled in.
+    pub epoch: u64,
 }
 
 /// One settlement transaction as the sink logged it in `settle_batches`.
@@ -135,15 +137,15 @@ pub async fn result_timings_of<S: AsRef<str>>(pool: &Pool, ids: &[S]) -> Result<
         if list.is_empty() {
             continue;
         }
-        type Row = (bool, Option<String>, i64, i64, i32, i64);
+        type Row = (bool, Option<String>, i64, i64, i32, i64, u64);
         let rows: Vec<Row> = conn
             .query(format!(
-                "SELECT success, reason, accepted_at, settled_at, `partition`, `offset` \
+                "SELECT success, reason, accepted_at, settled_at, `partition`, `offset`, epoch \
                  FROM result WHERE order_id IN ({list})"
             ))
             .await
             .context("reading results")?;
-        for (ok, reason, accepted_at, settled_at, partition, offset) in rows {
+        for (ok, reason, accepted_at, settled_at, partition, offset, epoch) in rows {
             let reason = match (ok, reason) {
                 (true, _) => None,
                 (false, r) => Some(
@@ -158,6 +160,7 @@ pub async fn result_timings_of<S: AsRef<str>>(pool: &Pool, ids: &[S]) -> Result<
                 settled_at,
                 partition,
                 offset,
+                epoch,
             });
         }
     }

@@ -14,13 +14,30 @@ pub(super) struct Settled {
     pub accepted_at: i64,
     /// When its transaction committed (`settled_at` until known).
     pub committed_at: i64,
+    /// Settled in a later epoch than the one it was accepted in: read after that epoch
+    /// had closed.
+    pub late: bool,
     partition: i32,
     offset: i64,
+}
+
+impl Settled {
+    fn of(cfg: &model::Config, r: sinks::audit::ResultTiming) -> Settled {
+        Settled {
+            reason: r.reason,
+            accepted_at: r.accepted_at,
+            committed_at: r.settled_at,
+            late: r.epoch > cfg.epoch_of(r.accepted_at),
+            partition: r.partition,
+            offset: r.offset,
+        }
+    }
 }
 
 /// The results of `ids`, each with its commit time; how many have none yet; and the
 /// settlement transactions that committed since `since_ms`.
 pub(super) async fn read_back(
+    cfg: &model::Config,
     pool: &sinks::Pool,
     ids: &[Uuid],
     since_ms: i64,
@@ -28,13 +45,7 @@ pub(super) async fn read_back(
     let mut results: Vec<Settled> = sinks::audit::result_timings(pool, ids)
         .await?
         .into_iter()
-        .map(|r| Settled {
-            reason: r.reason,
-            accepted_at: r.accepted_at,
-            committed_at: r.settled_at,
-            partition: r.partition,
-            offset: r.offset,
-        })
+        .map(|r| Settled::of(cfg, r))
         .collect();
     let (unknown, commits) = commit_times(pool, &mut results, since_ms).await?;
     Ok((results, unknown, commits))
@@ -87,11 +98,30 @@ fn stamp(results: &mut [Settled], commits: &[CommitRecord]) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_order_settled_after_its_epoch_is_late() {
+        let cfg = model::Config::parse(include_str!("../../../cluster.toml")).unwrap();
+        let ms = cfg.cluster.epoch_ms as i64;
+        let timing = |accepted_at, epoch| sinks::audit::ResultTiming {
+            reason: None,
+            accepted_at,
+            settled_at: accepted_at + 30,
+            partition: 0,
+            offset: 0,
+            epoch,
+        };
+        let late = |accepted_at, epoch| Settled::of(&cfg, timing(accepted_at, epoch)).late;
+        assert!(!late(5 * ms, 5), "settled in its own epoch");
+        assert!(!late(6 * ms - 1, 5), "the epoch's last millisecond");
+        assert!(late(5 * ms, 6), "moved to the next epoch");
+    }
+
     fn settled(partition: i32, offset: i64) -> Settled {
         Settled {
             reason: None,
             accepted_at: 0,
             committed_at: -1,
+            late: false,
             partition,
             offset,
         }

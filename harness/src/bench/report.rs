@@ -59,6 +59,9 @@ pub struct Counts {
     pub failed: u64,
     /// Accepted orders with a result row after the drain.
     pub settled: u64,
+    /// Settled orders read after their epoch had closed, so settled in a later one
+    /// (`cluster.watermark_delay_ms` too short for the path from ingest to the worker).
+    pub late: u64,
     pub succeeded: u64,
     pub rejected: BTreeMap<String, u64>,
     /// Accepted orders with no result after the drain (expect 0).
@@ -337,6 +340,7 @@ impl Timeline {
     fn add_settled(&mut self, results: &[Settled], started_at_ms: i64, counts: &mut Counts) {
         for r in results {
             counts.settled += 1;
+            counts.late += r.late as u64;
             match r.reason {
                 None => counts.succeeded += 1,
                 Some(reason) => {
