@@ -351,7 +351,7 @@ mod raw {
         10
     }
     fn default_watermark_delay_ms() -> u64 {
-        20
+        5
     }
     fn default_settle_interval_ms() -> u64 {
         20
@@ -690,7 +690,7 @@ initial = { RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }
         assert_eq!(cur[0], "RMB");
         assert_eq!(cur.len(), 4);
         assert_eq!(c.epoch_of(1_000_019), 100_001);
-        assert_eq!(c.cluster.watermark_delay, Duration::from_millis(20));
+        assert_eq!(c.cluster.watermark_delay, Duration::from_millis(5));
         assert_eq!(c.currencies.bound_pct, Decimal::from(20));
         let usd = c
             .currencies

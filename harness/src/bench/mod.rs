@@ -208,7 +208,8 @@ pub async fn bench(
 
     sent.sort_by_key(|s| s.due_ms);
     let ids: Vec<Uuid> = sent.iter().filter_map(|s| s.id).collect();
-    let (results, unknown, commits) = readback::read_back(cfg, &pool, &ids, clock.started_at_ms).await?;
+    let (results, unknown, commits) =
+        readback::read_back(cfg, &pool, &ids, clock.started_at_ms).await?;
     let poison_after = sinks::poison_counts(&pool, &cfg.kafka.topic).await?;
     drop(target);
     pool.disconnect().await.ok();
