@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # What one settlement connection's biggest statement costs MariaDB, per shape of the
 # `result` table: LOAD DATA LOCAL of batches of result rows shaped like the bench's
-# (10,000 users, time-ordered order ids), one COMMIT (fsynced) per batch, into a scratch
-# database on the server `scripts/services.sh` started. Prints, per table shape, the
-# rows loaded per second, the p50 / max time of a batch, and how busy the machine was
-# and how much of it the hypervisor took (steal). The shapes: the table as
-# created (`as_created`), without the per-user index, with that index on a 64-bit hash of
-# the user id instead (`user_hash`), as created but each batch's rows sent in the per-user
-# index's order (`rows_by_user`), one clustered key led by that hash and no secondary
-# index (`user_first_key`), and with 16-byte binary order ids.
+# (10,000 users), one COMMIT (fsynced) per batch, into a scratch database on the server
+# `scripts/services.sh` started. Prints, per table shape, the rows loaded per second,
+# the p50 / max time of a batch, and how busy the machine was and how much of it the
+# hypervisor took (steal). The shapes, with time-ordered (UUIDv7) order ids: the first
+# version's table with its per-user index `by_user` (`as_created`), without that index,
+# with it on a 64-bit hash of the user id instead (`user_hash`), with each batch's rows
+# sent in that index's order (`rows_by_user`), one clustered key led by that hash and no
+# secondary index (`user_first_key`), and with 16-byte binary order ids. Then with the
+# ids of keyed orders (every order `dtss bench` sends has a key): hashes, in no order,
+# with and without `by_user` (`keyed_ids`, `keyed_ids_no_by_user`), and user-tagged as
+# `dtss init` makes them now, the user's 16-bit tag first and no second index
+# (`user_tagged`, the table as created now).
 #
 # Usage: benches/result-load.sh [batches] [rows per batch]   (default: 40 batches of 20,000)
 #        SHAPES="as_created no_by_user" benches/result-load.sh   (a subset)
@@ -39,21 +43,28 @@ declare -A ddl=(
   [binary_id_no_by_user]="order_id BINARY(16) NOT NULL PRIMARY KEY, $cols"
   [user_hash]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols, user_key BIGINT UNSIGNED NOT NULL, KEY by_user (user_key)"
   [rows_by_user]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols, KEY by_user (user_id, accepted_at)"
+  [keyed_ids]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols, KEY by_user (user_id, accepted_at)"
+  [keyed_ids_no_by_user]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
+  [user_tagged]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
   [user_first_key]="order_id CHAR(36) CHARACTER SET ascii NOT NULL, $cols, user_key BIGINT UNSIGNED NOT NULL, PRIMARY KEY (user_key, order_id)"
 )
 
 # Batch b's rows: ids ascending in time like UUIDv7 (hyphenated, or 32 hex digits for
-# the binary shapes), users u-1..u-10000, three items of up to 10,000 commodities.
+# the binary shapes), random (ids of keyed orders, ids=keyed) or a user's tag and then
+# random (ids=tagged); users u-1..u-10000, three items of up to 10,000 commodities.
 gen() {
-  awk -v b="$1" -v n="$rows" -v hyph="$2" -v hash="$3" 'BEGIN {
+  awk -v b="$1" -v n="$rows" -v hyph="$2" -v hash="$3" -v ids="$5" 'BEGIN {
     srand(b); curs[0] = "USD"; curs[1] = "EUR"; curs[2] = "JPY"; curs[3] = "CNY"
     for (i = 0; i < n; i++) {
       seq = b * n + i; t = 1764800000000 + int(seq / 60)
+      user = 1 + int(rand() * 10000)
       hi = sprintf("%012x", t); r = sprintf("%04x%016x", seq % 65536, seq)
+      if (ids != "time") r = sprintf("%04x%08x%08x", int(rand() * 65536), int(rand() * 4294967296), int(rand() * 4294967296))
+      if (ids == "keyed") hi = sprintf("%06x%06x", int(rand() * 16777216), int(rand() * 16777216))
+      if (ids == "tagged") hi = sprintf("%04x%02x%06x", (user * 2654435761) % 65536, int(rand() * 256), int(rand() * 16777216))
       id = hyph ? sprintf("%s-%s-7%s-8%s-%s", substr(hi, 1, 8), substr(hi, 9, 4), substr(r, 1, 3), substr(r, 5, 3), substr(r, 9, 12)) \
                 : sprintf("%s7%s8%s%s", hi, substr(r, 1, 3), substr(r, 5, 3), substr(r, 9, 12))
       items = sprintf("%d:%d,%d:%d,%d:%d", 1 + int(rand() * 10000), 1 + int(rand() * 3), 1 + int(rand() * 10000), 1, 1 + int(rand() * 10000), 2)
-      user = 1 + int(rand() * 10000)
       printf "%s\tu-%d\t%s\t1\t\\N\t%d.%02d\t1\t%d\t%s\t%d\t%d\t%d\t0\t%d\t\\N", id, user, curs[i % 4], int(rand() * 5000), int(rand() * 100), int(t / 10), items, t - 3, t, t + 20, seq
       printf (hash ? "\t%d\n" : "\n"), (user * 2654435761) % 9007199254740881
     }
@@ -63,12 +74,13 @@ gen() {
   fi
 }
 
-for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_key binary_id binary_id_no_by_user}; do
+for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_key binary_id binary_id_no_by_user keyed_ids keyed_ids_no_by_user user_tagged}; do
   [[ -n ${ddl[$shape]:-} ]] || { echo "unknown shape $shape" >&2; exit 2; }
   sql -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db; CREATE TABLE $db.result (${ddl[$shape]}) ENGINE=InnoDB"
   hyph=1; [[ $shape == binary_id* ]] && hyph=0
   hash=0; [[ $shape == user_hash || $shape == user_first_key ]] && hash=1
   sorted=0; [[ $shape == rows_by_user ]] && sorted=1
+  ids=time; [[ $shape == keyed_ids* ]] && ids=keyed; [[ $shape == user_tagged ]] && ids=tagged
   # The columns each line fills, from the same flags that shape the lines.
   if ((hyph)); then id="order_id" set_id=""; else id="@id" set_id="order_id = UNHEX(@id), "; fi
   key=""; ((hash)) && key=", user_key"
@@ -76,7 +88,7 @@ for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_k
   : >"$work/times"
   read -r busy0 steal0 total0 < <(cpu_ticks)
   for ((b = 0; b < batches; b++)); do
-    gen "$b" "$hyph" "$hash" "$sorted"
+    gen "$b" "$hyph" "$hash" "$sorted" "$ids"
     start=$(date +%s%N)
     sql "$db" -e "START TRANSACTION; LOAD DATA LOCAL INFILE '$work/batch.tsv' INTO TABLE result CHARACTER SET binary $load; COMMIT"
     echo $((($(date +%s%N) - start) / 1000000)) >>"$work/times"

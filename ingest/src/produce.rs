@@ -1,5 +1,5 @@
-//! Accepting an order: stamp it (its id: a UUIDv7, or the one its idempotency key names;
-//! `accepted_at`), encode it (the wire format, `model::wire`) and hand it to Kafka with
+//! Accepting an order: stamp it (its id, made as the database's id scheme says: new, or
+//! the one its idempotency key names, `model::ids`; `accepted_at`), encode it (the wire format, `model::wire`) and hand it to Kafka with
 //! acks=all on an idempotent producer. Used by the HTTP intake and by `dtss bench
 //! --direct-kafka`, which skips only the HTTP part.
 //!
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use model::{Config, OrderRequest, Uuid};
+use model::{Config, IdScheme, OrderRequest, Uuid};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -26,6 +26,8 @@ use sinks::Pool;
 pub struct OrderProducer {
     producer: FutureProducer,
     topic: String,
+    /// How order ids are made: read once from the database (`sinks::id_scheme`).
+    ids: IdScheme,
     backlog: Arc<Backlog>,
     /// Set when the producer failed for good (librdkafka's fatal error: e.g. the
     /// broker refused a batch as out of sequence). Nothing sent after that is taken.
@@ -97,10 +99,12 @@ impl OrderProducer {
                 backlog.produced(p, high - 1);
             }
         }
+        let ids = sinks::id_scheme(&pool).await?;
         backlog.spawn_follower(pool, cfg.kafka.topic.clone());
         Ok(OrderProducer {
             producer,
             topic: cfg.kafka.topic.clone(),
+            ids,
             backlog,
             fatal: tokio::sync::watch::Sender::new(None),
         })
@@ -117,8 +121,11 @@ impl OrderProducer {
         }
         let accepted_at = model::now_ms();
         let order = match key {
-            Some(key) => request.accept_keyed(key, accepted_at),
-            None => request.accept(Uuid::now_v7(), accepted_at),
+            Some(key) => request.accept_keyed(key, self.ids, accepted_at),
+            None => {
+                let id = self.ids.fresh(&request.user_id);
+                request.accept(id, accepted_at)
+            }
         };
         let order_id = order.order_id;
         let payload = model::wire::encode(&order);

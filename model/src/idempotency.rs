@@ -1,15 +1,14 @@
 //! Idempotency keys (docs/DESIGN.md, "Idempotency"): a client names an order with a key,
 //! and every attempt with the same `(user_id, key)` is the same order.
 //!
-//! - The order id is derived from the pair (a name-based UUID: version 8 over SHA-256),
-//!   so any ingest replica, after any restart, gives the same id with no state shared.
+//! - The order id is derived from the pair (`ids::IdScheme::keyed`), so any ingest
+//!   replica, after any restart, gives the same id with no state shared.
 //! - The message carries the key and a digest of the order as settlement sees it (the
 //!   user, the initiator, the merged items in id order): a later copy under the same id
 //!   whose order differs is told apart from a retry of the same order.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use uuid::Uuid;
 
 use crate::{Currency, FieldError, Item};
 
@@ -46,17 +45,6 @@ pub fn parse_key<'a>(raw: &'a [u8], field: &str) -> Result<&'a str, FieldError> 
         return Ok(std::str::from_utf8(raw).expect("ASCII"));
     };
     Err(FieldError::new(field, problem))
-}
-
-/// The order id of `key` for `user_id`. A key holds no NUL, so `key ‖ NUL ‖ user` names
-/// one pair only.
-pub fn order_id_for(user_id: &str, key: &str) -> Uuid {
-    let mut h = Sha256::new();
-    h.update(b"dtss order id\0");
-    h.update(key.as_bytes());
-    h.update([0]);
-    h.update(user_id.as_bytes());
-    Uuid::new_v8(first_16(h))
 }
 
 /// The digest of an order as settled: its user, its initiator and its items (merged:
@@ -109,17 +97,6 @@ mod tests {
             let e = parse_key(bad, "Idempotency-Key").unwrap_err();
             assert_eq!(e.field, "Idempotency-Key");
         }
-    }
-
-    #[test]
-    fn the_id_depends_on_the_user_and_the_key_only() {
-        let a = order_id_for("u-1", "k-1");
-        assert_eq!(a, order_id_for("u-1", "k-1"));
-        assert_eq!(a.get_version_num(), 8);
-        assert_ne!(a, order_id_for("u-2", "k-1"));
-        assert_ne!(a, order_id_for("u-1", "k-2"));
-        // The separator keeps the pair unambiguous.
-        assert_ne!(order_id_for("b", "a"), order_id_for("", "a\0b"));
     }
 
     #[test]

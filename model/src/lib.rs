@@ -6,12 +6,14 @@ pub mod config;
 mod currency;
 pub mod exit;
 pub mod idempotency;
+pub mod ids;
 mod order;
 mod settle;
 pub mod wire;
 
 pub use config::{redact_url, Config};
 pub use currency::Currency;
+pub use ids::IdScheme;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
 pub use rust_decimal::Decimal;
 pub use settle::{decide, paid, payable, Commodity, Decision, RateTable, Reason, SettleError};

@@ -3,7 +3,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::idempotency::{self, Keyed};
-use crate::Currency;
+use crate::{Currency, IdScheme};
 
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_NUMBER: u64 = 1_000_000;
@@ -41,10 +41,10 @@ impl OrderRequest {
     }
 
     /// Stamp a request the client named with `key` (a valid key,
-    /// `idempotency::parse_key`): its id is the key's, and it carries the key and the
-    /// order's digest.
-    pub fn accept_keyed(self, key: &str, accepted_at: i64) -> Order {
-        let order_id = idempotency::order_id_for(&self.user_id, key);
+    /// `idempotency::parse_key`): its id is the key's under `scheme`, and it carries the
+    /// key and the order's digest.
+    pub fn accept_keyed(self, key: &str, scheme: IdScheme, accepted_at: i64) -> Order {
+        let order_id = scheme.keyed(&self.user_id, key);
         let digest = idempotency::digest(&self.user_id, self.initiator, &self.items);
         let keyed = Keyed {
             key: key.to_string(),
@@ -100,7 +100,7 @@ impl Order {
         self.items = merge_items(self.items.iter().copied()).expect("at most 100 × 10^6");
         if let Some(k) = &self.keyed {
             idempotency::parse_key(k.key.as_bytes(), "idempotency_key")?;
-            if self.order_id != idempotency::order_id_for(&self.user_id, &k.key) {
+            if !crate::ids::is_keyed_id(self.order_id, &self.user_id, &k.key) {
                 let problem = "is not the id of the order's user and idempotency key";
                 return Err(FieldError::new("order_id", problem));
             }
@@ -518,15 +518,19 @@ mod tests {
             r#"{"user_id":"u","initiator":"USD","items":[{"id":3,"number":1},{"id":7,"number":2},{"id":7,"number":5}]}"#,
         )
         .unwrap();
-        let keyed = request.clone().accept_keyed("k-1", 5);
-        assert_eq!(keyed.order_id, idempotency::order_id_for("u", "k-1"));
+        let keyed = request.clone().accept_keyed("k-1", IdScheme::UserTagged, 5);
+        assert_eq!(keyed.order_id, IdScheme::UserTagged.keyed("u", "k-1"));
         assert_eq!(keyed.clone().check(&[usd]).unwrap(), keyed);
+        // A database of the first version's ids: its keyed ids are valid too.
+        let untagged = request.clone().accept_keyed("k-1", IdScheme::Untagged, 5);
+        assert_ne!(untagged.order_id, keyed.order_id);
+        assert_eq!(untagged.clone().check(&[usd]).unwrap(), untagged);
         // The same order as another request (items in another order): the same digest.
         let again = check(
             r#"{"user_id":"u","initiator":"USD","items":[{"id":7,"number":7},{"id":3,"number":1}]}"#,
         )
         .unwrap()
-        .accept_keyed("k-1", 9);
+        .accept_keyed("k-1", IdScheme::UserTagged, 9);
         assert_eq!(
             (again.order_id, again.digest()),
             (keyed.order_id, keyed.digest())

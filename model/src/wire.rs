@@ -167,7 +167,7 @@ mod tests {
             items: vec![Item { id: 3, number: 2 }],
             time: None,
         };
-        let keyed = request.accept_keyed("key-1", 7);
+        let keyed = request.accept_keyed("key-1", crate::IdScheme::UserTagged, 7);
         assert_eq!(decode(&encode(&keyed)).unwrap(), keyed);
         // A version-1 message is a version-2 one without the trailing `None`.
         let o = sample();

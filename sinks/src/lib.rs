@@ -21,7 +21,7 @@ pub use query::{
     reset_offsets, result_by_id, results_by_user, search_catalogue, totals, CommodityRow,
     RateVersion, ResultRow, TotalRow,
 };
-pub use schema::ensure_schema;
+pub use schema::{ensure_schema, id_scheme};
 pub use settle::{
     holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Line, Outcome,
     SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,

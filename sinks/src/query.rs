@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use model::Decimal;
+use model::{Decimal, IdScheme};
 use mysql_async::prelude::*;
 use mysql_async::Row;
 
@@ -66,17 +66,30 @@ pub async fn result_by_id(pool: &Pool, order_id: &str) -> Result<Option<ResultRo
     row.map(to_result).transpose()
 }
 
-/// A user's results, newest first.
+/// A user's results, newest first. With user-tagged ids (`model::ids`) they are among
+/// the primary key's range of the user's tag, which other users of that tag share (one
+/// in 65,536 of all results, whoever made them); with untagged ids the first version's
+/// `by_user` index finds them.
 pub async fn results_by_user(pool: &Pool, user_id: &str, limit: u32) -> Result<Vec<ResultRow>> {
+    let scheme = crate::id_scheme(pool).await?;
     let mut conn = pool.get_conn().await?;
-    let rows: Vec<Row> = conn
-        .exec(
-            format!(
-                "SELECT {COLUMNS} FROM result WHERE user_id = ? ORDER BY accepted_at DESC, order_id DESC LIMIT ?"
-            ),
-            (user_id, limit),
-        )
-        .await?;
+    let order = "ORDER BY accepted_at DESC, order_id DESC LIMIT ?";
+    let rows: Vec<Row> = match scheme {
+        IdScheme::Untagged => {
+            let sql = format!("SELECT {COLUMNS} FROM result WHERE user_id = ? {order}");
+            conn.exec(sql, (user_id, limit)).await?
+        }
+        IdScheme::UserTagged => {
+            // Ids are stored as lower-case hex with hyphens: '~' sorts after all of it.
+            let tag = model::ids::tag_prefix(user_id);
+            let sql = format!(
+                "SELECT {COLUMNS} FROM result WHERE order_id >= ? AND order_id < ? \
+                 AND user_id = ? {order}"
+            );
+            conn.exec(sql, (&tag, format!("{tag}~"), user_id, limit))
+                .await?
+        }
+    };
     rows.into_iter().map(to_result).collect()
 }
 

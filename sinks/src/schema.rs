@@ -1,4 +1,5 @@
 use anyhow::{Context, Result};
+use model::IdScheme;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder};
 
@@ -13,7 +14,10 @@ const TABLES: &[&str] = &[
     ) ENGINE=InnoDB",
     // One row per settled order. `items` is `id:number,…` so every result can be
     // recomputed; `rate_version` names the rate_history snapshot it used. Indexes cost
-    // settlement throughput: only the primary key and the per-user listing.
+    // settlement throughput: only the primary key, which also lists a user's orders
+    // (user-tagged ids start with the user's tag, `model::ids`). A table the first
+    // version created has the index `by_user (user_id, accepted_at)` for that, and
+    // keeps it: its ids are untagged.
     "CREATE TABLE IF NOT EXISTS result (
         order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
         user_id VARBINARY(256) NOT NULL,
@@ -29,8 +33,7 @@ const TABLES: &[&str] = &[
         settled_at BIGINT NOT NULL,
         `partition` INT NOT NULL,
         `offset` BIGINT NOT NULL,
-        digest BINARY(16) NULL,
-        KEY by_user (user_id, accepted_at)
+        digest BINARY(16) NULL
     ) ENGINE=InnoDB",
     // Added with idempotency keys: the digest of a keyed order (NULL without a key), to
     // tell a retry from another order under the same key.
@@ -111,6 +114,12 @@ const TABLES: &[&str] = &[
         since BIGINT NOT NULL,
         PRIMARY KEY (topic, `partition`)
     ) ENGINE=InnoDB",
+    // Facts about the database fixed when it was created: `order_ids`, the id scheme
+    // (`model::IdScheme`).
+    "CREATE TABLE IF NOT EXISTS meta (
+        name VARCHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        value VARCHAR(255) NOT NULL
+    ) ENGINE=InnoDB",
     // What the dataflow last published: cumulative totals complete up to an epoch.
     "CREATE TABLE IF NOT EXISTS totals_published (
         currency CHAR(3) NOT NULL PRIMARY KEY,
@@ -158,8 +167,47 @@ async fn ensure_schema_at(url: &str) -> Result<()> {
             .await
             .with_context(|| format!("creating the schema: {}", first_line(t)))?;
     }
+    record_id_scheme(&mut conn).await?;
     conn.disconnect().await.ok();
     Ok(())
+}
+
+/// Record the database's id scheme once: untagged where `result` has the first
+/// version's `by_user` index (its ids are untagged and that index lists them),
+/// user-tagged otherwise. Never changed afterwards: ids, and so idempotency, stay as
+/// they were.
+async fn record_id_scheme(conn: &mut mysql_async::Conn) -> Result<()> {
+    let by_user: Option<u8> = conn
+        .query_first(
+            "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'result' AND INDEX_NAME = 'by_user' LIMIT 1",
+        )
+        .await
+        .context("looking for the result table's by_user index")?;
+    let scheme = match by_user {
+        Some(_) => IdScheme::Untagged,
+        None => IdScheme::UserTagged,
+    };
+    conn.exec_drop(
+        "INSERT IGNORE INTO meta (name, value) VALUES ('order_ids', ?)",
+        (scheme.as_str(),),
+    )
+    .await
+    .context("recording the id scheme")
+}
+
+/// How this database's order ids are made (`model::ids`), as `dtss init` recorded it.
+pub async fn id_scheme(pool: &crate::Pool) -> Result<IdScheme> {
+    let value: Option<String> = pool
+        .get_conn()
+        .await?
+        .query_first("SELECT value FROM meta WHERE name = 'order_ids'")
+        .await
+        .context("reading the id scheme (does the schema exist? run `dtss init`)")?;
+    let value = value.context("the database records no id scheme: run `dtss init`")?;
+    IdScheme::parse(&value).with_context(|| {
+        format!("the database's id scheme {value:?} is unknown to this build: upgrade DTSS")
+    })
 }
 
 fn first_line(s: &str) -> &str {

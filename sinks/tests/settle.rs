@@ -975,7 +975,7 @@ fn keyed(user: &str, key: &str, id: u32, number: u32) -> Order {
         items: vec![Item { id, number }],
         time: None,
     }
-    .accept_keyed(key, model::now_ms())
+    .accept_keyed(key, model::IdScheme::UserTagged, model::now_ms())
 }
 
 #[tokio::test]

@@ -426,7 +426,7 @@ mod tests {
             items: order.items,
             time: order.time,
         }
-        .accept_keyed(key, order.accepted_at)
+        .accept_keyed(key, model::IdScheme::UserTagged, order.accepted_at)
     }
 
     /// A batch open from its first order, none of them copies, over `stock(5, 1)`.
