@@ -12,7 +12,8 @@
 # ids of keyed orders (every order `dtss bench` sends has a key): hashes, in no order,
 # with and without `by_user` (`keyed_ids`, `keyed_ids_no_by_user`), and user-tagged as
 # `dtss init` makes them now, the user's 16-bit tag first and no second index
-# (`user_tagged`, the table as created now).
+# (`user_tagged`, the table as created now), and those rows sent in key order as the
+# settlement transaction sends them (`user_tagged_in_key_order`).
 #
 # Usage: benches/result-load.sh [batches] [rows per batch]   (default: 40 batches of 20,000)
 #        SHAPES="as_created no_by_user" benches/result-load.sh   (a subset)
@@ -45,6 +46,7 @@ declare -A ddl=(
   [rows_by_user]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols, KEY by_user (user_id, accepted_at)"
   [keyed_ids]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols, KEY by_user (user_id, accepted_at)"
   [keyed_ids_no_by_user]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
+  [user_tagged_in_key_order]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
   [user_tagged]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
   [user_first_key]="order_id CHAR(36) CHARACTER SET ascii NOT NULL, $cols, user_key BIGINT UNSIGNED NOT NULL, PRIMARY KEY (user_key, order_id)"
 )
@@ -69,18 +71,22 @@ gen() {
       printf (hash ? "\t%d\n" : "\n"), (user * 2654435761) % 9007199254740881
     }
   }' >"$work/batch.tsv"
+  if [[ $4 == key ]]; then
+    LC_ALL=C sort -o "$work/batch.tsv" "$work/batch.tsv"
+  fi
   if [[ $4 == 1 ]]; then
     LC_ALL=C sort -t "$(printf '\t')" -k2,2 -k11,11n -o "$work/batch.tsv" "$work/batch.tsv"
   fi
 }
 
-for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_key binary_id binary_id_no_by_user keyed_ids keyed_ids_no_by_user user_tagged}; do
+for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_key binary_id binary_id_no_by_user keyed_ids keyed_ids_no_by_user user_tagged user_tagged_in_key_order}; do
   [[ -n ${ddl[$shape]:-} ]] || { echo "unknown shape $shape" >&2; exit 2; }
   sql -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db; CREATE TABLE $db.result (${ddl[$shape]}) ENGINE=InnoDB"
   hyph=1; [[ $shape == binary_id* ]] && hyph=0
   hash=0; [[ $shape == user_hash || $shape == user_first_key ]] && hash=1
   sorted=0; [[ $shape == rows_by_user ]] && sorted=1
-  ids=time; [[ $shape == keyed_ids* ]] && ids=keyed; [[ $shape == user_tagged ]] && ids=tagged
+  ids=time; [[ $shape == keyed_ids* ]] && ids=keyed; [[ $shape == user_tagged* ]] && ids=tagged
+  [[ $shape == user_tagged_in_key_order ]] && sorted=key
   # The columns each line fills, from the same flags that shape the lines.
   if ((hyph)); then id="order_id" set_id=""; else id="@id" set_id="order_id = UNHEX(@id), "; fi
   key=""; ((hash)) && key=", user_key"
