@@ -102,9 +102,12 @@ fn key_hash(user_id: &str, key: &str) -> [u8; 16] {
 }
 
 /// Whether `id` is the id of `(user_id, key)` under either scheme (a database uses one;
-/// the message does not say which).
+/// the message does not say which). The schemes' ids differ only in the first two
+/// bytes: the key's hash is computed once, the user's tag only when the rest matches.
 pub fn is_keyed_id(id: Uuid, user_id: &str, key: &str) -> bool {
-    IdScheme::ALL.iter().any(|s| s.keyed(user_id, key) == id)
+    let untagged = Uuid::new_v8(key_hash(user_id, key));
+    let (head, rest) = id.as_bytes().split_at(2);
+    rest == &untagged.as_bytes()[2..] && (id == untagged || head == user_tag(user_id).to_be_bytes())
 }
 
 #[cfg(test)]
@@ -178,6 +181,10 @@ mod tests {
             assert!(!is_keyed_id(s.keyed("u", "k"), "v", "k"));
         }
         assert!(!is_keyed_id(IdScheme::UserTagged.fresh("u"), "u", "k"));
+        // The key's bits under another user's tag.
+        let mut bytes = *IdScheme::UserTagged.keyed("u", "k").as_bytes();
+        bytes[..2].copy_from_slice(&user_tag("v").to_be_bytes());
+        assert!(!is_keyed_id(Uuid::from_bytes(bytes), "u", "k"));
     }
 
     #[test]
