@@ -2,34 +2,26 @@
 //! init` creates gets user-tagged ids and lists a user's orders by the primary key's
 //! range; a database of the first version keeps untagged ids and its `by_user` index.
 
+mod common;
+
 use model::ids::user_tag;
 use model::IdScheme;
 use mysql_async::prelude::*;
 
 /// A database named after `tag`, its URL, and a pool on it (nothing created yet).
-async fn new_db(tag: &str) -> (String, String, dtss_sinks::Pool) {
-    let db = format!(
-        "dtss_t_{tag}_{}_{}",
-        std::process::id(),
-        model::now_ms() % 1_000_000
-    );
-    let pw = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.dtss/mysql-password"
-    ))
-    .expect("scripts/services.sh up ran");
-    let url = format!("mysql://dtss:{}@127.0.0.1:3306/{db}", pw.trim());
+fn new_db(tag: &str) -> (String, String, dtss_sinks::Pool) {
+    let (db, url) = common::new_database(tag);
     let pool = dtss_sinks::connect(&[&url], 2).unwrap();
     (db, url, pool)
 }
 
-async fn drop_db(db: &str, pool: dtss_sinks::Pool) {
-    let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop(format!("DROP DATABASE {db}"))
+async fn run(pool: &dtss_sinks::Pool, sql: &str) {
+    pool.get_conn()
+        .await
+        .unwrap()
+        .query_drop(sql)
         .await
         .unwrap();
-    drop(conn);
-    pool.disconnect().await.unwrap();
 }
 
 /// A result row for `user` with id `id`, accepted at `at`.
@@ -73,7 +65,7 @@ async fn listed(pool: &dtss_sinks::Pool, user: &str, limit: u32) -> Vec<(String,
 
 #[tokio::test]
 async fn a_new_database_lists_a_users_orders_by_the_tag_of_its_ids() {
-    let (db, url, pool) = new_db("tagged").await;
+    let (db, url, pool) = new_db("tagged");
     dtss_sinks::ensure_schema(&[&url]).await.unwrap();
     dtss_sinks::ensure_schema(&[&url]).await.unwrap(); // idempotent
     assert_eq!(
@@ -110,12 +102,12 @@ async fn a_new_database_lists_a_users_orders_by_the_tag_of_its_ids() {
         assert_eq!(listed(&pool, user, 5).await, orders[..5], "{user}");
     }
     assert!(listed(&pool, "nobody", 10).await.is_empty());
-    drop_db(&db, pool).await;
+    common::drop_database(&db, pool).await;
 }
 
 #[tokio::test]
 async fn a_database_of_the_first_version_keeps_untagged_ids_and_its_index() {
-    let (db, url, pool) = new_db("untagged").await;
+    let (db, url, pool) = new_db("untagged");
     // The result table as the first version created it.
     let server = url.rsplit_once('/').unwrap().0.to_string();
     let server = mysql_async::Pool::new(server.as_str());
@@ -154,39 +146,29 @@ async fn a_database_of_the_first_version_keeps_untagged_ids_and_its_index() {
     assert_eq!(times(listed(&pool, &a, 10).await), [103, 102, 101, 100]);
     assert_eq!(times(listed(&pool, &b, 3).await), [203, 202, 201]);
     // Recorded once: dropping the index later does not change how ids are made.
-    pool.get_conn()
-        .await
-        .unwrap()
-        .query_drop("ALTER TABLE result DROP INDEX by_user")
-        .await
-        .unwrap();
+    run(&pool, "ALTER TABLE result DROP INDEX by_user").await;
     dtss_sinks::ensure_schema(&[&url]).await.unwrap();
     assert_eq!(
         dtss_sinks::id_scheme(&pool).await.unwrap(),
         IdScheme::Untagged
     );
-    drop_db(&db, pool).await;
+    common::drop_database(&db, pool).await;
 }
 
 #[tokio::test]
 async fn a_database_without_a_recorded_scheme_says_to_run_init() {
-    let (db, url, pool) = new_db("noscheme").await;
+    let (db, url, pool) = new_db("noscheme");
     dtss_sinks::ensure_schema(&[&url]).await.unwrap();
-    pool.get_conn()
-        .await
-        .unwrap()
-        .query_drop("DELETE FROM meta; ")
-        .await
-        .unwrap();
-    let e = dtss_sinks::id_scheme(&pool).await.unwrap_err();
-    assert!(format!("{e:#}").contains("dtss init"), "{e:#}");
-    pool.get_conn()
-        .await
-        .unwrap()
-        .query_drop("INSERT INTO meta VALUES ('order_ids', 'from-the-future')")
-        .await
-        .unwrap();
-    let e = dtss_sinks::id_scheme(&pool).await.unwrap_err();
-    assert!(format!("{e:#}").contains("upgrade"), "{e:#}");
-    drop_db(&db, pool).await;
+    for (sql, advice) in [
+        ("DELETE FROM meta", "dtss init"),
+        (
+            "INSERT INTO meta VALUES ('order_ids', 'from-the-future')",
+            "upgrade",
+        ),
+    ] {
+        run(&pool, sql).await;
+        let e = dtss_sinks::id_scheme(&pool).await.unwrap_err();
+        assert!(format!("{e:#}").contains(advice), "{e:#}");
+    }
+    common::drop_database(&db, pool).await;
 }

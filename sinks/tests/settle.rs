@@ -1,6 +1,8 @@
 //! settle_batch against the real MariaDB (scripts/services.sh up): results written from
 //! a stale view of the stock are corrected under the lock before the commit.
 
+mod common;
+
 use std::str::FromStr;
 
 use dtss_sinks::{SettleState, Settling};
@@ -72,17 +74,7 @@ async fn create_db(
     tag: &str,
     conns: usize,
 ) -> (String, dtss_sinks::Pool, std::path::PathBuf, RateTable) {
-    let db = format!(
-        "dtss_t_{tag}_{}_{}",
-        std::process::id(),
-        model::now_ms() % 1_000_000
-    );
-    let pw = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.dtss/mysql-password"
-    ))
-    .expect("scripts/services.sh up ran");
-    let url = format!("mysql://dtss:{}@127.0.0.1:3306/{db}", pw.trim());
+    let (db, url) = common::new_database(tag);
     dtss_sinks::ensure_schema(&[&url]).await.unwrap();
     let pool = dtss_sinks::connect(&[&url], conns).unwrap();
     let currencies = vec![Currency::from_str("RMB").unwrap()];
@@ -120,12 +112,7 @@ fn root_pool() -> mysql_async::Pool {
 }
 
 async fn drop_db(db: &str, pool: dtss_sinks::Pool, dir: std::path::PathBuf) {
-    let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop(format!("DROP DATABASE {db}"))
-        .await
-        .unwrap();
-    drop(conn);
-    pool.disconnect().await.unwrap();
+    common::drop_database(db, pool).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
