@@ -51,6 +51,9 @@ fn one_key_is_one_order_through_any_replica_and_another_body_under_it_is_a_confl
     let (s, v) = post_keyed(&c.listen, BODY, "checkout-1");
     assert_eq!(s, 202, "{v}");
     let id = id_of(&v);
+    // A database `dtss init` created: the key's id, tagged with the user's tag.
+    let tagged = model::IdScheme::UserTagged.keyed("u-idem", "checkout-1");
+    assert_eq!(id, tagged.to_string());
     for addr in [&c.listen, &other, &other] {
         let (s, v) = post_keyed(addr, BODY, "checkout-1");
         assert_eq!((s, id_of(&v)), (202, id.clone()), "{v}");
@@ -112,6 +115,71 @@ fn one_key_is_one_order_through_any_replica_and_another_body_under_it_is_a_confl
     accepted.extend(after);
     c.check_invariants(&accepted);
     Cluster::terminate(&mut other_child);
+}
+
+/// The `result` table as the first version of DTSS created it, with its `by_user` index.
+const FIRST_VERSION_RESULT: &str = "CREATE TABLE result (
+    order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+    user_id VARBINARY(256) NOT NULL, initiator CHAR(3) NOT NULL, success BOOL NOT NULL,
+    reason VARCHAR(32) NULL, paid DECIMAL(24,2) NOT NULL,
+    rate_version BIGINT UNSIGNED NOT NULL, epoch BIGINT UNSIGNED NOT NULL, items TEXT NOT NULL,
+    client_time BIGINT NULL, accepted_at BIGINT NOT NULL, settled_at BIGINT NOT NULL,
+    `partition` INT NOT NULL, `offset` BIGINT NOT NULL, digest BINARY(16) NULL,
+    KEY by_user (user_id, accepted_at)) ENGINE=InnoDB";
+
+#[test]
+fn a_database_of_the_first_version_keeps_its_untagged_ids_and_lists_through_its_index() {
+    use mysql_async::prelude::*;
+    let c = Cluster::configure(
+        "idem-upgrade",
+        Spec {
+            catalogue: Some(CATALOGUE),
+            ..Spec::default()
+        },
+    );
+    // The database as the first version left it, before this version's `dtss init`.
+    c.rt.block_on(async {
+        let server = mysql_async::Pool::new(common::mysql_url(3306, "").as_str());
+        let mut conn = server.get_conn().await.unwrap();
+        conn.query_drop(format!("CREATE DATABASE `{}`", c.db))
+            .await
+            .unwrap();
+        conn.query_drop(format!("USE `{}`; {FIRST_VERSION_RESULT}", c.db))
+            .await
+            .unwrap();
+        drop(conn);
+        server.disconnect().await.unwrap();
+    });
+    let c = c.launch();
+    let (s, v) = post_keyed(&c.listen, BODY, "old-1");
+    assert_eq!(s, 202, "{v}");
+    let keyed = id_of(&v);
+    let untagged = model::IdScheme::Untagged.keyed("u-idem", "old-1");
+    assert_eq!(
+        keyed,
+        untagged.to_string(),
+        "the id a first-version ingest gave"
+    );
+    let (s, v) = c.post(BODY);
+    assert_eq!(s, 202, "{v}");
+    let fresh = id_of(&v);
+    assert_eq!(fresh.parse::<model::Uuid>().unwrap().get_version_num(), 7);
+    for id in [&keyed, &fresh] {
+        assert_eq!(c.wait_result(id)["success"], true);
+    }
+    let (s, v) = c.admin("GET", "/api/orders?user_id=u-idem&limit=10", None);
+    assert_eq!(s, 200, "{v}");
+    let mut listed: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["order_id"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut expected = vec![keyed.as_str(), fresh.as_str()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    c.check_invariants(&[keyed.clone(), fresh.clone()]);
 }
 
 #[test]
