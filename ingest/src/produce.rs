@@ -1,7 +1,8 @@
 //! Accepting an order: stamp it (its id, made as the database's id scheme says: new, or
-//! the one its idempotency key names, `model::ids`; `accepted_at`), encode it (the wire format, `model::wire`) and hand it to Kafka with
-//! acks=all on an idempotent producer. Used by the HTTP intake and by `dtss bench
-//! --direct-kafka`, which skips only the HTTP part.
+//! the one its idempotency key names, `model::ids`; `accepted_at`), encode it (the wire
+//! format, `model::wire`) and hand it to Kafka with acks=all on an idempotent producer.
+//! Used by the HTTP intake and by `dtss bench --direct-kafka`, which skips only the HTTP
+//! part.
 //!
 //! Kafka's answer is one of three: taken (`Ok`), certainly not taken
 //! (`NotTaken::Backlog`, `NotTaken::Kafka`: refused before it was sent, or by the broker),
