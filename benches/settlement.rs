@@ -1,9 +1,11 @@
 //! Micro-benchmarks of the hot paths: order JSON parse + validate, the Kafka wire
-//! format, the settlement decision for a 1,000-order batch in memory, and `paid`.
+//! format, the settlement decision for a 1,000-order batch in memory, the LOAD DATA
+//! input of its results, and `paid`.
 //! `cargo bench` (results under target/criterion, with plots).
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use model::{decide, paid, validate_order, wire, Commodity, Currency, Decimal, RateTable};
@@ -43,7 +45,11 @@ fn orders(n: usize) -> Vec<model::Order> {
         .map(|b| {
             validate_order(b.as_bytes(), &currencies())
                 .unwrap()
-                .accept(model::Uuid::now_v7(), model::now_ms())
+                .accept_keyed(
+                    &model::Uuid::now_v7().to_string(),
+                    model::IdScheme::UserTagged,
+                    model::now_ms(),
+                )
         })
         .collect()
 }
@@ -101,6 +107,26 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    let settling: Vec<sinks::Settling> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, o)| sinks::Settling {
+            offset: i as i64,
+            epoch: 1,
+            order: o.clone(),
+            rates: Arc::new(table.clone()),
+        })
+        .collect();
+    let todo: Vec<&sinks::Settling> = settling.iter().collect();
+    let mut s = stock();
+    let decisions: Vec<model::Decision> = batch
+        .iter()
+        .map(|o| decide(o, &mut s, &table).unwrap())
+        .collect();
+    g.bench_function(
+        "result rows of a 1000-order batch as LOAD DATA input",
+        |b| b.iter(|| black_box(sinks::results_tsv(&todo, &decisions, 0, 1))),
+    );
     g.finish();
 
     let lines = [

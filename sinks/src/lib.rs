@@ -26,7 +26,7 @@ pub use settle::{
     holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, Hold, Line, Outcome,
     SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,
 };
-pub use settle::{items_text, parse_items_text};
+pub use settle::{items_text, parse_items_text, results_tsv};
 
 pub use publish::{read_published, spawn_publisher, totals_path, TotalsSnapshot};
 

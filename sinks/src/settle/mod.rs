@@ -41,7 +41,7 @@ use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 
 pub use pipeline::{Batch, Settlement};
-pub use sql::{items_text, parse_items_text};
+pub use sql::{items_text, parse_items_text, results_tsv};
 pub use view::SettleState;
 
 /// An order ready to settle: where it was read, its epoch and the rates of that epoch.
