@@ -226,8 +226,8 @@ fn key_order(todo: &[&Settling]) -> Vec<usize> {
 
 /// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
 /// the user id can hold a tab, newline, backslash or NUL: those are escaped. Written with
-/// `itoa` and byte pushes rather than `write!`: for a batch of 20,000 rows `core::fmt`
-/// took most of the settlement thread's time (docs/PERFORMANCE.md).
+/// `itoa` and byte pushes rather than `write!`, which was the settlement thread's largest
+/// cost at full speed (docs/PERFORMANCE.md). Public for `benches/settlement.rs`.
 pub fn results_tsv(
     todo: &[&Settling],
     decisions: &[model::Decision],
@@ -302,8 +302,7 @@ fn items_into(out: &mut Vec<u8>, order: &Order, num: &mut itoa::Buffer) {
 fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
     }
 }
 
@@ -462,7 +461,9 @@ struct Hex<'a>(&'a [u8]);
 
 impl std::fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02X}"))
+        let mut digits = Vec::with_capacity(self.0.len() * 2);
+        hex_into(&mut digits, self.0);
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits"))
     }
 }
 
