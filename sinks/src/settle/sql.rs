@@ -240,29 +240,25 @@ pub fn results_tsv(
     for i in key_order(todo) {
         let (s, d) = (todo[i], &decisions[i]);
         let ord = &s.order;
-        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
-            out.push(b'\t');
-            out.extend_from_slice(bytes);
-        };
         out.extend_from_slice(ord.order_id.hyphenated().encode_lower(&mut id).as_bytes());
         out.push(b'\t');
         escape_into(&mut out, ord.user_id.as_bytes());
-        field(&mut out, ord.initiator.as_str().as_bytes());
-        field(&mut out, if d.reason.is_none() { b"1" } else { b"0" });
-        field(&mut out, d.reason.map_or("\\N", |r| r.as_str()).as_bytes());
-        field(&mut out, d.paid.to_string().as_bytes());
-        field(&mut out, num.format(s.rates.version).as_bytes());
-        field(&mut out, num.format(s.epoch).as_bytes());
+        push_field(&mut out, ord.initiator.as_str().as_bytes());
+        push_field(&mut out, if d.reason.is_none() { b"1" } else { b"0" });
+        push_field(&mut out, d.reason.map_or("\\N", |r| r.as_str()).as_bytes());
+        push_field(&mut out, d.paid.to_string().as_bytes());
+        push_field(&mut out, num.format(s.rates.version).as_bytes());
+        push_field(&mut out, num.format(s.epoch).as_bytes());
         out.push(b'\t');
         items_into(&mut out, ord, &mut num);
         match ord.time {
-            Some(t) => field(&mut out, num.format(t).as_bytes()),
-            None => field(&mut out, b"\\N"),
+            Some(t) => push_field(&mut out, num.format(t).as_bytes()),
+            None => push_field(&mut out, b"\\N"),
         }
-        field(&mut out, num.format(ord.accepted_at).as_bytes());
-        field(&mut out, num.format(settled_at).as_bytes());
-        field(&mut out, num.format(partition).as_bytes());
-        field(&mut out, num.format(s.offset).as_bytes());
+        push_field(&mut out, num.format(ord.accepted_at).as_bytes());
+        push_field(&mut out, num.format(settled_at).as_bytes());
+        push_field(&mut out, num.format(partition).as_bytes());
+        push_field(&mut out, num.format(s.offset).as_bytes());
         out.push(b'\t');
         match ord.digest() {
             Some(digest) => hex_into(&mut out, &digest),
@@ -271,6 +267,12 @@ pub fn results_tsv(
         out.push(b'\n');
     }
     out
+}
+
+/// A tab, then `bytes`: the next field of a LOAD DATA line.
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'\t');
+    out.extend_from_slice(bytes);
 }
 
 /// `bytes` as LOAD DATA reads them back: backslash, tab, newline and NUL escaped.
