@@ -32,8 +32,8 @@ pub(crate) fn settle<'s>(
 ) -> Result<StreamVec<'s, u64, Outcome>> {
     let topic = cfg.kafka.topic.clone();
     let interval = cfg.cluster.settle_interval;
-    // Three: a transaction commits while the next two start (`sinks::Settlement`).
-    let pool = sinks::connect(&cfg.mysql.urls, 3)?;
+    // Two: a transaction commits while the next one starts (`sinks::Settlement`).
+    let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let scope = orders.scope();
     Ok(orders
         .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {

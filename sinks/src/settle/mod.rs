@@ -21,13 +21,11 @@
 //! ```
 //!
 //! The locks are held from round trip 2 to the end of round trip 3. Every statement is
-//! built as text by `sql.rs`; the round trips and the retry policy are `txn.rs`; up to
-//! three transactions of a partition in flight at once (the next two writing their
-//! results while the one before commits) are `pipeline.rs`, the third of them
-//! `ahead.rs`. A retry after an ambiguous commit finds
+//! built as text by `sql.rs`; the round trips and the retry policy are `txn.rs`; two
+//! transactions of a partition in flight at once (the next one writing its results while
+//! the one before commits) are `pipeline.rs`. A retry after an ambiguous commit finds
 //! the new offset and applies nothing twice.
 
-mod ahead;
 mod pipeline;
 mod plan;
 mod sql;

@@ -1,21 +1,17 @@
 //! A partition's batches settled one after another, each in its own transaction, with
-//! up to three transactions in flight: while a batch commits (round trip 3, on one
-//! connection), the next one writes its results (round trip 1, on another, guessed
-//! against the stock as the first leaves it) and then waits in MySQL for the offsets row
-//! the first holds; and the one after that, when the view can settle it alone, writes
-//! its results too, on a third (`ahead.rs`). Each gets the offsets row when the one
-//! before commits, and goes on only if the stored offset is then exactly that one's next
-//! offset. If one fails instead, the ones after it roll back and are settled again one
-//! at a time (`settle_batch`'s way).
+//! two transactions in flight: while a batch commits (round trip 3, on one connection),
+//! the next one writes its results (round trip 1, on another, guessed against the stock
+//! as the first leaves it) and then waits in MySQL for the offsets row the first holds.
+//! It gets that row when the first commits, and goes on only if the stored offset is
+//! then exactly the first's next offset. If the first fails instead, the second rolls
+//! back and both are settled again one at a time (`settle_batch`'s way).
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::collections::VecDeque;
 
 use crate::{Conn, Pool};
 use anyhow::Result;
 use model::now_ms;
 
-use super::ahead::{After, Ahead};
 use super::plan::Open;
 use super::txn::{
     abandon, decide_open, finish_on, open_on, settle_with_retries, transaction_conn, Backoff,
@@ -72,22 +68,13 @@ pub struct Settlement {
     state: SettleState,
     /// The next batch, its transaction open.
     open: Option<Opened>,
-    /// The batch after it, started ahead (only while `open` is Some).
-    ahead: Option<Ahead>,
-    /// Batches taken whose overlapped start failed: settled next, in order, the plain way.
-    waiting: VecDeque<Batch>,
-}
-
-/// The batch after the one committing: started ahead, or taken to start now.
-enum Then {
-    Ahead(Ahead),
-    Taken(Batch),
+    /// A batch taken whose overlapped start failed: settled next, the plain way.
+    waiting: Option<Batch>,
 }
 
 impl Settlement {
-    /// Settle `partition` of `topic` through `pool`, which must allow three connections:
-    /// each transaction in flight takes its own (with one, the second would wait for
-    /// ever; with two, the third waits for a connection).
+    /// Settle `partition` of `topic` through `pool`, which must allow two connections:
+    /// the second transaction in flight takes its own (with one, it would wait for ever).
     pub fn new(pool: Pool, topic: &str, partition: i32) -> Settlement {
         Settlement {
             pool,
@@ -95,8 +82,7 @@ impl Settlement {
             partition,
             state: SettleState::default(),
             open: None,
-            ahead: None,
-            waiting: VecDeque::new(),
+            waiting: None,
         }
     }
 
@@ -118,11 +104,8 @@ impl Settlement {
     }
 
     /// Close the pool's connections (rolling back a batch left open).
-    pub async fn disconnect(mut self) -> Result<()> {
-        drop(self.open.take());
-        if let Some(ahead) = self.ahead.take() {
-            ahead.stopped(true).await;
-        }
+    pub async fn disconnect(self) -> Result<()> {
+        drop(self.open);
         self.pool.disconnect().await?;
         Ok(())
     }
@@ -130,7 +113,7 @@ impl Settlement {
     /// Settle the partition's next batch (the one already open, else one from `pull`) and
     /// return its outcomes once committed; None when `pull` has none. `pull` is asked
     /// again while this batch commits: a batch it gives then is started at once and held
-    /// open for the next call, and the one after it is started ahead when it can be.
+    /// open for the next call.
     pub async fn next(
         &mut self,
         mut pull: impl FnMut() -> Option<Batch>,
@@ -139,7 +122,7 @@ impl Settlement {
         let (batch, mut conn, open) = match self.open.take() {
             Some(open) => open,
             None => {
-                let Some(batch) = self.waiting.pop_front().or_else(&mut pull) else {
+                let Some(batch) = self.waiting.take().or_else(&mut pull) else {
                     return Ok(None);
                 };
                 match self.begin(batch).await? {
@@ -148,8 +131,7 @@ impl Settlement {
                 }
             }
         };
-        let topic = self.topic.clone();
-        let target = batch.target(&topic, self.partition);
+        let target = batch.target(&self.topic, self.partition);
         let started_at = open.settled_at;
         let decided = match decide_open(target, open, &self.state) {
             Ok(d) => d,
@@ -158,20 +140,12 @@ impl Settlement {
                 return Err(e.into_error());
             }
         };
-        let then = match self.ahead.take() {
-            Some(ahead) => Some(Then::Ahead(ahead)),
-            None => self.waiting.pop_front().or_else(&mut pull).map(Then::Taken),
-        };
+        let then = pull();
         if then.is_some() {
             // The view the next batch guesses from: the stock as this batch leaves it.
             let left = decided.plan.stock.iter().map(|(id, c)| (*id, *c));
             self.state.stock.extend(left);
         }
-        let then = then.map(|t| self.start_ahead(t, batch.next_offset));
-        let after = match &then {
-            Some(Then::Ahead(t)) => self.launch_after(t, &mut pull),
-            _ => None,
-        };
         let mut commit_sent = false;
         let partition = self.partition;
         let finishing = async {
@@ -183,20 +157,20 @@ impl Settlement {
             (done, now_ms())
         };
         let expect = Expect::Exactly(batch.next_offset);
-        let starting = open_then(
+        let starting = start_next(
             &self.pool,
             &self.topic,
             partition,
-            then,
+            then.as_ref(),
             &mut self.state,
             expect,
         );
-        let ((done, committed_at), (then, started)) = tokio::join!(finishing, starting);
+        let ((done, committed_at), started) = tokio::join!(finishing, starting);
         if let Err(e) = done {
             if let Ok(Some((mut then_conn, _))) = started {
                 abandon(&mut then_conn).await;
             }
-            self.stop_after(then, after).await;
+            self.waiting = then;
             forget_failed(&mut self.state, partition, e, batch.orders.len())?;
             return settle_with_retries(
                 &self.pool,
@@ -212,84 +186,23 @@ impl Settlement {
         let record = target.record(started_at, committed_at);
         let outcomes = self.state.committed(decided.plan);
         self.state.unrecorded = Some(record);
-        self.keep_next(then, started, after).await?;
+        self.keep_next(then, started)?;
         Ok(Some(outcomes))
     }
 
-    /// `then`, started ahead if the view can settle it alone (it follows a batch whose
-    /// next offset is `after`).
-    fn start_ahead(&mut self, then: Then, after: i64) -> Then {
-        let Then::Taken(batch) = then else {
-            return then;
-        };
-        let after = After {
-            topic: &self.topic,
-            partition: self.partition,
-            next_offset: after,
-        };
-        let none = HashMap::new();
-        match Ahead::launch(&self.pool, after, batch, &self.state, &none) {
-            Ok(ahead) => Then::Ahead(ahead),
-            Err(batch) => Then::Taken(batch),
-        }
-    }
-
-    /// The batch after `then` (from `pull`), started ahead against the stock `then`'s
-    /// guesses leave; if it cannot be, it waits to be taken next.
-    fn launch_after(
-        &mut self,
-        then: &Ahead,
-        pull: &mut impl FnMut() -> Option<Batch>,
-    ) -> Option<Ahead> {
-        let batch = self.waiting.pop_front().or_else(pull)?;
-        let after = After {
-            topic: &self.topic,
-            partition: self.partition,
-            next_offset: then.batch.next_offset,
-        };
-        match Ahead::launch(&self.pool, after, batch, &self.state, &then.left) {
-            Ok(ahead) => Some(ahead),
-            Err(batch) => {
-                self.waiting.push_front(batch);
-                None
-            }
-        }
-    }
-
-    /// The batches after a failed one (`then`, whose transaction is rolled back, and
-    /// `after`, which rolls back once it gets the offsets row): settled next, in order,
-    /// the plain way.
-    async fn stop_after(&mut self, then: Option<Batch>, after: Option<Ahead>) {
-        if let Some(after) = after {
-            let batch = after.stopped(false).await;
-            self.waiting.push_front(batch);
-        }
-        if let Some(then) = then {
-            self.waiting.push_front(then);
-        }
-    }
-
-    /// After a commit: the next batch, open (held for the next call) with the one after
-    /// it started ahead, or not (both settled next, the plain way), unless opening it
-    /// failed fatally.
-    async fn keep_next(
+    /// After a commit: the next batch, open (held for the next call) or not (settled
+    /// next, the plain way), unless opening it failed fatally.
+    fn keep_next(
         &mut self,
         then: Option<Batch>,
         started: Result<Option<(Conn, Open)>, Failure>,
-        after: Option<Ahead>,
     ) -> Result<()> {
         match (then, started) {
             (Some(then), Ok(Some((then_conn, then_open)))) => {
                 self.open = Some((then, then_conn, then_open));
-                self.ahead = after;
             }
-            (_, Err(Failure::Fatal(e))) => {
-                if let Some(after) = after {
-                    after.stopped(true).await;
-                }
-                return Err(e);
-            }
-            (then, _) => self.stop_after(then, after).await,
+            (_, Err(Failure::Fatal(e))) => return Err(e),
+            (then, _) => self.waiting = then,
         }
         Ok(())
     }
@@ -336,38 +249,18 @@ impl Settlement {
 }
 
 /// Round trips 1 and 2 of `then` (if any), overlapped with the commit of the batch
-/// before, whose next offset the stored one must equal (`expect`): `then`'s batch, and
-/// its connection with the transaction open.
-async fn open_then(
-    pool: &Pool,
-    topic: &str,
-    partition: i32,
-    then: Option<Then>,
-    state: &mut SettleState,
-    expect: Expect,
-) -> (Option<Batch>, Result<Option<(Conn, Open)>, Failure>) {
-    match then {
-        None => (None, Ok(None)),
-        Some(Then::Ahead(ahead)) => {
-            let (batch, opened) = ahead.opened().await;
-            (Some(batch), opened.map(Some))
-        }
-        Some(Then::Taken(batch)) => {
-            let opened = start_next(pool, topic, partition, &batch, state, expect).await;
-            (Some(batch), opened.map(Some))
-        }
-    }
-}
-
-/// Round trips 1 and 2 of `then`, taken while the batch before commits.
+/// before, whose next offset the stored one must equal (`expect`).
 async fn start_next(
     pool: &Pool,
     topic: &str,
     partition: i32,
-    then: &Batch,
+    then: Option<&Batch>,
     state: &mut SettleState,
     expect: Expect,
-) -> Result<(Conn, Open), Failure> {
+) -> Result<Option<(Conn, Open)>, Failure> {
+    let Some(then) = then else {
+        return Ok(None);
+    };
     let mut conn = transaction_conn(pool).await?;
     match open_on(
         &mut conn,
@@ -378,7 +271,7 @@ async fn start_next(
     )
     .await
     {
-        Ok(Opening::Open(open)) => Ok((conn, open)),
+        Ok(Opening::Open(open)) => Ok(Some((conn, open))),
         Ok(Opening::Committed(_)) => {
             // Not while the batch before commits (its offset is below this one's).
             abandon(&mut conn).await;

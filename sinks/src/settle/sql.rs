@@ -31,7 +31,7 @@ macro_rules! result_columns {
 /// Opens a settlement transaction and zeroes the row counters round trip 3 checks.
 /// READ COMMITTED (the session's level, set by `connect`): no gap locks; FOR UPDATE
 /// still locks every row it reads, and rows are always locked offsets → commodities (by
-/// id) → own totals, so transactions can wait on each other but never deadlock.
+/// id) → own totals, so two transactions can wait on each other but never deadlock.
 pub(super) const BEGIN: &str = "START TRANSACTION; SET @n = 0, @c = 0";
 
 /// Reads the rows of `results_tsv` (MySQL's defaults: tab-separated, `\` escapes, `\N`

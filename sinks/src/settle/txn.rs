@@ -374,7 +374,7 @@ async fn write_guesses(
         .query_first(sql::lock_offset(target.topic, partition))
         .await?;
     let Some(stored) = stored else {
-        return Err(no_offsets_row(target.topic, partition));
+        return Err(no_offsets_row(target));
     };
     if target.next_offset <= stored {
         conn.query_drop("ROLLBACK").await?;
@@ -445,21 +445,6 @@ async fn lock_batch(
 ) -> Result<(i64, HashMap<u32, Commodity>), Failure> {
     let none = BTreeSet::new();
     let lock = if verified { &none } else { ids };
-    let (stored, mut stock) = lock_rows(conn, target.topic, target.partition, lock).await?;
-    if verified {
-        stock.extend(ids.iter().map(|id| (*id, state.stock[id])));
-    }
-    Ok((stored, stock))
-}
-
-/// Lock the offsets row of `partition` and the commodities `lock` (in id order): the
-/// stored offset and the commodities as locked.
-pub(super) async fn lock_rows(
-    conn: &mut mysql_async::Conn,
-    topic: &str,
-    partition: i32,
-    lock: &BTreeSet<u32>,
-) -> Result<(i64, HashMap<u32, Commodity>), Failure> {
     type Row = (
         i64,
         Option<u32>,
@@ -468,10 +453,10 @@ pub(super) async fn lock_rows(
         Option<u32>,
     );
     let rows: Vec<Row> = conn
-        .query(sql::lock_rows(topic, partition, lock.iter()))
+        .query(sql::lock_rows(target.topic, target.partition, lock.iter()))
         .await?;
     let Some(stored) = rows.first().map(|r| r.0) else {
-        return Err(no_offsets_row(topic, partition));
+        return Err(no_offsets_row(target));
     };
     let found = rows
         .into_iter()
@@ -479,11 +464,15 @@ pub(super) async fn lock_rows(
             Some((id?, price?, currency?, inventory?))
         })
         .collect();
-    Ok((stored, commodities(found)?.into_iter().collect()))
+    let mut stock: HashMap<u32, Commodity> = commodities(found)?.into_iter().collect();
+    if verified {
+        stock.extend(ids.iter().map(|id| (*id, state.stock[id])));
+    }
+    Ok((stored, stock))
 }
 
 /// The stored offset against what the batch expects of it.
-pub(super) fn check_stored(
+fn check_stored(
     partition: i32,
     stored: i64,
     first_todo: i64,
@@ -502,9 +491,10 @@ pub(super) fn check_stored(
     }
 }
 
-fn no_offsets_row(topic: &str, partition: i32) -> Failure {
+fn no_offsets_row(target: Target<'_>) -> Failure {
     fatal(format!(
-        "offsets row ({topic}, {partition}) is missing: run prepare_partition first"
+        "offsets row ({}, {}) is missing: run prepare_partition first",
+        target.topic, target.partition
     ))
 }
 
@@ -569,36 +559,7 @@ async fn write_results(
             Err(e) => Err(e.into()),
         };
     }
-    let data = sql::results_tsv(todo, decisions, partition, settled_at);
-    match load_results(conn, prefix, data, n).await? {
-        Loaded::All => Ok(true),
-        Loaded::SomeExisted => Ok(false),
-        Loaded::Refused(e) => {
-            tracing::warn!("the server refuses LOAD DATA LOCAL ({e}): results go in as INSERTs");
-            state.insert_results = true;
-            Err(Failure::Retry(e.into()))
-        }
-    }
-}
-
-/// How a LOAD DATA LOCAL of result rows went.
-pub(super) enum Loaded {
-    All,
-    /// Some of the rows' ids had a result already (skipped by the server).
-    SomeExisted,
-    /// The server does not take LOAD DATA LOCAL (`local_infile` off).
-    Refused(mysql_async::ServerError),
-}
-
-/// After the statements `prefix`, LOAD DATA LOCAL the `n` result rows `data` (as
-/// `sql::results_tsv` writes them), in one round trip.
-pub(super) async fn load_results(
-    conn: &mut mysql_async::Conn,
-    prefix: &str,
-    data: Vec<u8>,
-    n: u64,
-) -> Result<Loaded, Failure> {
-    let data = bytes::Bytes::from(data);
+    let data = bytes::Bytes::from(sql::results_tsv(todo, decisions, partition, settled_at));
     conn.set_infile_handler(async move {
         use futures_util::StreamExt as _;
         Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
@@ -609,20 +570,22 @@ pub(super) async fn load_results(
     {
         Ok(()) => {}
         Err(mysql_async::Error::Server(e)) if LOCAL_INFILE_REFUSED.contains(&e.code) => {
-            return Ok(Loaded::Refused(e));
+            tracing::warn!("the server refuses LOAD DATA LOCAL ({e}): results go in as INSERTs");
+            state.insert_results = true;
+            return Err(Failure::Retry(e.into()));
         }
         Err(e) => return Err(e.into()),
     }
     // LOCAL: the server cannot stop the client's upload half way, so a row with a
     // duplicate key is skipped with a warning rather than failing the statement.
     if conn.affected_rows() < n {
-        return Ok(Loaded::SomeExisted);
+        return Ok(false);
     }
     if conn.get_warnings() > 0 {
         let warnings: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await?;
         return Err(fatal(format!("writing {n} results: {warnings:?}")));
     }
-    Ok(Loaded::All)
+    Ok(true)
 }
 
 fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commodity)>, Failure> {

@@ -128,23 +128,12 @@ impl SettleState {
         todo: &[&Settling],
         ids: &BTreeSet<u32>,
     ) -> (Vec<Decision>, HashMap<u32, Commodity>) {
-        guess_on(todo, self.base(ids, &HashMap::new()))
-    }
-
-    /// The stock of `ids` as the view has it, but as `over` has it where it has it (the
-    /// stock that batches started ahead leave by their guesses).
-    pub(super) fn base(
-        &self,
-        ids: &BTreeSet<u32>,
-        over: &HashMap<u32, Commodity>,
-    ) -> HashMap<u32, Commodity> {
-        ids.iter()
-            .filter_map(|id| {
-                over.get(id)
-                    .or_else(|| self.stock.get(id))
-                    .map(|c| (*id, *c))
-            })
-            .collect()
+        let mut view: HashMap<u32, Commodity> = ids
+            .iter()
+            .filter_map(|id| self.stock.get(id).map(|c| (*id, *c)))
+            .collect();
+        let decisions = todo.iter().map(|s| decision(s, &mut view).0).collect();
+        (decisions, view)
     }
 
     /// Write the last batch's commit record now: the settlement thread calls this when
@@ -159,15 +148,6 @@ impl SettleState {
         }
         Ok(())
     }
-}
-
-/// Decide `todo` in order against `stock`: the decisions, and the stock they leave.
-pub(super) fn guess_on(
-    todo: &[&Settling],
-    mut stock: HashMap<u32, Commodity>,
-) -> (Vec<Decision>, HashMap<u32, Commodity>) {
-    let decisions = todo.iter().map(|s| decision(s, &mut stock).0).collect();
-    (decisions, stock)
 }
 
 #[cfg(test)]
