@@ -2,6 +2,7 @@
 //! and exact money, rates, the settlement rule, the Kafka wire format, the
 //! `cluster.toml` configuration and the exit codes (docs/DESIGN.md names each).
 
+mod body;
 pub mod config;
 mod currency;
 pub mod exit;

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
+use crate::body::{self, Body, Entry, Items, Scalar};
 use crate::idempotency::{self, Keyed};
 use crate::{Currency, IdScheme};
 
@@ -174,36 +174,35 @@ impl std::error::Error for FieldError {}
 /// Parse and validate an order body (docs/DESIGN.md, "API"). `currencies` are the configured ones.
 /// Unknown fields are ignored; the first problem found is reported.
 pub fn validate_order(body: &[u8], currencies: &[Currency]) -> Result<OrderRequest, FieldError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| FieldError::new("body", format!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+    let body =
+        body::read(body).map_err(|e| FieldError::new("body", format!("not valid JSON: {e}")))?;
+    let Body::Object(f) = body else {
+        return Err(FieldError::new("body", "must be a JSON object"));
+    };
     Ok(OrderRequest {
-        user_id: user_id(obj)?,
-        initiator: initiator(obj, currencies)?,
-        items: items(obj)?,
-        time: time(obj)?,
+        user_id: user_id(f.user_id)?,
+        initiator: initiator(f.initiator, currencies)?,
+        items: items(f.items)?,
+        time: time(f.time)?,
     })
 }
 
-type Object = serde_json::Map<String, Value>;
-
-fn user_id(obj: &Object) -> Result<String, FieldError> {
-    let user_id = match obj.get("user_id") {
-        None | Some(Value::Null) => return Err(FieldError::new("user_id", "is required")),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+fn user_id(v: Option<Scalar>) -> Result<String, FieldError> {
+    let user_id = match v {
+        None => return Err(FieldError::new("user_id", "is required")),
+        Some(Scalar::Str(s)) => s,
+        Some(Scalar::U64(n)) => n.to_string(),
+        Some(Scalar::I64(n)) => n.to_string(),
         Some(_) => return Err(FieldError::new("user_id", "must be a string or an integer")),
     };
     check_user_id(&user_id)?;
     Ok(user_id)
 }
 
-fn initiator(obj: &Object, currencies: &[Currency]) -> Result<Currency, FieldError> {
-    match obj.get("initiator") {
-        None | Some(Value::Null) => Err(FieldError::new("initiator", "is required")),
-        Some(Value::String(s)) => s
+fn initiator(v: Option<Scalar>, currencies: &[Currency]) -> Result<Currency, FieldError> {
+    match v {
+        None => Err(FieldError::new("initiator", "is required")),
+        Some(Scalar::Str(s)) => s
             .parse::<Currency>()
             .ok()
             .filter(|c| currencies.contains(c))
@@ -222,15 +221,15 @@ fn initiator(obj: &Object, currencies: &[Currency]) -> Result<Currency, FieldErr
 }
 
 /// The items, the same id twice merged (numbers added).
-fn items(obj: &Object) -> Result<Vec<Item>, FieldError> {
-    let items = match obj.get("items") {
-        None | Some(Value::Null) => return Err(FieldError::new("items", "is required")),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(FieldError::new("items", "must be an array")),
+fn items(v: Option<Items>) -> Result<Vec<Item>, FieldError> {
+    let (len, entries) = match v {
+        None => return Err(FieldError::new("items", "is required")),
+        Some(Items::Array { len, entries }) => (len, entries),
+        Some(Items::Other) => return Err(FieldError::new("items", "must be an array")),
     };
-    check_item_count(items.len())?;
-    let items = items
-        .iter()
+    check_item_count(len)?;
+    let items = entries
+        .into_iter()
         .enumerate()
         .map(|(i, entry)| item(i, entry))
         .collect::<Result<Vec<_>, _>>()?;
@@ -239,16 +238,14 @@ fn items(obj: &Object) -> Result<Vec<Item>, FieldError> {
 }
 
 /// Entry `i` of the items.
-fn item(i: usize, entry: &Value) -> Result<Item, FieldError> {
-    let entry = entry
-        .as_object()
-        .ok_or_else(|| FieldError::new(format!("items[{i}]"), "must be an object"))?;
-    let id = parse_id(entry.get("id")).map_err(|p| FieldError::new(format!("items[{i}].id"), p))?;
-    let number = match entry.get("number") {
-        None | Some(Value::Null) => {
-            return Err(FieldError::new(format!("items[{i}].number"), "is required"))
-        }
-        Some(Value::Number(n)) => n.as_u64().filter(|n| (1..=MAX_NUMBER).contains(n)),
+fn item(i: usize, entry: Entry) -> Result<Item, FieldError> {
+    let Entry::Object { id, number } = entry else {
+        return Err(FieldError::new(format!("items[{i}]"), "must be an object"));
+    };
+    let id = parse_id(id).map_err(|p| FieldError::new(format!("items[{i}].id"), p))?;
+    let number = match number {
+        None => return Err(FieldError::new(format!("items[{i}].number"), "is required")),
+        Some(Scalar::U64(n)) => Some(n).filter(|n| (1..=MAX_NUMBER).contains(n)),
         Some(_) => None,
     }
     .ok_or_else(|| {
@@ -258,20 +255,21 @@ fn item(i: usize, entry: &Value) -> Result<Item, FieldError> {
     Ok(Item { id, number })
 }
 
-fn time(obj: &Object) -> Result<Option<i64>, FieldError> {
-    match obj.get("time") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+fn time(v: Option<Scalar>) -> Result<Option<i64>, FieldError> {
+    match v {
+        None => Ok(None),
+        Some(Scalar::I64(n)) => Ok(Some(n)),
+        Some(Scalar::U64(n)) if i64::try_from(n).is_ok() => Ok(Some(n as i64)),
         Some(_) => Err(FieldError::new("time", "must be an integer (milliseconds)")),
     }
 }
 
-fn parse_id(v: Option<&Value>) -> Result<u32, &'static str> {
+fn parse_id(v: Option<Scalar>) -> Result<u32, &'static str> {
     const PROBLEM: &str = "must be a positive integer (or a string of one) below 2^32";
     let n = match v {
-        None | Some(Value::Null) => return Err("is required"),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+        None => return Err("is required"),
+        Some(Scalar::U64(n)) => Some(n),
+        Some(Scalar::Str(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse::<u64>().ok()
         }
         Some(_) => None,
