@@ -41,25 +41,36 @@ impl OrderGen {
 
     /// The JSON body of the next order.
     pub fn next_body(&mut self) -> String {
+        use std::fmt::Write as _;
         let n = self.rng.random_range(1..=5usize.min(self.items as usize));
-        let mut ids: Vec<u32> = Vec::with_capacity(n);
-        while ids.len() < n {
+        let mut ids = [0u32; 5];
+        let mut len = 0;
+        while len < n {
             let id = self.item();
-            if !ids.contains(&id) {
-                ids.push(id);
+            if !ids[..len].contains(&id) {
+                ids[len] = id;
+                len += 1;
             }
         }
-        let items: Vec<String> = ids
-            .iter()
-            .map(|id| format!(r#"{{"id":{id},"number":{}}}"#, self.rng.random_range(1..=5)))
-            .collect();
+        // Drawn in the order they always were: a seed gives the orders it gave before.
+        let mut numbers = [0u32; 5];
+        for number in &mut numbers[..n] {
+            *number = self.rng.random_range(1..=5);
+        }
         let user = self.rng.random_range(1..=self.users);
         let cur = &self.currencies[self.rng.random_range(0..self.currencies.len())];
-        format!(
-            r#"{{"user_id":"u-{user}","initiator":"{cur}","items":[{}],"time":{}}}"#,
-            items.join(","),
-            model::now_ms()
-        )
+        let mut body = String::with_capacity(160);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            body,
+            r#"{{"user_id":"u-{user}","initiator":"{cur}","items":["#
+        );
+        for (k, (id, number)) in ids[..n].iter().zip(&numbers).enumerate() {
+            let sep = if k == 0 { "" } else { "," };
+            let _ = write!(body, r#"{sep}{{"id":{id},"number":{number}}}"#);
+        }
+        let _ = write!(body, r#"],"time":{}}}"#, model::now_ms());
+        body
     }
 }
 
