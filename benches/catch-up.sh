@@ -45,7 +45,12 @@ for _ in $(seq 1 120); do
   kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/up.log" >&2; echo "dtss up exited" >&2; exit 1; }
   sleep 1
 done
-until worker=$(pgrep -f "$dtss worker" | head -1); do sleep 0.5; done
+for _ in $(seq 1 120); do
+  worker=$(pgrep -f "$dtss worker" | head -1 || true)
+  [[ -n $worker ]] && break
+  sleep 0.5
+done
+[[ -n $worker ]] || { echo "no worker process of $dtss started; see $dir/up.log" >&2; exit 1; }
 kill -STOP "$worker"
 echo "== worker $worker paused; filling the topic for $seconds s ($(date +%T); $dir)"
 "$dtss" bench --direct-kafka --duration "$seconds" --ramp 0 --drain-timeout 600 >"$dir/bench.log" 2>&1 &
