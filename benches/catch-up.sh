@@ -16,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
 seconds=${2:-15}
 [[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
+. "$ROOT/benches/fresh-system.sh"
 "$ROOT/scripts/services.sh" up >/dev/null
 if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
   echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
@@ -23,13 +24,8 @@ if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
 fi
 name=catchup_$(date +%s)
 dir=$(mktemp -d /tmp/dtss-catch-up.XXXXXX)
-sed -e "s|^max_backlog_per_partition = .*|max_backlog_per_partition = 3000000|" \
-  -e "s|^epoch_ms = .*|epoch_ms = 5|" -e "s|^watermark_delay_ms = .*|watermark_delay_ms = 5|" \
-  -e "s|^data_dir = .*|data_dir = \"$dir\"|" -e "s|^root = \"/dtss\"|root = \"/dtss_$name\"|" \
-  -e "s|^url = \"mysql://dtss@127.0.0.1:3306/dtss\"|url = \"mysql://dtss@127.0.0.1:3306/dtss_$name\"\npassword_file = \"$ROOT/.dtss/mysql-password\"|" \
-  "$ROOT/cluster.toml" >"$dir/cluster.toml"
-grep -q "dtss_$name\"" "$dir/cluster.toml" && grep -q "= 3000000" "$dir/cluster.toml" ||
-  { echo "cluster.toml no longer has the lines this script replaces" >&2; exit 1; }
+fresh_config "$name" "$dir" 5 5 -e "s|^max_backlog_per_partition = .*|max_backlog_per_partition = 3000000|"
+grep -q "= 3000000" "$dir/cluster.toml" || { echo "cluster.toml has no max_backlog_per_partition line" >&2; exit 1; }
 pid= worker=
 stop() {
   [[ -n $worker ]] && kill -CONT "$worker" 2>/dev/null
@@ -38,13 +34,7 @@ stop() {
 }
 trap stop EXIT
 export DTSS_CONFIG=$dir/cluster.toml
-"$dtss" up --no-services >"$dir/up.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 120); do
-  curl -sf http://127.0.0.1:8080/healthz >/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/up.log" >&2; echo "dtss up exited" >&2; exit 1; }
-  sleep 1
-done
+start_fresh "$dtss" "$dir"
 for _ in $(seq 1 120); do
   worker=$(pgrep -f "$dtss worker" | head -1 || true)
   [[ -n $worker ]] && break

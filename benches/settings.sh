@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
 [[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
+. "$ROOT/benches/fresh-system.sh"
 "$ROOT/scripts/services.sh" up >/dev/null
 if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
   echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
@@ -27,21 +28,9 @@ for setting in ${SETTINGS:-10/20 5/5}; do
   name=e${epoch}_w${delay}_$(date +%s)
   dir=$out/$name
   mkdir -p "$dir"
-  sed -e "s|^epoch_ms = .*|epoch_ms = $epoch|" \
-    -e "s|^watermark_delay_ms = .*|watermark_delay_ms = $delay|" \
-    -e "s|^data_dir = .*|data_dir = \"$dir\"|" \
-    -e "s|^root = \"/dtss\"|root = \"/dtss_$name\"|" \
-    -e "s|^url = \"mysql://dtss@127.0.0.1:3306/dtss\"|url = \"mysql://dtss@127.0.0.1:3306/dtss_$name\"\npassword_file = \"$ROOT/.dtss/mysql-password\"|" \
-    "$ROOT/cluster.toml" >"$dir/cluster.toml"
-  grep -q "dtss_$name\"" "$dir/cluster.toml" || { echo "cluster.toml no longer has the lines this script replaces" >&2; exit 1; }
+  fresh_config "$name" "$dir" "$epoch" "$delay"
   echo "== epoch $epoch ms, watermark delay $delay ms ($(date +%T); $dir)"
-  DTSS_CONFIG=$dir/cluster.toml "$dtss" up --no-services >"$dir/up.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 120); do
-    curl -sf http://127.0.0.1:8080/healthz >/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/up.log" >&2; echo "dtss up exited" >&2; exit 1; }
-    sleep 1
-  done
+  start_fresh "$dtss" "$dir"
   DTSS_CONFIG=$dir/cluster.toml "$ROOT/benches/scenarios.sh" "$dtss" | tee "$dir/scenarios.log" || status=1
   stop
 done

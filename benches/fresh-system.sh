@@ -1,0 +1,32 @@
+# Sourced by benches/settings.sh and benches/catch-up.sh (after setting ROOT): a DTSS of
+# its own, started fresh against the MariaDB and ZooKeeper of scripts/services.sh.
+
+# fresh_config NAME DIR EPOCH_MS DELAY_MS [SED_ARGS...]: DIR/cluster.toml, the shipped
+# cluster.toml with the given epoch and watermark delay, data in DIR, its own database
+# dtss_NAME and ZooKeeper root /dtss_NAME, and any further sed arguments applied.
+fresh_config() {
+  local name=$1 dir=$2 epoch=$3 delay=$4
+  shift 4
+  sed -e "s|^epoch_ms = .*|epoch_ms = $epoch|" \
+    -e "s|^watermark_delay_ms = .*|watermark_delay_ms = $delay|" \
+    -e "s|^data_dir = .*|data_dir = \"$dir\"|" \
+    -e "s|^root = \"/dtss\"|root = \"/dtss_$name\"|" \
+    -e "s|^url = \"mysql://dtss@127.0.0.1:3306/dtss\"|url = \"mysql://dtss@127.0.0.1:3306/dtss_$name\"\npassword_file = \"$ROOT/.dtss/mysql-password\"|" \
+    "$@" "$ROOT/cluster.toml" >"$dir/cluster.toml"
+  grep -q "dtss_$name\"" "$dir/cluster.toml" || { echo "cluster.toml no longer has the lines this script replaces" >&2; exit 1; }
+}
+
+# start_fresh DTSS DIR: `DTSS up --no-services` with DIR/cluster.toml in the background
+# (its pid in `pid`, its output in DIR/up.log), returning once it answers.
+start_fresh() {
+  local dtss=$1 dir=$2
+  DTSS_CONFIG=$dir/cluster.toml "$dtss" up --no-services >"$dir/up.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 120); do
+    curl -sf http://127.0.0.1:8080/healthz >/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/up.log" >&2; echo "dtss up exited" >&2; exit 1; }
+    sleep 1
+  done
+  echo "dtss up did not answer within 120 s; see $dir/up.log" >&2
+  exit 1
+}
