@@ -17,11 +17,7 @@ dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
 seconds=${2:-15}
 [[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
 . "$ROOT/benches/fresh-system.sh"
-"$ROOT/scripts/services.sh" up >/dev/null
-if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
-  echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
-  exit 2
-fi
+ready_to_start
 name=catchup_$(date +%s)
 dir=$(mktemp -d /tmp/dtss-catch-up.XXXXXX)
 fresh_config "$name" "$dir" 5 5 -e "s|^max_backlog_per_partition = .*|max_backlog_per_partition = 3000000|"

@@ -30,3 +30,13 @@ start_fresh() {
   echo "dtss up did not answer within 120 s; see $dir/up.log" >&2
   exit 1
 }
+
+# ready_to_start: MariaDB and ZooKeeper up (scripts/services.sh), and nothing answering
+# where the system will.
+ready_to_start() {
+  "$ROOT/scripts/services.sh" up >/dev/null
+  if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
+    echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
+    exit 2
+  fi
+}

@@ -12,11 +12,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
 [[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
 . "$ROOT/benches/fresh-system.sh"
-"$ROOT/scripts/services.sh" up >/dev/null
-if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
-  echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
-  exit 2
-fi
+ready_to_start
 out=$(mktemp -d /tmp/dtss-settings.XXXXXX)
 pid=
 stop() { [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=; }
