@@ -37,10 +37,10 @@ pub(crate) enum Scalar {
     Other,
 }
 
-/// The `items` field: an array (its length, and its entries up to one past the most an
-/// order may hold), or another JSON value.
+/// The `items` field: an array of entries (a body is at most 64 KiB, so are they), or
+/// another JSON value.
 pub(crate) enum Items {
-    Array { len: usize, entries: Vec<Entry> },
+    Array(Vec<Entry>),
     Other,
 }
 
@@ -207,14 +207,11 @@ impl<'de> Deserialize<'de> for Items {
             }
             visit_scalars_as!(Items::Other);
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
-                // Entries past the most an order may hold are counted, not kept.
-                let mut entries = Vec::with_capacity(8);
-                let mut len = 0usize;
-                while let Some(e) = next_entry(&mut seq, len > crate::MAX_ITEMS)? {
-                    len += 1;
-                    entries.extend(e);
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8));
+                while let Some(e) = seq.next_element()? {
+                    entries.push(e);
                 }
-                Ok(Items::Array { len, entries })
+                Ok(Items::Array(entries))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Items, A::Error> {
                 skip_map(map).map(|()| Items::Other)
@@ -222,17 +219,6 @@ impl<'de> Deserialize<'de> for Items {
         }
         d.deserialize_any(V)
     }
-}
-
-/// The next entry of `items` (Some(None): one skipped, there being too many already).
-fn next_entry<'de, A: SeqAccess<'de>>(
-    seq: &mut A,
-    skip: bool,
-) -> Result<Option<Option<Entry>>, A::Error> {
-    if skip {
-        return Ok(seq.next_element::<IgnoredAny>()?.map(|_| None));
-    }
-    Ok(seq.next_element::<Entry>()?.map(Some))
 }
 
 impl<'de> Deserialize<'de> for Entry {

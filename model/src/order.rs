@@ -222,12 +222,12 @@ fn initiator(v: Option<Scalar>, currencies: &[Currency]) -> Result<Currency, Fie
 
 /// The items, the same id twice merged (numbers added).
 fn items(v: Option<Items>) -> Result<Vec<Item>, FieldError> {
-    let (len, entries) = match v {
+    let entries = match v {
         None => return Err(FieldError::new("items", "is required")),
-        Some(Items::Array { len, entries }) => (len, entries),
+        Some(Items::Array(entries)) => entries,
         Some(Items::Other) => return Err(FieldError::new("items", "must be an array")),
     };
-    check_item_count(len)?;
+    check_item_count(entries.len())?;
     let items = entries
         .into_iter()
         .enumerate()
