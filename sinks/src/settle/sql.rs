@@ -51,6 +51,18 @@ const STOCK_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS settle_stock \
     (id INT UNSIGNED NOT NULL PRIMARY KEY, was INT UNSIGNED NOT NULL, \
     inventory INT UNSIGNED NOT NULL) ENGINE=MEMORY;";
 
+/// The stock rows' scratch input, read from `stock_tsv` (see `LOAD_RESULTS`).
+const LOAD_STOCK: &str =
+    "LOAD DATA LOCAL INFILE 'stock' INTO TABLE settle_stock (id, was, inventory); ";
+
+/// How a transaction's rows go to the server: as tab-separated lines (LOAD DATA LOCAL),
+/// or, to a server that refuses that, as INSERT … VALUES.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rows {
+    Loaded,
+    Inserted,
+}
+
 /// The most values in one IN list of a stock UPDATE: MariaDB turns a list of 1,000 or
 /// more into a join with a temporary table, and the row-by-row update is lost.
 pub(super) const IN_LIST_MAX: usize = 999;
@@ -116,11 +128,12 @@ pub(super) fn finish(
     next_offset: i64,
     settled_at: i64,
     unrecorded: Option<&Committed>,
+    rows: Rows,
 ) -> String {
     let mut sql = String::with_capacity(1024);
     corrections(&mut sql, plan);
     dead_and_skipped(&mut sql, plan, topic, partition, settled_at);
-    stock_update(&mut sql, &plan.stock_changes);
+    stock_update(&mut sql, &plan.stock_changes, rows);
     totals_delta(&mut sql, partition, plan);
     if let Some(c) = unrecorded {
         sql.push_str(&record_commit(c));
@@ -158,7 +171,9 @@ fn corrections(sql: &mut String, plan: &Plan) {
     }
 }
 
-/// Stock: the values before and after go into a per-connection MEMORY table, and
+/// Stock: the values before and after go into a per-connection MEMORY table (loaded
+/// from `stock_tsv`: a fifth less of the server's CPU per row than parsing them as
+/// VALUES, `benches/stock-update.sh`), and
 /// UPDATEs of commodity join it by primary key, each row only if it holds the value
 /// before, each counted in `@n` (rows found, changed or not: `connect` sets
 /// CLIENT_FOUND_ROWS). A locked row always does; a row the view said and the UPDATE
@@ -170,19 +185,26 @@ fn corrections(sql: &mut String, plan: &Plan) {
 /// large batches it scans all of commodity, and an UPDATE locks what it scans, other
 /// workers' rows included (deadlocks). Cheaper per row than `SET inventory = CASE id …`
 /// (a linear search) and than `INSERT … ON DUPLICATE KEY UPDATE` (docs/PERFORMANCE.md).
-fn stock_update(sql: &mut String, changes: &[(u32, u32, u32)]) {
+fn stock_update(sql: &mut String, changes: &[(u32, u32, u32)], rows: Rows) {
     if changes.is_empty() {
         return;
     }
     sql.push_str(STOCK_TABLE);
-    sql.push_str("DELETE FROM settle_stock; INSERT INTO settle_stock (id, was, inventory) VALUES ");
-    for (i, (id, was, inv)) in changes.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
+    sql.push_str("DELETE FROM settle_stock; ");
+    match rows {
+        Rows::Loaded => sql.push_str(LOAD_STOCK),
+        Rows::Inserted => {
+            sql.push_str("INSERT INTO settle_stock (id, was, inventory) VALUES ");
+            for (i, (id, was, inv)) in changes.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                write!(sql, "({id},{was},{inv})").unwrap();
+            }
+            sql.push_str("; ");
         }
-        write!(sql, "({id},{was},{inv})").unwrap();
     }
-    sql.push_str("; SET @n = 0; ");
+    sql.push_str("SET @n = 0; ");
     for chunk in changes.chunks(IN_LIST_MAX) {
         write!(
             sql,
@@ -264,6 +286,19 @@ pub fn results_tsv(
             Some(digest) => hex_into(&mut out, &digest),
             None => out.extend_from_slice(b"\\N"),
         }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// `changes` as the lines `LOAD_STOCK` reads: id, inventory before, inventory after.
+pub(super) fn stock_tsv(changes: &[(u32, u32, u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(changes.len() * 24);
+    let mut num = itoa::Buffer::new();
+    for &(id, was, inv) in changes {
+        out.extend_from_slice(num.format(id).as_bytes());
+        push_field(&mut out, num.format(was).as_bytes());
+        push_field(&mut out, num.format(inv).as_bytes());
         out.push(b'\n');
     }
     out
@@ -633,6 +668,7 @@ mod tests {
             77,
             9,
             None,
+            Rows::Inserted,
         );
         assert!(
             sql.starts_with(
@@ -660,10 +696,30 @@ mod tests {
     #[test]
     fn a_long_stock_update_goes_in_statements_of_under_a_thousand_ids() {
         let changes: Vec<_> = (1..=2500).map(|id| (id, 2, 1)).collect();
-        let sql = finish(&plan(changes, vec![]), "t", 0, 1, 1, None);
+        let sql = finish(&plan(changes, vec![]), "t", 0, 1, 1, None, Rows::Loaded);
         assert_eq!(sql.matches("UPDATE commodity").count(), 3);
         assert!(sql.contains("WHERE c.id IN (1999,2000,"));
         assert!(sql.contains("IF(@c = 0 AND @n = 2500,"));
+    }
+
+    #[test]
+    fn stock_rows_are_loaded_as_lines_unless_the_server_refuses() {
+        let changes = vec![(1, 5, 3), (40_000, 4_294_967_295, 0)];
+        let loaded = finish(
+            &plan(changes.clone(), vec![]),
+            "t",
+            0,
+            1,
+            1,
+            None,
+            Rows::Loaded,
+        );
+        assert!(loaded.contains("DELETE FROM settle_stock; LOAD DATA LOCAL INFILE 'stock'"));
+        assert!(!loaded.contains("INSERT INTO settle_stock"), "{loaded}");
+        assert_eq!(stock_tsv(&changes), b"1\t5\t3\n40000\t4294967295\t0\n");
+        let inserted = finish(&plan(changes, vec![]), "t", 0, 1, 1, None, Rows::Inserted);
+        assert!(inserted.contains("VALUES (1,5,3),(40000,4294967295,0); SET @n = 0;"));
+        assert!(!inserted.contains("LOAD DATA"), "{inserted}");
     }
 
     #[test]
@@ -676,7 +732,7 @@ mod tests {
             started_at: 100,
             committed_at: 130,
         };
-        let sql = finish(&plan(vec![], vec![]), "t", 1, 30, 1, Some(&c));
+        let sql = finish(&plan(vec![], vec![]), "t", 1, 30, 1, Some(&c), Rows::Loaded);
         assert!(sql.contains(
             "INSERT IGNORE INTO settle_batches (`partition`, next_offset, first_offset, orders, \
              started_at, committed_at) VALUES (1,20,10,9,100,130); "

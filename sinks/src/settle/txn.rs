@@ -222,10 +222,11 @@ async fn settle_on(
     Ok(state.committed(decided.plan))
 }
 
-/// A planned batch and its round trip 3.
+/// A planned batch and its round trip 3, with the stock rows it loads (if it does).
 pub(super) struct Decided {
     pub plan: Plan,
     pub sql: String,
+    pub stock_tsv: Option<bytes::Bytes>,
 }
 
 /// Plan an open batch and write its round trip 3 (with the last batch's commit record,
@@ -240,6 +241,11 @@ pub(super) fn decide_open(
     let (skipped, conflicts) = open.copies_in(target.batch, target.skipped);
     let dead = [target.dead, &conflicts].concat();
     let plan = plan(&todo, open, &dead, skipped).map_err(Failure::Fatal)?;
+    let rows = if state.insert_results {
+        sql::Rows::Inserted
+    } else {
+        sql::Rows::Loaded
+    };
     let sql = sql::finish(
         &plan,
         target.topic,
@@ -247,8 +253,15 @@ pub(super) fn decide_open(
         target.next_offset,
         settled_at,
         state.unrecorded.as_ref(),
+        rows,
     );
-    Ok(Decided { plan, sql })
+    let stock_tsv = (rows == sql::Rows::Loaded && !plan.stock_changes.is_empty())
+        .then(|| sql::stock_tsv(&plan.stock_changes).into());
+    Ok(Decided {
+        plan,
+        sql,
+        stock_tsv,
+    })
 }
 
 /// What the stored offset must be for a batch to go on.
@@ -508,6 +521,9 @@ pub(super) async fn finish_on(
     commit_sent: &mut bool,
 ) -> Result<(), Failure> {
     let plan = &decided.plan;
+    if let Some(lines) = &decided.stock_tsv {
+        upload(conn, lines.clone());
+    }
     *commit_sent = true;
     let e = match conn.query_drop(decided.sql.as_str()).await {
         Ok(()) => return Ok(()),
@@ -559,11 +575,10 @@ async fn write_results(
             Err(e) => Err(e.into()),
         };
     }
-    let data = bytes::Bytes::from(sql::results_tsv(todo, decisions, partition, settled_at));
-    conn.set_infile_handler(async move {
-        use futures_util::StreamExt as _;
-        Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
-    });
+    upload(
+        conn,
+        sql::results_tsv(todo, decisions, partition, settled_at).into(),
+    );
     match conn
         .query_drop(format!("{prefix}{}", sql::LOAD_RESULTS))
         .await
@@ -586,6 +601,14 @@ async fn write_results(
         return Err(fatal(format!("writing {n} results: {warnings:?}")));
     }
     Ok(true)
+}
+
+/// `lines` as what the next LOAD DATA LOCAL on `conn` reads.
+fn upload(conn: &mut mysql_async::Conn, lines: bytes::Bytes) {
+    conn.set_infile_handler(async move {
+        use futures_util::StreamExt as _;
+        Ok(futures_util::stream::once(async move { Ok(lines) }).boxed())
+    });
 }
 
 fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commodity)>, Failure> {
