@@ -966,6 +966,68 @@ async fn poisons_are_kept_as_dead_letters_and_copies_skipped_and_the_partition_g
     drop_db(&db, pool, dir).await;
 }
 
+#[tokio::test]
+async fn a_digest_of_any_bytes_is_stored_as_it_is_and_tells_a_retry() {
+    let (db, pool, dir, rates, _shared) = fresh_db("digest_bytes", 2).await;
+    // Every byte a LOAD DATA line escapes or reads specially, and `\N` (NULL) spelt out.
+    let odd: [[u8; 16]; 2] = [
+        *b"\t\n\\\0\\N\rN\x1a\xff\x00\x00\t\n\\\\",
+        *b"\\N\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+    ];
+    let orders: Vec<Order> = odd
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut o = keyed("u-d", &format!("key-{i}"), 1, 1);
+            o.keyed.as_mut().unwrap().digest = *d;
+            o
+        })
+        .collect();
+    let batches = vec![
+        batch_of(
+            vec![
+                settling(0, &orders[0], &rates),
+                settling(1, &orders[1], &rates),
+            ],
+            vec![],
+            2,
+        ),
+        // Both sent again: copies of settled orders, told apart by the stored digests.
+        batch_of(
+            vec![
+                settling(2, &orders[0], &rates),
+                settling(3, &orders[1], &rates),
+            ],
+            vec![],
+            4,
+        ),
+    ];
+    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let got = settle_all(&mut settlement, batches).await;
+    settlement.flush().await.unwrap();
+    assert_eq!(got, vec![vec![None, None], vec![]]);
+    let mut conn = pool.get_conn().await.unwrap();
+    let stored: Vec<(String, Vec<u8>)> = conn
+        .query("SELECT order_id, digest FROM result")
+        .await
+        .unwrap();
+    let mut want: Vec<(String, Vec<u8>)> = orders
+        .iter()
+        .map(|o| (o.order_id.to_string(), o.digest().unwrap().to_vec()))
+        .collect();
+    want.sort();
+    let mut stored = stored;
+    stored.sort();
+    assert_eq!(stored, want);
+    let skipped: Vec<i64> = conn
+        .query("SELECT `offset` FROM skipped_copy ORDER BY `offset`")
+        .await
+        .unwrap();
+    assert_eq!(skipped, vec![2, 3], "the copies are skipped, not conflicts");
+    drop(conn);
+    drop_db(&db, pool, dir).await;
+}
+
 /// `order` for `user`, sent with idempotency `key`.
 fn keyed(user: &str, key: &str, id: u32, number: u32) -> Order {
     OrderRequest {
