@@ -14,7 +14,8 @@
 //!                 every commodity of the batch: the stock UPDATE checks it instead)
 //!                          │ decide again against the locked stock (plan.rs)
 //!                          ▼
-//!  round trip 3   UPDATE the results whose decision changed; UPDATE commodity (only
+//!  round trip 3   UPDATE the results whose decision changed; LOAD DATA LOCAL the
+//!                 stock changes into a scratch table, UPDATE commodity from it (only
 //!                 rows that still hold what was read); add the totals delta; log the
 //!                 previous batch's commit; store the next offset, NULL (an error)
 //!                 unless every row count matched; COMMIT
