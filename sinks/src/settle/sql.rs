@@ -171,13 +171,14 @@ fn corrections(sql: &mut String, plan: &Plan) {
     }
 }
 
-/// Stock: the values before and after go into a per-connection MEMORY table (loaded
-/// from `stock_tsv`: a fifth less of the server's CPU per row than parsing them as
-/// VALUES, `benches/stock-update.sh`), and
-/// UPDATEs of commodity join it by primary key, each row only if it holds the value
-/// before, each counted in `@n` (rows found, changed or not: `connect` sets
-/// CLIENT_FOUND_ROWS). A locked row always does; a row the view said and the UPDATE
-/// locks may not (the view was stale), and then the count is short: no commit.
+/// Stock: the values before and after go into a per-connection MEMORY table, loaded from
+/// `stock_tsv` (a fifth less of the server's CPU per row than parsing them as VALUES,
+/// `benches/stock-update.sh`), and UPDATEs of commodity join it by primary key, each
+/// row only if it holds the value before, each counted in `@n` (rows found, changed or
+/// not: `connect` sets CLIENT_FOUND_ROWS). A locked row always does; a row the view
+/// said and the UPDATE locks may not (the view was stale), and then the count is short:
+/// no commit. A scratch row LOAD DATA LOCAL skipped (it turns errors into warnings)
+/// would make the count short too.
 ///
 /// commodity comes first (STRAIGHT_JOIN), read by a range scan of the ids that change,
 /// so each row is updated as it is read. From the MEMORY table, MariaDB would note every
@@ -248,9 +249,9 @@ fn key_order(todo: &[&Settling]) -> Vec<usize> {
 
 /// `todo`'s result rows as LOAD DATA input: one line each, fields separated by tabs. Only
 /// the user id and the digest can hold a tab, newline, backslash or NUL: those are
-/// escaped. Written with
-/// `itoa` and byte pushes rather than `write!`, which was the settlement thread's largest
-/// cost at full speed (docs/PERFORMANCE.md). Public for `benches/settlement.rs`.
+/// escaped. Written with `itoa` and byte pushes rather than `write!`, which was the
+/// settlement thread's largest cost at full speed (docs/PERFORMANCE.md). Public for
+/// `benches/settlement.rs`.
 pub fn results_tsv(
     todo: &[&Settling],
     decisions: &[model::Decision],
