@@ -127,7 +127,7 @@ for s in "${SCENARIOS[@]}"; do
     dir=$OUT/$s-$r
     mkdir -p "$dir"
     log "$s, round $r of $ROUNDS: $RATE orders/s for $STEADY s, the fault $FAULT_AT s in"
-    "$BIN" bench --config "$CONFIG" --url "http://127.0.0.1:${DTSS_NGINX_PORT:-8090}" --rate "$RATE" \
+    "$BIN" bench --config "$CONFIG" --url "http://127.0.0.1:${DTSS_NGINX_PORT:-8090}" --rate "$RATE" --connections 64 \
       --duration "$STEADY" --ramp 1 --out "$dir/bench" >"$dir/bench.log" 2>&1 &
     bench=$!
     sleep $((FAULT_AT + 1))
