@@ -21,14 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 batches=${1:-40}
 rows=${2:-20000}
-home=${DTSS_HOME:-.dtss}
-[[ -r $home/mysql-password ]] || { echo "no $home/mysql-password: run scripts/services.sh up first" >&2; exit 2; }
+. benches/scratch-server.sh
 db=dtss_result_load
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# cpu_ticks: the machine's busy and steal ticks and their total, from /proc/stat.
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4 + $7 + $8, $9, t }' /proc/stat; }
-sql() { MYSQL_PWD=$(cat "$home/mysql-password") mariadb --local-infile=1 -h127.0.0.1 -P3306 -udtss -N -B "$@"; }
 
 # The shared columns, then the shapes' keys and the columns that differ.
 cols="user_id VARBINARY(256) NOT NULL, initiator CHAR(3) NOT NULL, success BOOL NOT NULL,

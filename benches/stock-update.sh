@@ -23,15 +23,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 txns=${1:-40}
 rows=${2:-2200}
-home=${DTSS_HOME:-.dtss}
-[[ -r $home/mysql-password ]] || { echo "no $home/mysql-password: run scripts/services.sh up first" >&2; exit 2; }
 ((rows >= 1 && rows <= 10000)) || { echo "rows per transaction must be 1 to 10,000 (the catalogue's size)" >&2; exit 2; }
+. benches/scratch-server.sh
 db=dtss_stock_update
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4 + $7 + $8, $9, t }' /proc/stat; }
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$(pgrep -x mariadbd | head -n 1)/stat"; }
-sql() { MYSQL_PWD=$(cat "$home/mysql-password") mariadb --local-infile=1 -h127.0.0.1 -P3306 -udtss -N -B "$@"; }
 
 # Transaction t's changes: ROWS distinct ids in id order, each "id was inventory", `was`
 # the inventory the table holds now (every form leaves inventory = 1,000,000 - changes).
@@ -83,7 +78,7 @@ statements() {
   } >"$work/txn.sql"
 }
 
-for form in ${FORMS:-join_in join_load iodku row_updates}; do
+for form in ${FORMS:-join_in join_load scratch_first iodku row_updates}; do
   sql -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db; CREATE TABLE $db.commodity (
     id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(128) NOT NULL, price DECIMAL(20,6) NOT NULL,
     currency CHAR(3) NOT NULL, inventory INT UNSIGNED NOT NULL, initial_inventory INT UNSIGNED NOT NULL) ENGINE=InnoDB"
