@@ -10,12 +10,28 @@
 # printed too). The paused worker loses its ZooKeeper session: the warnings in its log
 # about that are expected.
 #
-# Usage: benches/catch-up.sh [dtss binary] [SECONDS]   (default: target/release/dtss, 15)
+# With RUNS=N (default 1) it does all that N times, each on a system started fresh, and
+# ends with the median rate and the runs' rates in order.
+#
+# Usage: [RUNS=N] benches/catch-up.sh [dtss binary] [SECONDS]   (default: target/release/dtss, 15)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
 seconds=${2:-15}
 [[ -x $dtss ]] || { echo "no $dtss: build it with cargo build --release" >&2; exit 2; }
+runs=${RUNS:-1}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "RUNS=$runs: give a whole number of runs, 1 or more" >&2; exit 2; }
+if ((runs > 1)); then
+  rates=()
+  for i in $(seq 1 "$runs"); do
+    echo "== run $i of $runs"
+    line=$(RUNS=1 "$0" "$dtss" "$seconds" | tee /dev/stderr | grep '^catch-up:') || exit 1
+    rates+=("$(sed -E 's|.*: ([0-9]+) orders/s.*|\1|' <<<"$line")")
+  done
+  median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }')
+  echo "catch-up, median of $runs runs: $median orders/s (runs in order: ${rates[*]})"
+  exit 0
+fi
 . "$ROOT/benches/fresh-system.sh"
 ready_to_start
 name=catchup_$(date +%s)
