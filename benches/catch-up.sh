@@ -22,12 +22,14 @@ seconds=${2:-15}
 runs=${RUNS:-1}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "RUNS=$runs: give a whole number of runs, 1 or more" >&2; exit 2; }
 if ((runs > 1)); then
-  rates=()
+  rates=() out=$(mktemp)
   for i in $(seq 1 "$runs"); do
     echo "== run $i of $runs"
-    line=$(RUNS=1 "$0" "$dtss" "$seconds" | tee /dev/stderr | grep '^catch-up:') || exit 1
+    RUNS=1 "$0" "$dtss" "$seconds" | tee "$out"
+    line=$(grep '^catch-up:' "$out") || { echo "run $i gave no rate" >&2; exit 1; }
     rates+=("$(sed -E 's|.*: ([0-9]+) orders/s.*|\1|' <<<"$line")")
   done
+  rm -f "$out"
   median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }')
   echo "catch-up, median of $runs runs: $median orders/s (runs in order: ${rates[*]})"
   exit 0
