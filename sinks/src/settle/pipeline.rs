@@ -58,6 +58,10 @@ impl Batch {
     }
 }
 
+/// How long the next batch's start waits for round trip 3 to be asked for its stock
+/// lines, at most (the server asks at once unless a statement before fails).
+const STOCK_LINES_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A batch whose transaction is open on its connection (results written, rows locked).
 type Opened = (Batch, Conn, Open);
 
@@ -148,8 +152,10 @@ impl Settlement {
         }
         let mut commit_sent = false;
         let partition = self.partition;
+        let (read, asked) = tokio::sync::oneshot::channel();
         let finishing = async {
-            let done = finish_on(&mut conn, partition, &decided, &mut commit_sent).await;
+            let done =
+                finish_on(&mut conn, partition, &decided, &mut commit_sent, Some(read)).await;
             if done.is_err() {
                 // Release the rows now: the next batch waits for them.
                 abandon(&mut conn).await;
@@ -157,14 +163,16 @@ impl Settlement {
             (done, now_ms())
         };
         let expect = Expect::Exactly(batch.next_offset);
-        let starting = start_next(
-            &self.pool,
-            &self.topic,
-            partition,
-            then.as_ref(),
-            &mut self.state,
-            expect,
-        );
+        let (pool, topic, state) = (&self.pool, &self.topic, &mut self.state);
+        let starting = async {
+            if then.is_some() {
+                // This thread writes the next batch's rows before it reads the answers
+                // of round trip 3: let that send its stock lines first, or the server
+                // waits for them while the rows are written.
+                let _ = tokio::time::timeout(STOCK_LINES_WAIT, asked).await;
+            }
+            start_next(pool, topic, partition, then.as_ref(), state, expect).await
+        };
         let ((done, committed_at), started) = tokio::join!(finishing, starting);
         if let Err(e) = done {
             if let Ok(Some((mut then_conn, _))) = started {

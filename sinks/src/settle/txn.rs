@@ -218,7 +218,7 @@ async fn settle_on(
         Opening::Committed(outcomes) => return Ok(outcomes),
     };
     let decided = decide_open(target, open, state)?;
-    finish_on(conn, target.partition, &decided, commit_sent).await?;
+    finish_on(conn, target.partition, &decided, commit_sent, None).await?;
     Ok(state.committed(decided.plan))
 }
 
@@ -513,16 +513,18 @@ fn no_offsets_row(target: Target<'_>) -> Failure {
 
 /// Round trip 3: send `decided`'s statements, ending with COMMIT. A failed check (the next offset written as
 /// NULL) is a stale view when only the stock UPDATE's count fell short of a batch
-/// settled from the view; any other failed check is fatal.
+/// settled from the view; any other failed check is fatal. `read` is told when the
+/// server asks for the stock lines (dropped unasked when there are none).
 pub(super) async fn finish_on(
     conn: &mut mysql_async::Conn,
     partition: i32,
     decided: &Decided,
     commit_sent: &mut bool,
+    read: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), Failure> {
     let plan = &decided.plan;
     if let Some(lines) = &decided.stock_tsv {
-        upload(conn, lines.clone());
+        upload(conn, lines.clone(), read);
     }
     *commit_sent = true;
     let e = match conn.query_drop(decided.sql.as_str()).await {
@@ -578,6 +580,7 @@ async fn write_results(
     upload(
         conn,
         sql::results_tsv(todo, decisions, partition, settled_at).into(),
+        None,
     );
     match conn
         .query_drop(format!("{prefix}{}", sql::LOAD_RESULTS))
@@ -603,10 +606,18 @@ async fn write_results(
     Ok(true)
 }
 
-/// `lines` as what the next LOAD DATA LOCAL on `conn` reads.
-fn upload(conn: &mut mysql_async::Conn, lines: bytes::Bytes) {
+/// `lines` as what the next LOAD DATA LOCAL on `conn` reads; `read` is told when the
+/// server asks for them.
+fn upload(
+    conn: &mut mysql_async::Conn,
+    lines: bytes::Bytes,
+    read: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     conn.set_infile_handler(async move {
         use futures_util::StreamExt as _;
+        if let Some(read) = read {
+            let _ = read.send(());
+        }
         Ok(futures_util::stream::once(async move { Ok(lines) }).boxed())
     });
 }
