@@ -23,13 +23,13 @@ runs=${RUNS:-1}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "RUNS=$runs: give a whole number of runs, 1 or more" >&2; exit 2; }
 if ((runs > 1)); then
   rates=() out=$(mktemp)
+  trap 'rm -f "$out"' EXIT
   for i in $(seq 1 "$runs"); do
     echo "== run $i of $runs"
     RUNS=1 "$0" "$dtss" "$seconds" | tee "$out"
     line=$(grep '^catch-up:' "$out") || { echo "run $i gave no rate" >&2; exit 1; }
     rates+=("$(sed -E 's|.*: ([0-9]+) orders/s.*|\1|' <<<"$line")")
   done
-  rm -f "$out"
   median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }')
   echo "catch-up, median of $runs runs: $median orders/s (runs in order: ${rates[*]})"
   exit 0

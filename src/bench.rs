@@ -126,8 +126,7 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
 /// The bench's options from the command line, checked.
 fn options(cfg: &Config, a: &LoadBench) -> Result<harness::BenchOptions> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
-    let connections = a.connections;
-    anyhow::ensure!(connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(a.connections >= 1, "--connections must be at least 1");
     anyhow::ensure!(
         a.ramp >= 0.0 && a.drain_timeout >= 0.0,
         "--ramp and --drain-timeout must not be negative"
@@ -145,7 +144,7 @@ fn options(cfg: &Config, a: &LoadBench) -> Result<harness::BenchOptions> {
         ramp_s: a.ramp,
         steady_s: a.duration,
         drain_timeout_s: a.drain_timeout,
-        connections,
+        connections: a.connections,
         direct_kafka: a.direct_kafka,
         rate_changes_per_s: a.rate_changes_per_s,
         seed: a.seed,

@@ -523,8 +523,10 @@ pub(super) async fn finish_on(
     read: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), Failure> {
     let plan = &decided.plan;
-    if let Some(lines) = &decided.stock_tsv {
-        upload(conn, lines.clone(), read);
+    match &decided.stock_tsv {
+        Some(lines) => upload(conn, lines.clone(), read),
+        // Nothing for the server to ask for: say so now, not once the statements end.
+        None => drop(read),
     }
     *commit_sent = true;
     let e = match conn.query_drop(decided.sql.as_str()).await {
