@@ -112,6 +112,42 @@ fn sigterm_to_every_process_then_restart_loses_and_repeats_nothing() {
     c.check_invariants(&accepted);
 }
 
+/// SIGTERM before the first rates came (here ZooKeeper is out of the worker's reach): the
+/// worker still exits, settling nothing; the next start settles every order once.
+#[test]
+fn a_worker_stopped_before_any_rates_exits_and_the_next_start_settles_all() {
+    let mut c = Cluster::configure("norates", Spec::default());
+    c.run(&["init"]).expect("dtss init");
+    c.start_broker();
+    c.start_ingest();
+    let config = std::fs::read_to_string(&c.config).unwrap();
+    let unreachable = format!("127.0.0.1:{}", common::free_port());
+    std::fs::write(&c.config, config.replace("127.0.0.1:2181", &unreachable)).unwrap();
+    c.start_worker(0);
+    let url = format!("http://{}", c.listen);
+    let posted = c.rt.block_on(harness::post_orders(
+        &url,
+        500,
+        8,
+        harness::OrderGen::new(7, 1000, currencies()),
+        |_| {},
+    ));
+    let accepted = posted.unwrap().accepted;
+    common::wait_for(Duration::from_secs(30), "both partitions read", || {
+        let log = c.log("worker-0");
+        log.contains("reading orders/0") && log.contains("reading orders/1")
+    });
+    let status = c.kill_worker(0, libc::SIGTERM).expect("a worker");
+    assert!(status.success(), "worker exits 0 on SIGTERM: {status}");
+    assert!(c.log("worker-0").contains("before any rates came"));
+    assert_eq!(c.count("SELECT COUNT(*) FROM result"), 0);
+
+    std::fs::write(&c.config, config).unwrap();
+    c.start_worker(0);
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    c.check_invariants(&accepted);
+}
+
 #[test]
 fn mariadb_killed_mid_stream_no_crash_loop_no_loss_no_duplicate() {
     let c = Cluster::start("mysqlkill", Spec::default());

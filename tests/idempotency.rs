@@ -330,7 +330,7 @@ fn ingest_killed_five_times_under_keyed_load_leaves_one_result_per_accepted_orde
         kills.push(killed.elapsed());
         std::thread::sleep(Duration::from_secs(3));
     }
-    let status = bench.wait().unwrap();
+    let status = common::exit_within(&mut bench, Duration::from_secs(600));
     let bench_log = std::fs::read_to_string(c.dir.join("bench.log")).unwrap();
     assert!(status.success(), "dtss bench failed:\n{bench_log}");
     // Strict: every result belongs to an order that got a 202, and each has one.

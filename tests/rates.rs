@@ -281,7 +281,7 @@ fn two_modifiers_one_leader_takeover_after_kill_and_no_lost_update() {
         libc::kill(fp.id() as i32, libc::SIGTERM);
     }
     assert!(
-        fp.wait().unwrap().success(),
+        common::exit_within(&mut fp, common::STOP_WITHIN).success(),
         "SIGTERM stops a modifier cleanly"
     );
     assert!(
@@ -372,7 +372,7 @@ fn a_hundred_rate_changes_per_second_under_load() {
     unsafe {
         libc::kill(modifier.id() as i32, libc::SIGTERM);
     }
-    modifier.wait().unwrap();
+    common::exit_within(&mut modifier, common::STOP_WITHIN);
     c.wait_results(accepted.len() as u64, Duration::from_secs(60));
     let used = c.rate_versions_used();
     let recorded = c.count("SELECT COUNT(DISTINCT version) FROM rate_history");

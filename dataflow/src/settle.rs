@@ -82,9 +82,11 @@ pub(crate) fn settle<'s>(
                 };
                 if tables.is_empty() {
                     // Only when the rate source stopped before delivering any rate
-                    // (shutdown): settle nothing; these orders are read again next start.
-                    if pending.keys().next().is_some_and(closed) {
-                        tracing::warn!(partition, "no rates yet; leaving closed epochs unsettled");
+                    // (shutdown): settle nothing, and let the dataflow end; these
+                    // orders are read again next start.
+                    if f_rates.frontier().is_empty() && !pending.is_empty() {
+                        tracing::warn!(partition, "no rates came; leaving what was read unsettled");
+                        pending.clear();
                     }
                     return;
                 }

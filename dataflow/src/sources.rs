@@ -123,6 +123,9 @@ pub(crate) fn until_next_close(cfg: &Config, now: i64) -> u64 {
     (next - now).max(1) as u64
 }
 
+/// How long a stopping rate source waits for its first table, at most.
+const FIRST_RATES_ON_STOP: Duration = Duration::from_secs(10);
+
 /// Rate tables from ZooKeeper, on worker 0 only, at the epoch they were observed in.
 /// Each distinct table gets the next version and is recorded in `rate_history` before
 /// any order can use it.
@@ -145,13 +148,15 @@ pub(crate) fn rate_source<'s>(
             let mut cap = (index == 0).then_some(cap);
             let mut current: Option<RateTable> = None;
             let mut loaded = false;
+            // Whether this run has put out a table yet; when it was told to stop.
+            let mut emitted = false;
+            let mut stopping: Option<Instant> = None;
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 if !loaded {
                     current = recorded_rates(&db);
                     loaded = true;
                 }
-                let mut emitted_first = false;
                 while let Ok(rates) = rx.try_recv() {
                     let from = cfg.epoch_of(now_ms()).max(*c.time());
                     let same = current
@@ -172,14 +177,27 @@ pub(crate) fn rate_source<'s>(
                     output.session(&c.delayed(&from)).give(table.clone());
                     c.downgrade(&from);
                     current = Some(table);
-                    emitted_first = true;
+                    emitted = true;
                 }
                 if stop.load(Ordering::Relaxed) {
-                    cap = None;
+                    // Orders read before the stop settle with the first table: wait for
+                    // it (a while at most), then end.
+                    let waited = stopping.get_or_insert_with(Instant::now).elapsed();
+                    if emitted || waited >= FIRST_RATES_ON_STOP {
+                        if !emitted {
+                            tracing::warn!(
+                                "stopping before any rates came from ZooKeeper; orders read \
+                                 are left for the next start"
+                            );
+                        }
+                        cap = None;
+                        return;
+                    }
+                    tick.arm(Duration::from_millis(cfg.cluster.epoch_ms));
                     return;
                 }
                 // Until the first table is out, hold the frontier so no epoch closes rate-less.
-                if emitted_first || *c.time() > 0 {
+                if emitted {
                     let now = cfg.epoch_of(now_ms()).max(*c.time());
                     c.downgrade(&now);
                 }

@@ -358,7 +358,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         unsafe {
             libc::kill(child.id() as i32, sig);
         }
-        child.wait().ok()
+        Some(exit_within(&mut child, STOP_WITHIN))
     }
 
     pub fn post(&self, body: &str) -> (u16, serde_json::Value) {
@@ -457,12 +457,12 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
         accepted.into_inner().unwrap()
     }
 
-    /// SIGTERM a child and wait; its exit status.
+    /// SIGTERM a child and wait (a minute and a half at most); its exit status.
     pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        child.wait().unwrap()
+        exit_within(child, STOP_WITHIN)
     }
 
     /// Wait (up to 60 s) until more than `more` further results are settled.
@@ -695,4 +695,25 @@ pub fn start_up(c: &Cluster) -> Up {
             .unwrap_or(false)
     });
     up
+}
+
+/// How long a signalled process may take to exit: a worker reads its partition to the
+/// end (30 s at most) and settles what it read.
+pub const STOP_WITHIN: Duration = Duration::from_secs(90);
+
+/// `child`'s exit status once it exits; killed, and the test failed, if that takes longer
+/// than `within` (a hung process must not hang the suite).
+pub fn exit_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
