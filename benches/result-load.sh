@@ -13,7 +13,8 @@
 # with and without `by_user` (`keyed_ids`, `keyed_ids_no_by_user`), and user-tagged as
 # `dtss init` makes them now, the user's 16-bit tag first and no second index
 # (`user_tagged`, the table as created now), and those rows sent in key order as the
-# settlement transaction sends them (`user_tagged_in_key_order`).
+# settlement transaction sends them (`user_tagged_in_key_order`), and that with `items` as
+# VARCHAR(2000) instead of TEXT (`items_varchar`).
 #
 # Usage: benches/result-load.sh [batches] [rows per batch]   (default: 40 batches of 20,000)
 #        SHAPES="as_created no_by_user" benches/result-load.sh   (a subset)
@@ -42,6 +43,7 @@ declare -A ddl=(
   [keyed_ids_no_by_user]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
   [user_tagged_in_key_order]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
   [user_tagged]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, $cols"
+  [items_varchar]="order_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY, ${cols/items TEXT NOT NULL/items VARCHAR(2000) CHARACTER SET ascii NOT NULL}"
   [user_first_key]="order_id CHAR(36) CHARACTER SET ascii NOT NULL, $cols, user_key BIGINT UNSIGNED NOT NULL, PRIMARY KEY (user_key, order_id)"
 )
 
@@ -80,7 +82,8 @@ for shape in ${SHAPES:-as_created no_by_user user_hash rows_by_user user_first_k
   hash=0; [[ $shape == user_hash || $shape == user_first_key ]] && hash=1
   sorted=0; [[ $shape == rows_by_user ]] && sorted=1
   ids=time; [[ $shape == keyed_ids* ]] && ids=keyed; [[ $shape == user_tagged* ]] && ids=tagged
-  [[ $shape == user_tagged_in_key_order ]] && sorted=key
+  [[ $shape == items_varchar ]] && ids=tagged
+  [[ $shape == user_tagged_in_key_order || $shape == items_varchar ]] && sorted=key
   # The columns each line fills, from the same flags that shape the lines.
   if ((hyph)); then id="order_id" set_id=""; else id="@id" set_id="order_id = UNHEX(@id), "; fi
   key=""; ((hash)) && key=", user_key"
