@@ -22,10 +22,11 @@ cargo build --release --workspace --benches   # the benchmarks must keep buildin
 cargo test --release --workspace --tests --no-run "$@"
 # A test that hangs fails the suite here, naming itself, rather than stalling it (the tests
 # take about 8 minutes).
-timeout --kill-after=30 "${DTSS_TEST_MINUTES:-40}m" \
+minutes=${DTSS_TEST_MINUTES:-40}
+timeout --kill-after=30 "${minutes}m" \
   cargo test --release --workspace --tests "$@" -- --test-threads=1 2>&1 | tee "$log" || status=$?
 if [[ $status -eq 124 || $status -eq 137 ]]; then
-  echo; echo "cargo test did not finish within ${DTSS_TEST_MINUTES:-40} minutes; it hung in: $(grep '^test ' "$log" | grep -vE '(ok|FAILED|ignored)$' | tail -1)"
+  echo; echo "cargo test did not finish within $minutes minutes; it hung in: $(grep '^test ' "$log" | grep -vE '(ok|FAILED|ignored)$' | tail -1)"
 fi
 
 # Each fuzz target briefly over its checked-in corpus (scripts/fuzz.sh for long runs).

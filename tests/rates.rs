@@ -277,11 +277,8 @@ fn two_modifiers_one_leader_takeover_after_kill_and_no_lost_update() {
     let takeover = killed.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let mut fp = procs.remove(fname).unwrap();
-    unsafe {
-        libc::kill(fp.id() as i32, libc::SIGTERM);
-    }
     assert!(
-        common::exit_within(&mut fp, common::STOP_WITHIN).success(),
+        Cluster::terminate(&mut fp).success(),
         "SIGTERM stops a modifier cleanly"
     );
     assert!(
@@ -369,10 +366,7 @@ fn a_hundred_rate_changes_per_second_under_load() {
         stop.store(true, Ordering::Relaxed);
         poster.join().unwrap()
     });
-    unsafe {
-        libc::kill(modifier.id() as i32, libc::SIGTERM);
-    }
-    common::exit_within(&mut modifier, common::STOP_WITHIN);
+    Cluster::terminate(&mut modifier);
     c.wait_results(accepted.len() as u64, Duration::from_secs(60));
     let used = c.rate_versions_used();
     let recorded = c.count("SELECT COUNT(DISTINCT version) FROM rate_history");

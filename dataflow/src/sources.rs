@@ -183,17 +183,17 @@ pub(crate) fn rate_source<'s>(
                     // Orders read before the stop settle with the first table: wait for
                     // it (a while at most), then end.
                     let waited = stopping.get_or_insert_with(Instant::now).elapsed();
-                    if emitted || waited >= FIRST_RATES_ON_STOP {
-                        if !emitted {
-                            tracing::warn!(
-                                "stopping before any rates came from ZooKeeper; orders read \
-                                 are left for the next start"
-                            );
-                        }
-                        cap = None;
+                    if !emitted && waited < FIRST_RATES_ON_STOP {
+                        tick.arm(Duration::from_millis(cfg.cluster.epoch_ms));
                         return;
                     }
-                    tick.arm(Duration::from_millis(cfg.cluster.epoch_ms));
+                    if !emitted {
+                        tracing::warn!(
+                            "stopping before any rates came from ZooKeeper; orders read are \
+                             left for the next start"
+                        );
+                    }
+                    cap = None;
                     return;
                 }
                 // Until the first table is out, hold the frontier so no epoch closes rate-less.
