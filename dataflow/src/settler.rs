@@ -18,10 +18,13 @@ use crate::metrics::{label, Settled, METRICS};
 use crate::worker::die;
 
 /// Most orders settled in one MySQL transaction. The larger a batch, the fewer times each
-/// commodity is locked and written per order (docs/PERFORMANCE.md).
-const MAX_BATCH: usize = 20_000;
-/// Hand-overs given to the settlement thread and not yet committed, at most.
-pub(crate) const IN_FLIGHT: usize = 16;
+/// commodity is locked and written per order (docs/PERFORMANCE.md, "Batches at full
+/// speed").
+const MAX_BATCH: usize = 40_000;
+/// Hand-overs given to the settlement thread and not yet committed, at most. Enough that
+/// the operator hands over every closed epoch while two transactions are in flight: a
+/// batch taken then holds all that waits, not just the hand-overs a small limit let out.
+pub(crate) const IN_FLIGHT: usize = 256;
 /// How long the thread waits for a next batch before writing the last batch's commit
 /// record on its own.
 const RECORD_IDLE: Duration = Duration::from_millis(100);
@@ -245,7 +248,9 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
 
 /// The next batch for `Settlement`: the next one queued, or every hand-over waiting merged
 /// into one and cut into batches: at once when nothing is in flight, else once
-/// `next_take` has come.
+/// `next_take` has come. The last part of a cut, shorter than MAX_BATCH, takes in what
+/// waits when its turn comes: a large backlog goes as full batches, each commodity
+/// written once per MAX_BATCH orders, not once more for every remainder.
 fn take(
     queued: &mut VecDeque<(Batch, usize)>,
     given: &mut VecDeque<usize>,
@@ -253,15 +258,14 @@ fn take(
     next_take: &mut Instant,
     interval: Duration,
 ) -> Option<Batch> {
-    if queued.is_empty() {
-        let now = Instant::now();
-        if now < *next_take && !given.is_empty() {
-            return None;
-        }
-        let (merged, n) = merge(rx.try_iter());
-        if n > 0 {
-            queued.extend(batches_of(merged, n));
+    let now = Instant::now();
+    let due = now >= *next_take || given.is_empty();
+    if queued.len() == 1 || (queued.is_empty() && due) {
+        let arrived: Vec<_> = rx.try_iter().map(|b| (b, 1)).collect();
+        if !arrived.is_empty() {
             *next_take = now + interval;
+            let (merged, n) = merge(queued.pop_back().into_iter().chain(arrived));
+            queued.extend(batches_of(merged, n));
         }
     }
     let (batch, ends) = queued.pop_front()?;
@@ -269,16 +273,17 @@ fn take(
     Some(batch)
 }
 
-/// Hand-overs, one after the other, as one batch; and how many there were.
-fn merge(handovers: impl Iterator<Item = Batch>) -> (Batch, usize) {
+/// Parts of hand-overs (each with the number of hand-overs it completes), one after the
+/// other, as one batch; and how many hand-overs it completes.
+fn merge(parts: impl Iterator<Item = (Batch, usize)>) -> (Batch, usize) {
     let mut merged = Batch::default();
     let mut n = 0;
-    for b in handovers {
+    for (b, ends) in parts {
         merged.orders.extend(b.orders);
         merged.dead.extend(b.dead);
         merged.skipped.extend(b.skipped);
         merged.next_offset = b.next_offset;
-        n += 1;
+        n += ends;
     }
     (merged, n)
 }
@@ -371,7 +376,8 @@ mod tests {
 
     #[test]
     fn hand_overs_waiting_go_as_one_batch() {
-        let (merged, n) = merge([batch(0..3, 3), batch(3..4, 6), batch(6..6, 9)].into_iter());
+        let parts = [batch(0..3, 3), batch(3..4, 6), batch(6..6, 9)].map(|b| (b, 1));
+        let (merged, n) = merge(parts.into_iter());
         assert_eq!((n, merged.orders.len(), merged.next_offset), (3, 4, 9));
         let cut = batches_of(merged, n);
         assert_eq!(cut.len(), 1);
@@ -460,5 +466,29 @@ mod tests {
         given.pop_front();
         let b = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
         assert_eq!(b.next_offset, 5, "committed: taken at once again");
+    }
+
+    #[test]
+    fn the_short_last_part_of_a_cut_takes_in_what_arrived_before_its_turn() {
+        let n = MAX_BATCH as i64;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(batch(0..n + 5, n + 5)).unwrap();
+        let (mut queued, mut given) = (VecDeque::new(), VecDeque::new());
+        let interval = Duration::from_secs(60);
+        let mut next_take = Instant::now();
+        let first = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!((first.orders.len(), given.len()), (MAX_BATCH, 1));
+        // In flight, and before the interval: the rest still goes, with what came since.
+        tx.send(batch(n + 5..n + 8, n + 8)).unwrap();
+        tx.send(batch(n + 8..2 * n + 2, 2 * n + 2)).unwrap();
+        let rest = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!((rest.orders.len(), rest.next_offset), (MAX_BATCH, 2 * n));
+        let last = take(&mut queued, &mut given, &rx, &mut next_take, interval).unwrap();
+        assert_eq!((last.orders.len(), last.next_offset), (2, 2 * n + 2));
+        assert_eq!(
+            given,
+            [0, 0, 3],
+            "only the part that ends them completes hand-overs"
+        );
     }
 }

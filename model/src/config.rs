@@ -256,7 +256,7 @@ mod raw {
             Kafka {
                 brokers: vec![],
                 topic: "orders".into(),
-                max_backlog_per_partition: 40_000,
+                max_backlog_per_partition: 100_000,
             }
         }
     }
