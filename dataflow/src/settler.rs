@@ -1,5 +1,6 @@
 //! The worker's settlement thread. It takes every hand-over waiting as one, cuts it into
-//! batches of at most MAX_BATCH orders, and settles them in offset order through
+//! batches of at most MAX_BATCH orders (the short last part taking in what arrives
+//! before its turn), and settles them in offset order through
 //! `sinks::Settlement` (while one commits, the next one starts). Batching adapts to the
 //! load: while no transaction is in flight, what waits is taken at once (a closed epoch
 //! settles without delay at low load); while one is, the next take waits until
