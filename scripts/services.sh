@@ -112,7 +112,10 @@ mysql_os_user() {
 }
 
 mysql_up() {
-  if pid_alive "$MY/mysqld.pid" "$MY/data" && mysql_ping; then
+  # Ours and alive: wait for it (a busy server can be slow to answer a ping), never
+  # start a second one on the same data directory.
+  if pid_alive "$MY/mysqld.pid" "$MY/data"; then
+    mysql_ping || wait_until_up MariaDB "$(cat "$MY/mysqld.pid")" mysql_ping "$MY/error.log"
     log "MariaDB already running on $BIND:$MYSQL_PORT"
     mysql_users "$MY/mysqld.sock"
     return
@@ -280,9 +283,16 @@ zk_ruok() {
 }
 
 zk_up() {
-  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg" && zk_ruok; then
+  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg"; then
+    zk_ruok || wait_until_up ZooKeeper "$(cat "$ZK/zk.pid")" zk_ruok "$ZK/zk.log"
     log "ZooKeeper already running on $BIND:$ZK_PORT"
     return
+  fi
+  # Another ZooKeeper on the port would answer for the one started here, which would
+  # exit unseen; `down` could then not stop what serves.
+  if zk_ruok; then
+    log "a ZooKeeper not started from $DTSS_HOME answers on $BIND:$ZK_PORT: stop it, or give this one another port (DTSS_ZK_PORT)"
+    exit 1
   fi
   mkdir -p "$ZK/data"
   cat >"$ZK/zoo.cfg" <<EOF
