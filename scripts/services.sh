@@ -120,6 +120,10 @@ mysql_up() {
     mysql_users "$MY/mysqld.sock"
     return
   fi
+  if mysql_ping; then
+    log "a MariaDB not started from $DTSS_HOME answers on $MY/mysqld.sock: stop it first"
+    exit 1
+  fi
   mkdir -p "$MY/files"
   local user
   user=$(mysql_os_user)
