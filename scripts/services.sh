@@ -99,6 +99,24 @@ wait_until_up() {
   log "$name answers after $((SECONDS - start)) s"
 }
 
+# already_running NAME PIDFILE PATTERN CHECK LOGFILE WHERE [HINT]: true when the server
+# this script started is alive (waiting for CHECK: a busy one can be slow to answer);
+# false when none answers. Exits when one it did not start answers CHECK: one started
+# here would exit unseen beside it, and `down` could not stop what serves.
+already_running() {
+  local name=$1 pidfile=$2 pattern=$3 check=$4 logfile=$5 where=$6 hint=${7:-}
+  if pid_alive "$pidfile" "$pattern"; then
+    "$check" || wait_until_up "$name" "$(cat "$pidfile")" "$check" "$logfile"
+    log "$name already running on $where"
+    return 0
+  fi
+  if "$check"; then
+    log "a $name not started from $DTSS_HOME answers on $where: stop it${hint:+, or $hint}"
+    exit 1
+  fi
+  return 1
+}
+
 mysql_ping() { mariadb-admin --no-defaults --socket="$MY/mysqld.sock" -uroot ping >/dev/null 2>&1; }
 
 # The OS user MariaDB runs as: `mysql` when it can reach the data directory (every
@@ -112,17 +130,10 @@ mysql_os_user() {
 }
 
 mysql_up() {
-  # Ours and alive: wait for it (a busy server can be slow to answer a ping), never
-  # start a second one on the same data directory.
-  if pid_alive "$MY/mysqld.pid" "$MY/data"; then
-    mysql_ping || wait_until_up MariaDB "$(cat "$MY/mysqld.pid")" mysql_ping "$MY/error.log"
-    log "MariaDB already running on $BIND:$MYSQL_PORT"
+  if already_running MariaDB "$MY/mysqld.pid" "$MY/data" mysql_ping "$MY/error.log" \
+    "$BIND:$MYSQL_PORT ($MY/mysqld.sock)"; then
     mysql_users "$MY/mysqld.sock"
     return
-  fi
-  if mysql_ping; then
-    log "a MariaDB not started from $DTSS_HOME answers on $MY/mysqld.sock: stop it first"
-    exit 1
   fi
   mkdir -p "$MY/files"
   local user
@@ -223,10 +234,8 @@ galera_synced() {
 galera_node_up() {
   local i=$1 bootstrap=${2:-} d addresses=() n
   d=$(galera_dir "$i")
-  if galera_alive "$i" && galera_ping "$i"; then
-    log "Galera node $i already running on 127.0.0.1:$((GALERA_PORT + i))"
-    return
-  fi
+  already_running "Galera node $i" "$d/mysqld.pid" "$d/data" "galera_ready_$i" "$d/error.log" \
+    "127.0.0.1:$((GALERA_PORT + i))" && return
   for n in $(seq 1 "$GALERA"); do addresses+=("127.0.0.1:45${n}7"); done
   mkdir -p "$d/data" "$d/files"
   if [ -n "$bootstrap" ] && [ ! -d "$d/data/mysql" ]; then
@@ -287,17 +296,8 @@ zk_ruok() {
 }
 
 zk_up() {
-  if pid_alive "$ZK/zk.pid" "$ZK/zoo.cfg"; then
-    zk_ruok || wait_until_up ZooKeeper "$(cat "$ZK/zk.pid")" zk_ruok "$ZK/zk.log"
-    log "ZooKeeper already running on $BIND:$ZK_PORT"
-    return
-  fi
-  # Another ZooKeeper on the port would answer for the one started here, which would
-  # exit unseen; `down` could then not stop what serves.
-  if zk_ruok; then
-    log "a ZooKeeper not started from $DTSS_HOME answers on $BIND:$ZK_PORT: stop it, or give this one another port (DTSS_ZK_PORT)"
-    exit 1
-  fi
+  already_running ZooKeeper "$ZK/zk.pid" "$ZK/zoo.cfg" zk_ruok "$ZK/zk.log" \
+    "$BIND:$ZK_PORT" "give this one another port (DTSS_ZK_PORT)" && return
   mkdir -p "$ZK/data"
   cat >"$ZK/zoo.cfg" <<EOF
 tickTime=500
