@@ -348,6 +348,9 @@ stop_pid() {
     [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   else
     log "$name is not running (from $DTSS_HOME)"
+    # A live process of another command line (this folder reached through a link)
+    # keeps its file: without it, its own `down` could not stop it.
+    pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && [ -d "/proc/$pid" ] && return
   fi
   rm -f "$pidfile"
 }
