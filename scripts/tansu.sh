@@ -95,12 +95,20 @@ build() {
 }
 
 # broker_up DIR PORT STORAGE: start one broker (its storage URL in STORAGE_ENGINE, so
-# that a password in it stays off the command line) unless it runs; wait until it answers.
+# that a password in it stays off the command line) unless it runs; wait until it
+# answers. A broker of DIR that runs but does not answer yet is waited for, not
+# started again (the second would exit, and its pid file would orphan the first); a
+# listener on PORT that this script did not start is refused.
 broker_up() {
   local dir=$1 port=$2
-  if alive "$dir" "$port" && answers "$port"; then
+  if alive "$dir" "$port"; then
+    answers "$port" || wait_for_broker "$dir" "$port"
     log "Tansu already running on 127.0.0.1:$port"
     return
+  fi
+  if answers "$port"; then
+    log "something not started from $dir answers on 127.0.0.1:$port: stop it, or give Tansu another port (DTSS_TANSU_PORT)"
+    exit 1
   fi
   mkdir -p "$dir"
   log "starting Tansu on 127.0.0.1:$port (log: $dir/tansu.log)"
@@ -110,7 +118,13 @@ broker_up() {
       --advertised-listener-url "tcp://127.0.0.1:$port" </dev/null >>"$dir/tansu.log" 2>&1 9>&- &
     echo $! >"$dir/tansu.pid"
   )
-  local start=$SECONDS
+  wait_for_broker "$dir" "$port"
+}
+
+# wait_for_broker DIR PORT: until the broker of DIR answers on PORT; fail if it exits,
+# or after 60 s.
+wait_for_broker() {
+  local dir=$1 port=$2 start=$SECONDS
   until answers "$port"; do
     if ! alive "$dir" "$port"; then
       tail -n 30 "$dir/tansu.log" >&2
@@ -126,12 +140,13 @@ broker_up() {
   log "Tansu on 127.0.0.1:$port answers after $((SECONDS - start)) s"
 }
 
-# stop PIDFILE NAME: SIGTERM, then SIGKILL after 5 s.
+# stop PIDFILE NAME: SIGTERM, then SIGKILL after 5 s, to the process the pid file names
+# if it is a Tansu broker (a pid is reused once its process is gone).
 stop() {
   local pid
   [ -f "$1" ] || return 0
   pid=$(cat "$1")
-  if [ -d "/proc/$pid" ]; then
+  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- " broker --listener-url "; then
     log "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do
