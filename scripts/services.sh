@@ -21,6 +21,8 @@
 # and ZooKeeper listen on; DTSS_MYSQL_CLIENTS, a host pattern the dtss user may also
 # connect from (e.g. 10.77.0.%); DTSS_ZK_ENSEMBLE, the members' addresses ("A B C"), with
 # DTSS_ZK_ID, this member's place in it (1, 2, ...).
+#
+# Self-contained: `dtss services` runs the copy embedded in the binary, from no checkout.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,8 +42,16 @@ ZK=$SVC/zookeeper
 ZK_CP=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar
 
 log() { printf '[services] %s\n' "$*" >&2; }
-# shellcheck source=scripts/proc.sh
-. "$ROOT/scripts/proc.sh"
+
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE runs and its cmdline contains PATTERN
+# (PIDs are reused on busy machines: never trust a pid file alone).
+pid_alive() {
+  local pidfile=$1 pattern=$2 pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
+}
 
 install_missing() {
   local need=()
@@ -62,6 +72,33 @@ install_missing() {
       exit 1
     }
   fi
+}
+
+# wait_until_up NAME PID CHECK LOG: wait until CHECK succeeds, saying so every
+# 10 s; fail at once if process PID has exited, or after DTSS_SERVICE_WAIT seconds
+# (default 180: a JVM on a loaded machine, or a host name that has to be looked up
+# in DNS, can take tens of seconds before ZooKeeper listens).
+wait_until_up() {
+  local name=$1 pid=$2 check=$3 logfile=$4
+  local limit=${DTSS_SERVICE_WAIT:-180} start=$SECONDS next=10
+  until "$check"; do
+    if [ ! -d "/proc/$pid" ]; then
+      tail -n 40 "$logfile" >&2
+      log "$name (pid $pid) exited while starting (log above: $logfile)"
+      exit 1
+    fi
+    if ((SECONDS - start >= limit)); then
+      tail -n 40 "$logfile" >&2
+      log "$name did not answer within $limit s (log above: $logfile)"
+      exit 1
+    fi
+    if ((SECONDS - start >= next)); then
+      log "still waiting for $name ($((SECONDS - start)) s)"
+      next=$((next + 10))
+    fi
+    sleep 0.2
+  done
+  log "$name answers after $((SECONDS - start)) s"
 }
 
 # already_running NAME PIDFILE PATTERN CHECK LOGFILE WHERE [HINT]: true when the server
@@ -305,7 +342,12 @@ stop_pid() {
   if pid_alive "$pidfile" "$pattern"; then
     pid=$(cat "$pidfile")
     log "stopping $name (pid $pid)"
-    end_process "$pid" 10
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   else
     log "$name is not running (from $DTSS_HOME)"
     # A live process of another command line (this folder reached through a link)

@@ -39,11 +39,18 @@ BIN=$BUILD/bin/tansu
 VERSION=0.6.0
 
 log() { printf '[tansu] %s\n' "$*" >&2; }
-# shellcheck source=scripts/proc.sh
-. "$ROOT/scripts/proc.sh"
+
+# runs PIDFILE PATTERN: the pid in PIDFILE runs and its cmdline contains PATTERN (a pid
+# is reused once its process is gone: a pid file alone is not trusted).
+runs() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
+}
 
 # alive DIR PORT: the broker whose pid DIR/tansu.pid holds runs and listens on PORT.
-alive() { pid_alive "$1/tansu.pid" "--listener-url tcp://127.0.0.1:$2"; }
+alive() { runs "$1/tansu.pid" "--listener-url tcp://127.0.0.1:$2"; }
 
 answers() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
 
@@ -99,7 +106,7 @@ build() {
 broker_up() {
   local dir=$1 port=$2
   if alive "$dir" "$port"; then
-    answers "$port" || wait_until_up Tansu "$(cat "$dir/tansu.pid")" "answers $port" "$dir/tansu.log" 60
+    answers "$port" || wait_for_broker "$dir" "$port"
     log "Tansu already running on 127.0.0.1:$port"
     return
   fi
@@ -115,15 +122,42 @@ broker_up() {
       --advertised-listener-url "tcp://127.0.0.1:$port" </dev/null >>"$dir/tansu.log" 2>&1 9>&- &
     echo $! >"$dir/tansu.pid"
   )
-  wait_until_up "Tansu on 127.0.0.1:$port" "$(cat "$dir/tansu.pid")" "answers $port" "$dir/tansu.log" 60
+  wait_for_broker "$dir" "$port"
+}
+
+# wait_for_broker DIR PORT: until the broker of DIR answers on PORT; fail if it exits,
+# or after 60 s.
+wait_for_broker() {
+  local dir=$1 port=$2 start=$SECONDS
+  until answers "$port"; do
+    if ! alive "$dir" "$port"; then
+      tail -n 30 "$dir/tansu.log" >&2
+      log "Tansu exited while starting (log above)"
+      exit 1
+    fi
+    if ((SECONDS - start > 60)); then
+      log "Tansu did not answer within 60 s (log: $dir/tansu.log)"
+      exit 1
+    fi
+    sleep 0.2
+  done
+  log "Tansu on 127.0.0.1:$port answers after $((SECONDS - start)) s"
 }
 
 # stop PIDFILE NAME: SIGTERM, then SIGKILL after 5 s, to the process the pid file names
-# if it is a Tansu broker (a pid is reused once its process is gone).
+# if it is a Tansu broker.
 stop() {
-  if pid_alive "$1" " broker --listener-url "; then
-    log "stopping $2 (pid $(cat "$1"))"
-    end_process "$(cat "$1")" 5
+  local pid
+  [ -f "$1" ] || return 0
+  pid=$(cat "$1")
+  if runs "$1" " broker --listener-url "; then
+    log "stopping $2 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$1"
 }
