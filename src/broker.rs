@@ -13,11 +13,14 @@ use model::Config;
 /// How often settled log segments are looked for and deleted.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
-/// `metrics_listen`: serve the broker's metrics (Prometheus format) there.
+/// `metrics_listen`: serve the broker's metrics (Prometheus format) there;
+/// `accept_loss`: where MySQL settled further than the log goes (the log was lost), record
+/// the loss and go on from MySQL's offsets instead of refusing to start.
 pub fn run(
     cfg: &Config,
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    accept_loss: bool,
 ) -> Result<()> {
     match listen {
         None => anyhow::ensure!(
@@ -35,38 +38,33 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, listen, metrics_listen))
+    rt.block_on(serve(cfg, listen, metrics_listen, accept_loss))
 }
 
 async fn serve(
     cfg: &Config,
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    accept_loss: bool,
 ) -> Result<()> {
     let topic = &cfg.kafka.topic;
     let dir = cfg.data_dir().join("broker");
     let _lock = lock_log(&dir)?;
-    let broker = broker::Broker::open(&dir, topic, cfg.partitions())
-        .with_context(|| format!("opening the broker log in {}", dir.display()))?;
+    let broker = open_log(cfg, &dir)?;
     sinks::ensure_schema(&cfg.mysql.urls).await?;
     let pool = sinks::connect(&cfg.mysql.urls, 1)?;
     let settled = sinks::load_offsets(&pool, topic).await?;
     refuse_unsettled_extra_partitions(&dir, topic, cfg.partitions(), &settled)?;
+    let broker = match behind_mysql(&broker.offsets(), &settled) {
+        ahead if ahead.is_empty() => broker,
+        ahead if !accept_loss => anyhow::bail!(refusal(&dir, topic, &ahead)),
+        ahead => {
+            drop(broker);
+            restart_after_loss(&pool, &dir, topic, &ahead).await?;
+            open_log(cfg, &dir)?
+        }
+    };
     let offsets = broker.offsets();
-    let lost = offsets
-        .iter()
-        .enumerate()
-        .any(|(p, &(_, end))| settled.get(&(p as i32)).is_some_and(|&s| s > end));
-    if lost {
-        // MySQL has settled further than the log goes: the log was deleted or is not
-        // the one these orders went through. Settle what comes next from the start.
-        let n = sinks::reset_offsets(&pool, topic).await?;
-        tracing::warn!(
-            "the broker log in {} ends before the offsets MySQL settled ({offsets:?} vs {settled:?}): \
-             forgot {n} stored offsets of topic {topic}",
-            dir.display()
-        );
-    }
     let listener = match listen {
         Some(addr) => tokio::net::TcpListener::bind(addr)
             .await
@@ -113,6 +111,82 @@ async fn serve(
         let _ = std::fs::remove_file(&file);
     }
     tracing::info!("embedded broker stopped");
+    Ok(())
+}
+
+fn open_log(cfg: &Config, dir: &std::path::Path) -> Result<std::sync::Arc<broker::Broker>> {
+    let durability = match cfg.kafka.embedded_fsync {
+        true => broker::Durability::Disk,
+        false => broker::Durability::PageCache,
+    };
+    broker::Broker::open_with(dir, &cfg.kafka.topic, cfg.partitions(), durability)
+        .with_context(|| format!("opening the broker log in {}", dir.display()))
+}
+
+/// A partition whose log ends before the offset MySQL settled up to: its log was lost
+/// (deleted, or a disk that lied about a sync), or is not the one its orders went through.
+#[derive(Debug)]
+struct Ahead {
+    partition: usize,
+    log_end: i64,
+    settled: i64,
+}
+
+fn behind_mysql(offsets: &[(i64, i64)], settled: &HashMap<i32, i64>) -> Vec<Ahead> {
+    offsets
+        .iter()
+        .enumerate()
+        .filter_map(|(p, &(_, end))| {
+            let s = settled.get(&(p as i32)).copied().filter(|&s| s > end)?;
+            Some(Ahead {
+                partition: p,
+                log_end: end,
+                settled: s,
+            })
+        })
+        .collect()
+}
+
+fn refusal(dir: &std::path::Path, topic: &str, ahead: &[Ahead]) -> String {
+    let each: Vec<String> = ahead
+        .iter()
+        .map(|a| {
+            format!(
+                "partition {}: MySQL settled up to offset {}, the log ends at {}",
+                a.partition, a.settled, a.log_end
+            )
+        })
+        .collect();
+    format!(
+        "the broker log in {} ends before what MySQL settled of topic {topic} ({}). The log was \
+         lost or is not this database's: put the right log back, or accept the loss with \
+         `dtss broker --accept-loss` (it is recorded in lost_log, the log goes on from MySQL's \
+         offsets, and orders acknowledged but not settled before the loss are gone)",
+        dir.display(),
+        each.join("; ")
+    )
+}
+
+/// Record each partition's loss and start its log again at the offset MySQL settled, so
+/// that no offset is ever given to a second order.
+async fn restart_after_loss(
+    pool: &sinks::Pool,
+    dir: &std::path::Path,
+    topic: &str,
+    ahead: &[Ahead],
+) -> Result<()> {
+    for a in ahead {
+        sinks::record_lost_log(pool, topic, a.partition as i32, a.log_end, a.settled).await?;
+        broker::Broker::restart_partition_at(dir, topic, a.partition, a.settled)?;
+        tracing::warn!(
+            "partition {}: the log's offsets {}..{} are lost (settled in MySQL), recorded in \
+             lost_log; the log goes on at {}",
+            a.partition,
+            a.log_end,
+            a.settled,
+            a.settled
+        );
+    }
     Ok(())
 }
 

@@ -70,6 +70,10 @@ enum Command {
         /// Serve the broker's metrics (Prometheus format) at http://ADDR/metrics.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Where MySQL settled further than the log goes (the log was lost), record the
+        /// loss in lost_log and go on from MySQL's offsets instead of refusing to start.
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Run one HTTP ingest replica.
     #[command(after_help = exit::HELP)]
@@ -144,7 +148,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Broker {
             listen,
             metrics_listen,
-        } => broker::run(&cfg, listen, metrics_listen),
+            accept_loss,
+        } => broker::run(&cfg, listen, metrics_listen, accept_loss),
         // One thread: requests, Kafka delivery reports and responses all meet on it.
         // With a worker per core they hand off between threads (futex wake-ups, context
         // switches), and over HTTP the whole machine took ~45 % more CPU per order.

@@ -3,6 +3,11 @@
 //! producer and for consumers that assign partitions themselves (ApiVersions, Metadata,
 //! InitProducerId, Produce, Fetch with long polling, ListOffsets, FindCoordinator).
 //! Fetches find their batch by binary search, so their cost does not grow with the log.
+//!
+//! A produce is answered once its bytes are on disk: group commit, one `fdatasync` per
+//! partition covering every append waiting at that moment (`Broker::durable`); a fetch
+//! or ListOffsets sees the synced end only. With `Durability::PageCache` appends are
+//! answered once written (a machine crash loses up to the page cache's flush interval).
 
 mod address;
 pub mod batch;
@@ -13,7 +18,7 @@ pub use address::{bootstrap, publish};
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::log::PartitionLog;
+use crate::log::{PartitionLog, Refused};
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -80,21 +85,55 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
 ];
 
+/// When a produce is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once `fdatasync` put its bytes on disk: nothing answered is lost, even when the
+    /// machine dies.
+    #[default]
+    Disk,
+    /// Once written to the page cache: a crash of the broker loses nothing answered, a
+    /// crash of the machine loses what the kernel had not yet written back (up to about
+    /// 30 s at Linux's defaults).
+    PageCache,
+}
+
+/// One partition's group commit: whether a sync runs, and a signal after each.
+#[derive(Default)]
+struct Syncer {
+    running: AtomicBool,
+    done: watch::Sender<u64>,
+}
+
 /// One topic's partitions, their logs and the address clients are told to use.
 pub struct Broker {
     topic: String,
     partitions: Vec<Mutex<PartitionLog>>,
+    syncers: Vec<Syncer>,
     appended: watch::Sender<u64>,
     next_producer_id: AtomicI64,
     counters: metrics::Counters,
 }
 
 impl Broker {
-    /// Open the logs of `topic` under `dir` (one folder per partition), creating them.
+    /// Open the logs of `topic` under `dir` (one folder per partition), creating them;
+    /// durable on disk.
     pub fn open(dir: &Path, topic: &str, partitions: usize) -> Result<Arc<Broker>> {
+        Self::open_with(dir, topic, partitions, Durability::Disk)
+    }
+
+    /// `open`, answering produces as `durability` says.
+    pub fn open_with(
+        dir: &Path,
+        topic: &str,
+        partitions: usize,
+        durability: Durability,
+    ) -> Result<Arc<Broker>> {
         anyhow::ensure!(partitions > 0, "a topic needs at least one partition");
+        let fsync = durability == Durability::Disk;
+        let syncers = (0..partitions).map(|_| Syncer::default()).collect();
         let partitions = (0..partitions)
-            .map(|p| PartitionLog::open(&dir.join(format!("{topic}-{p}"))).map(Mutex::new))
+            .map(|p| PartitionLog::open(&dir.join(format!("{topic}-{p}")), fsync).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -102,6 +141,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             topic: topic.to_string(),
             partitions,
+            syncers,
             appended: watch::channel(0).0,
             // Distinct across restarts: a producer id is never handed out twice.
             next_producer_id: AtomicI64::new(now.as_millis() as i64 * 1000),
@@ -126,21 +166,92 @@ impl Broker {
         extra
             .into_iter()
             .map(|p| {
-                let log = PartitionLog::open(&dir.join(format!("{topic}-{p}")))?;
+                let log = PartitionLog::open(&dir.join(format!("{topic}-{p}")), true)?;
                 Ok((p, log.end()))
             })
             .collect()
     }
 
-    /// (first offset held, next offset) of every partition.
+    /// Start partition `p`'s log under `dir` afresh at `offset` (after a loss: the offsets
+    /// before it were given out already). Its old segments are deleted.
+    pub fn restart_partition_at(dir: &Path, topic: &str, p: usize, offset: i64) -> Result<()> {
+        PartitionLog::restart_at(&dir.join(format!("{topic}-{p}")), offset)
+    }
+
+    /// (first offset held, high watermark) of every partition.
     pub fn offsets(&self) -> Vec<(i64, i64)> {
         self.partitions
             .iter()
             .map(|p| {
                 let p = p.lock().expect("log lock");
-                (p.start(), p.end())
+                (p.start(), p.high_watermark())
             })
             .collect()
+    }
+
+    /// Why appends to each partition are refused now (a full or failing disk), if they are.
+    pub fn refusing(&self) -> Vec<(usize, String)> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(p, log)| Some((p, log.lock().expect("log lock").refusing()?.to_string())))
+            .collect()
+    }
+
+    /// Wait until partition `p` is synced up to `end`; `cuts` is the log's count of cuts
+    /// when the append was made: a cut since then means the append is gone, an error.
+    /// Group commit: the first waiter to find no sync running runs one, covering every
+    /// append made so far; the others wait for it and start the next if it did not
+    /// cover them.
+    async fn durable(&self, p: usize, end: i64, cuts: usize) -> Result<(), Refused> {
+        let syncer = &self.syncers[p];
+        loop {
+            let mut done = syncer.done.subscribe();
+            let durable = self.partitions[p]
+                .lock()
+                .expect("log lock")
+                .is_durable(end, cuts);
+            match durable {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(Refused::StorageError),
+                None => {}
+            }
+            if syncer.running.swap(true, Ordering::AcqRel) {
+                let _ = done.changed().await;
+                continue;
+            }
+            self.sync_round(p).await;
+            syncer.running.store(false, Ordering::Release);
+            syncer.done.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// One `fdatasync` of partition `p`'s active segment, outside the log's lock.
+    async fn sync_round(&self, p: usize) {
+        let job = self.partitions[p].lock().expect("log lock").sync_job();
+        let job = match job {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("partition {p}: {e:#}");
+                return;
+            }
+        };
+        let upto = job.upto;
+        let file = job.file;
+        self.counters.syncs.inc();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let mut log = self.partitions[p].lock().expect("log lock");
+        match synced {
+            Ok(()) => log.synced_to(upto),
+            Err(e) => {
+                if let Err(e) = log.sync_failed(&e) {
+                    tracing::error!("partition {p}: {e:#}");
+                }
+            }
+        }
     }
 
     /// Delete log segments below `settled[p]`, the first unsettled offset of partition p.
@@ -255,7 +366,7 @@ impl Broker {
                 res.producer_epoch = 0;
                 ResponseKind::InitProducerId(res)
             }
-            RequestKind::Produce(req) => ResponseKind::Produce(self.produce(req)),
+            RequestKind::Produce(req) => ResponseKind::Produce(self.produce(req).await),
             RequestKind::Fetch(req) => ResponseKind::Fetch(self.fetch(req).await),
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
@@ -339,9 +450,11 @@ impl Broker {
         res
     }
 
-    fn produce(&self, req: ProduceRequest) -> ProduceResponse {
+    /// Append every partition's batches, then answer once each is durable.
+    async fn produce(&self, req: ProduceRequest) -> ProduceResponse {
         let mut res = ProduceResponse::default();
-        let mut appended = false;
+        // (topic answer, partition answer, partition, end to be synced, cuts then)
+        let mut waits = Vec::new();
         for topic in req.topic_data {
             let mut tr = TopicProduceResponse::default();
             for pd in topic.partition_data {
@@ -359,7 +472,8 @@ impl Broker {
                         match log.append(&records) {
                             Ok(base) => {
                                 pr.base_offset = base;
-                                appended = true;
+                                let at = (res.responses.len(), tr.partition_responses.len());
+                                waits.push((at, pd.index as usize, log.end(), log.cuts()));
                             }
                             Err(e) => {
                                 pr.error_code = e as i16;
@@ -373,6 +487,14 @@ impl Broker {
             }
             tr.name = topic.name;
             res.responses.push(tr);
+        }
+        let appended = !waits.is_empty();
+        for ((t, i), p, end, cuts) in waits {
+            if let Err(e) = self.durable(p, end, cuts).await {
+                let pr = &mut res.responses[t].partition_responses[i];
+                pr.error_code = e as i16;
+                pr.base_offset = -1;
+            }
         }
         if appended {
             self.appended.send_modify(|n| *n += 1);
@@ -435,8 +557,8 @@ impl Broker {
                     None => pd.error_code = UNKNOWN_TOPIC_OR_PARTITION,
                     Some(log) => {
                         let log = log.lock().expect("log lock");
-                        pd.high_watermark = log.end();
-                        pd.last_stable_offset = log.end();
+                        pd.high_watermark = log.high_watermark();
+                        pd.last_stable_offset = log.high_watermark();
                         pd.log_start_offset = log.start();
                         // Past the budget nothing more, but for the first batch (as
                         // Kafka: a batch larger than max_bytes still goes out alone).
@@ -481,7 +603,7 @@ impl Broker {
                         pr.offset = if lp.timestamp == -2 {
                             log.start()
                         } else {
-                            log.end()
+                            log.high_watermark()
                         };
                         if version >= 4 {
                             pr.leader_epoch = 0;

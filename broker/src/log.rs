@@ -1,13 +1,27 @@
 //! One partition's log: record batches (Kafka's v2 format, kept as the producer sent
 //! them, with the base offset filled in) appended to segment files and held in memory
-//! for fetches. A batch is written to its file before the producer's ack, so a crash of
-//! the broker process loses nothing acked; a torn batch at the end of the last segment
-//! is cut off when the log is opened again.
+//! for fetches.
+//!
+//! Two ends: the log end (the offset the next message gets) and the synced end (every
+//! message before it is on disk: `fdatasync` of its segment, and of the folder for a new
+//! segment). Producers are answered, and consumers served, only up to the synced end
+//! (Kafka's high watermark), so neither a crash of the broker process nor of the machine
+//! loses an acknowledged message, and nothing is settled that the disk may not hold.
+//! The sync itself runs outside the log's lock (`Broker::durable`: one `fdatasync`
+//! covers every append waiting at that moment). How far the log is synced is recorded
+//! in `synced` beside the segments.
+//!
+//! A write or sync that fails cuts the segment back to its synced length (no torn bytes
+//! stay behind for later appends to follow) and refuses appends for a moment; a torn
+//! batch at the end of the last segment (a crash mid-write) is cut off when the log is
+//! opened again.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -18,12 +32,18 @@ use crate::batch::{be_i64, check, header, Header};
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// How many recent batches per producer are remembered to recognise a retried one.
 const RECENT: usize = 5;
+/// After a failed write or sync, appends are refused this long before one is tried again.
+const REFUSE_FOR: Duration = Duration::from_secs(1);
+/// The file beside the segments that records how far the log is synced.
+const SYNCED_FILE: &str = "synced";
 
 /// Why a produce was refused, as a Kafka error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     CorruptMessage = 2,
     OutOfOrderSequence = 45,
+    /// The disk refused a write or a sync (full, failing): retry later.
+    StorageError = 56,
 }
 
 struct Batch {
@@ -70,6 +90,33 @@ pub struct PartitionLog {
     file_len: u64,
     end: i64,
     producers: HashMap<i64, Producer>,
+    /// Whether appends wait for `fdatasync` (false: the synced end follows the log end
+    /// at once, and a machine crash loses what the page cache held).
+    fsync: bool,
+    synced: Synced,
+    /// The synced end at each time unsynced appends were cut off (a failed sync), oldest
+    /// first: a waiter whose append was cut off must not take a later append at the same
+    /// offsets for its own.
+    cuts: Vec<i64>,
+    /// Why appends are refused, and until when.
+    refusing: Option<(String, Instant)>,
+    record: File,
+}
+
+/// How far the log is on disk: every message before `end`, which is `len` bytes into
+/// the segment starting at `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Synced {
+    pub end: i64,
+    pub segment: i64,
+    pub len: u64,
+}
+
+/// What one sync covers: the log end and the active segment's length when it started,
+/// and a handle on that segment's file.
+pub struct SyncJob {
+    pub file: File,
+    pub upto: Synced,
 }
 
 /// Remember that `h`'s producer wrote the batch at `base` (as the log is written, and
@@ -104,10 +151,23 @@ fn segment_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+/// Make a folder's entries (a new file in it) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the folder {}", dir.display()))
+}
+
 impl PartitionLog {
-    /// Open (or create) the log in `dir`, reading back every segment.
-    pub fn open(dir: &Path) -> Result<PartitionLog> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// Open (or create) the log in `dir`, reading back every segment; `fsync`: whether
+    /// appends wait for the disk. Whatever was read back is synced before it is served.
+    pub fn open(dir: &Path, fsync: bool) -> Result<PartitionLog> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut bases: Vec<i64> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok())
@@ -174,7 +234,22 @@ impl PartitionLog {
             .open(&active.path)
             .with_context(|| format!("opening {}", active.path.display()))?;
         let file_len = file.metadata()?.len();
-        Ok(PartitionLog {
+        file.sync_data()
+            .with_context(|| format!("syncing {}", active.path.display()))?;
+        sync_dir(dir)?;
+        let record_path = dir.join(SYNCED_FILE);
+        let record = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&record_path)
+            .with_context(|| format!("opening {}", record_path.display()))?;
+        let synced = Synced {
+            end,
+            segment: active.base,
+            len: file_len,
+        };
+        let log = PartitionLog {
             dir: dir.to_path_buf(),
             batches,
             segments,
@@ -182,7 +257,120 @@ impl PartitionLog {
             file_len,
             end,
             producers,
-        })
+            fsync,
+            synced,
+            cuts: Vec::new(),
+            refusing: None,
+            record,
+        };
+        log.write_record();
+        Ok(log)
+    }
+
+    /// How many times unsynced appends were cut off.
+    pub fn cuts(&self) -> usize {
+        self.cuts.len()
+    }
+
+    /// Whether an append ending at `end`, made when `cuts` cuts had happened, is on disk:
+    /// Some(true) once synced, Some(false) when a cut took it, None while it waits.
+    pub fn is_durable(&self, end: i64, cuts: usize) -> Option<bool> {
+        match self.cuts.get(cuts) {
+            Some(&kept) => Some(end <= kept),
+            None => (self.synced.end >= end).then_some(true),
+        }
+    }
+
+    /// Why appends are refused now, if they are.
+    pub fn refusing(&self) -> Option<&str> {
+        self.refusing
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(why, _)| why.as_str())
+    }
+
+    /// What a sync must cover now; None when everything appended is synced.
+    pub fn sync_job(&self) -> Result<Option<SyncJob>> {
+        if self.synced.end >= self.end {
+            return Ok(None);
+        }
+        let file = self.file.try_clone().context("a handle on the segment")?;
+        let upto = Synced {
+            end: self.end,
+            segment: self.segments.back().expect("a segment").base,
+            len: self.file_len,
+        };
+        Ok(Some(SyncJob { file, upto }))
+    }
+
+    /// A sync that covered `upto` completed.
+    pub fn synced_to(&mut self, upto: Synced) {
+        if upto.end > self.synced.end {
+            self.synced = upto;
+            self.write_record();
+        }
+    }
+
+    /// A sync failed: what was appended since the last good one may not be on disk, so it
+    /// is cut off (the segment back to its synced length, the log read again from disk)
+    /// and appends are refused for a moment.
+    pub fn sync_failed(&mut self, e: &std::io::Error) -> Result<()> {
+        let why = format!("syncing the log in {}: {e}", self.dir.display());
+        tracing::error!("{why}: cutting it back to offset {}", self.synced.end);
+        let seg = segment_path(&self.dir, self.synced.segment);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .and_then(|f| f.set_len(self.synced.len))
+            .with_context(|| format!("cutting {} back", seg.display()))?;
+        for later in self
+            .segments
+            .iter()
+            .filter(|s| s.base > self.synced.segment)
+        {
+            std::fs::remove_file(&later.path)
+                .with_context(|| format!("deleting {}", later.path.display()))?;
+        }
+        let mut cuts = std::mem::take(&mut self.cuts);
+        cuts.push(self.synced.end);
+        *self = PartitionLog::open(&self.dir, self.fsync)?;
+        self.cuts = cuts;
+        self.refuse(why);
+        Ok(())
+    }
+
+    fn refuse(&mut self, why: String) {
+        self.refusing = Some((why, Instant::now() + REFUSE_FOR));
+    }
+
+    /// Record how far the log is synced (read by whoever needs to know what a machine
+    /// crash would have kept: `segment len end`, fixed width, written in place).
+    fn write_record(&self) {
+        let line = format!(
+            "{:020} {:020} {:020}\n",
+            self.synced.segment, self.synced.len, self.synced.end
+        );
+        if let Err(e) = self.record.write_at(line.as_bytes(), 0) {
+            tracing::warn!("recording the synced end in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Make the log in `dir` empty, its next offset `offset`: every segment deleted, an
+    /// empty one named for `offset` in their place.
+    pub fn restart_at(dir: &Path, offset: i64) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = segment_path(dir, offset);
+        File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".log") && e.path() != path {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("deleting {}", e.path().display()))?;
+            }
+        }
+        sync_dir(dir)
     }
 
     /// The first offset still held.
@@ -190,9 +378,14 @@ impl PartitionLog {
         self.batches.front().map_or(self.end, |b| b.base)
     }
 
-    /// The offset the next message will get (the high watermark).
+    /// The offset the next message will get.
     pub fn end(&self) -> i64 {
         self.end
+    }
+
+    /// The high watermark: every message before it is on disk, answered and served.
+    pub fn high_watermark(&self) -> i64 {
+        self.synced.end
     }
 
     /// Append the batches in `records`; returns the offset of the first message.
@@ -217,6 +410,9 @@ impl PartitionLog {
         if let Some(offset) = self.sequence(first)? {
             return Ok(offset); // a retry of a batch already written
         }
+        if self.refusing().is_some() {
+            return Err(Refused::StorageError);
+        }
         let base = self.end;
         let mut buf = BytesMut::from(records);
         let mut at = 0;
@@ -230,8 +426,10 @@ impl PartitionLog {
             at += h.len;
         }
         if let Err(e) = self.write(&buf) {
-            tracing::error!("writing the broker log in {}: {e:#}", self.dir.display());
-            return Err(Refused::CorruptMessage);
+            let why = format!("writing the broker log in {}: {e:#}", self.dir.display());
+            tracing::error!("{why}: refusing appends for {REFUSE_FOR:?}");
+            self.refuse(why);
+            return Err(Refused::StorageError);
         }
         let buf = buf.freeze();
         for (b, l, at, len) in spans {
@@ -244,6 +442,13 @@ impl PartitionLog {
         self.end = next;
         for h in &headers {
             note_producer(&mut self.producers, h, base);
+        }
+        if !self.fsync {
+            self.synced_to(Synced {
+                end: next,
+                segment: self.segments.back().expect("a segment").base,
+                len: self.file_len,
+            });
         }
         Ok(base)
     }
@@ -273,22 +478,50 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// Write `buf` at the end of the active segment, or of a new one; on any error the
+    /// segment is cut back to where it ended, so no torn bytes stay behind.
     fn write(&mut self, buf: &[u8]) -> Result<()> {
         if self.file_len >= SEGMENT_BYTES {
-            let path = segment_path(&self.dir, self.end);
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            self.file_len = 0;
-            self.segments.push_back(Segment {
-                base: self.end,
-                path,
-            });
+            self.roll()?;
         }
-        self.file.write_all(buf)?;
+        if let Err(e) = self.file.write_all(buf) {
+            self.file
+                .set_len(self.file_len)
+                .context("cutting a torn write back")?;
+            return Err(e.into());
+        }
         self.file_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Start a new segment at the log end, once the active one is synced whole (so the
+    /// synced end never lies in a segment before the active one).
+    fn roll(&mut self) -> Result<()> {
+        let old = self.segments.back().expect("a segment").base;
+        self.file.sync_data().context("syncing a full segment")?;
+        self.synced_to(Synced {
+            end: self.end,
+            segment: old,
+            len: self.file_len,
+        });
+        let path = segment_path(&self.dir, self.end);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.file_len = 0;
+        self.segments.push_back(Segment {
+            base: self.end,
+            path,
+        });
+        self.synced_to(Synced {
+            end: self.end,
+            segment: self.end,
+            len: 0,
+        });
         Ok(())
     }
 
@@ -322,10 +555,12 @@ impl PartitionLog {
             return None;
         }
         let from = self.batches.partition_point(|b| b.last < offset);
+        let synced = self.synced.end;
         let mut len = 0;
         Some(
             self.batches
                 .range(from..)
+                .take_while(move |b| b.last < synced)
                 .map(|b| &b.bytes)
                 .take_while(move |b| {
                     let take = (at_least_one && len == 0) || len + b.len() <= max_bytes;
@@ -375,7 +610,7 @@ mod tests {
     #[test]
     fn offsets_reads_and_reopen_after_a_torn_write() {
         let dir = tmp("reopen");
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!(log.append(&batch(3, -1, 0)).unwrap(), 0);
         assert_eq!(log.append(&batch(2, -1, 0)).unwrap(), 3);
         assert_eq!((log.start(), log.end()), (0, 5));
@@ -403,19 +638,19 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&batch(4, -1, 0)[..30]).unwrap();
         drop(f);
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!((log.start(), log.end()), (0, 5));
         assert_eq!(log.append(&batch(1, -1, 0)).unwrap(), 5);
         assert_eq!(be_i64(&log.read(5, 1 << 20, true).unwrap(), 0), 5);
         drop(log);
-        assert_eq!(PartitionLog::open(&dir).unwrap().end(), 6);
+        assert_eq!(PartitionLog::open(&dir, false).unwrap().end(), 6);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_retried_batch_gets_its_first_offset_and_is_not_written_twice() {
         let dir = tmp("idem");
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!(log.append(&batch(2, 9, 0)).unwrap(), 0);
         assert_eq!(log.append(&batch(3, 9, 2)).unwrap(), 2);
         assert_eq!(log.append(&batch(2, 9, 0)).unwrap(), 0, "retry");
@@ -429,7 +664,7 @@ mod tests {
         // The broker crashes after writing a batch but before its ack: the producer
         // sends it again to the restarted broker.
         drop(log);
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!(
             log.append(&batch(1, 9, 5)).unwrap(),
             5,
@@ -443,7 +678,7 @@ mod tests {
     #[test]
     fn a_batch_forged_at_a_producers_next_sequence_does_not_swallow_the_real_one() {
         let dir = tmp("hijack");
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!(log.append(&batch(1, 9, 0)).unwrap(), 0);
         // Someone else sends a batch with producer 9's id, epoch and next sequence.
         let forged = crate::batch::build(&[b"forged"], 9, 1);
@@ -461,7 +696,7 @@ mod tests {
     #[test]
     fn corrupt_batches_are_refused_and_nothing_of_them_is_written() {
         let dir = tmp("corrupt");
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         let mut bad_crc = batch(2, -1, 0);
         let last = bad_crc.len() - 3;
         bad_crc[last] ^= 0x10;
@@ -482,14 +717,14 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&bad_crc).unwrap();
         drop(f);
-        assert_eq!(PartitionLog::open(&dir).unwrap().end(), 1);
+        assert_eq!(PartitionLog::open(&dir, false).unwrap().end(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn trim_drops_only_settled_segments() {
         let dir = tmp("trim");
-        let mut log = PartitionLog::open(&dir).unwrap();
+        let mut log = PartitionLog::open(&dir, false).unwrap();
         log.append(&batch(2, -1, 0)).unwrap();
         log.file_len = SEGMENT_BYTES; // force a new segment at offset 2
         log.append(&batch(2, -1, 0)).unwrap();
@@ -502,8 +737,170 @@ mod tests {
         log.trim(100).unwrap();
         assert_eq!(log.start(), 4, "the segment being written stays");
         drop(log);
-        let log = PartitionLog::open(&dir).unwrap();
+        let log = PartitionLog::open(&dir, false).unwrap();
         assert_eq!((log.start(), log.end()), (4, 6));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Run one sync of `log` as the broker does.
+    fn sync(log: &mut PartitionLog) {
+        if let Some(job) = log.sync_job().unwrap() {
+            job.file.sync_data().unwrap();
+            log.synced_to(job.upto);
+        }
+    }
+
+    fn record(dir: &Path) -> Vec<i64> {
+        std::fs::read_to_string(dir.join(SYNCED_FILE))
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn appends_are_served_and_answered_only_once_synced() {
+        let dir = tmp("synced");
+        let mut log = PartitionLog::open(&dir, true).unwrap();
+        let b = batch(3, -1, 0);
+        assert_eq!(log.append(&b).unwrap(), 0);
+        assert_eq!((log.end(), log.high_watermark()), (3, 0));
+        assert_eq!(log.is_durable(3, 0), None, "waiting for a sync");
+        assert_eq!(
+            log.read(0, 1 << 20, true).unwrap().len(),
+            0,
+            "not served yet"
+        );
+        sync(&mut log);
+        assert_eq!(log.high_watermark(), 3);
+        assert_eq!(log.is_durable(3, 0), Some(true));
+        assert_eq!(log.read(0, 1 << 20, true).unwrap().len(), b.len());
+        assert_eq!(
+            record(&dir),
+            vec![0, b.len() as i64, 3],
+            "segment, bytes, end"
+        );
+        assert!(log.sync_job().unwrap().is_none(), "nothing left to sync");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_cuts_off_what_it_did_not_cover_and_refuses_appends_for_a_moment() {
+        let dir = tmp("syncfail");
+        let mut log = PartitionLog::open(&dir, true).unwrap();
+        log.append(&batch(2, 9, 0)).unwrap();
+        sync(&mut log);
+        assert_eq!(log.append(&batch(3, 9, 2)).unwrap(), 2);
+        let cuts = log.cuts();
+        log.sync_failed(&std::io::Error::other("EIO")).unwrap();
+        assert_eq!(
+            (log.end(), log.high_watermark()),
+            (2, 2),
+            "the unsynced batch is gone"
+        );
+        assert_eq!(
+            log.is_durable(5, cuts),
+            Some(false),
+            "its producer hears so"
+        );
+        assert_eq!(log.is_durable(2, 0), Some(true), "the synced one stays");
+        assert!(log.refusing().unwrap().contains("EIO"));
+        assert_eq!(
+            log.append(&batch(3, 9, 2)).unwrap_err(),
+            Refused::StorageError
+        );
+        log.refusing = None; // the moment passed
+                             // The producer's retry of the cut batch is its next batch again, not a duplicate.
+        assert_eq!(log.append(&batch(3, 9, 2)).unwrap(), 2);
+        assert_eq!(
+            log.is_durable(5, cuts),
+            Some(false),
+            "a later append at the same offsets is not the cut one"
+        );
+        assert_eq!(log.is_durable(5, log.cuts()), None);
+        sync(&mut log);
+        drop(log);
+        assert_eq!(PartitionLog::open(&dir, true).unwrap().end(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A size-limited tmpfs at a fresh folder (needs root, as the suite runs).
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(name: &str, size: &str) -> SmallDisk {
+            let dir = tmp(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success();
+            assert!(
+                ok,
+                "mounting a tmpfs at {} (the tests run as root)",
+                dir.display()
+            );
+            SmallDisk(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_torn_bytes_behind_an_ack_and_appends_resume_once_space_is_back() {
+        let disk = SmallDisk::mount("full", "256k");
+        let filler = disk.0.join("filler");
+        std::fs::write(&filler, vec![0u8; 64 << 10]).unwrap();
+        let dir = disk.0.join("orders-0");
+        let mut log = PartitionLog::open(&dir, true).unwrap();
+        let big = |seq| {
+            let value = vec![b'x'; 3000];
+            crate::batch::build(&[&value[..]], 9, seq)
+        };
+        let mut acked = 0;
+        let mut refused = 0;
+        for seq in 0..200 {
+            match log.append(&big(acked)) {
+                Ok(_) => {
+                    sync(&mut log);
+                    acked += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, Refused::StorageError, "batch {seq}");
+                    refused += 1;
+                    // On disk: exactly the acked batches, nothing torn after them.
+                    let seg = std::fs::metadata(segment_path(&dir, 0)).unwrap().len();
+                    assert_eq!(seg, log.file_len, "no torn bytes after a failed write");
+                }
+            }
+        }
+        assert!(
+            acked > 10 && refused > 0,
+            "{acked} acked, {refused} refused"
+        );
+        assert!(
+            log.refusing().unwrap().contains("No space"),
+            "{:?}",
+            log.refusing()
+        );
+        // Space comes back and the moment passes: appends go on after the last acked batch.
+        std::fs::remove_file(&filler).unwrap();
+        log.refusing = None;
+        assert_eq!(log.append(&big(acked)).unwrap(), acked as i64);
+        sync(&mut log);
+        drop(log);
+        let log = PartitionLog::open(&dir, true).unwrap();
+        assert_eq!(
+            log.end(),
+            acked as i64 + 1,
+            "every acked batch read back, in order"
+        );
     }
 }

@@ -5,7 +5,12 @@
 //! - `dtss_broker_refused_connections_total`: connections closed at once (over the limit);
 //! - `dtss_broker_connections`: connections open now;
 //! - `dtss_broker_log_start_offset{partition}` and `dtss_broker_log_end_offset{partition}`:
-//!   the first offset a partition's log still holds, and the next one it will write.
+//!   the first offset a partition's log still holds, and its high watermark (every
+//!   message before it is on disk and served);
+//! - `dtss_broker_syncs_total`: `fdatasync` calls of the group commit (each covers every
+//!   produce waiting at that moment);
+//! - `dtss_broker_appends_refused{partition}`: 1 while the partition refuses appends (a
+//!   write or sync failed: a full or failing disk), else 0.
 
 use kafka_protocol::messages::ApiKey;
 use prometheus_client::encoding::text::encode;
@@ -34,6 +39,8 @@ pub(crate) struct Counters {
     pub connections: Gauge,
     log_start: Family<Partition, Gauge>,
     log_end: Family<Partition, Gauge>,
+    pub syncs: Counter,
+    refused_appends: Family<Partition, Gauge>,
     registry: Registry,
 }
 
@@ -56,6 +63,8 @@ impl Default for Counters {
             connections: Gauge::default(),
             log_start: Family::default(),
             log_end: Family::default(),
+            syncs: Counter::default(),
+            refused_appends: Family::default(),
             registry: Registry::with_prefix("dtss_broker"),
         };
         let mut registry = c.registry;
@@ -73,8 +82,18 @@ impl Default for Counters {
         );
         registry.register(
             "log_end_offset",
-            "The next offset the partition's log will write",
+            "The partition's high watermark: every message before it is on disk",
             c.log_end.clone(),
+        );
+        registry.register(
+            "syncs",
+            "fdatasync calls of the group commit",
+            c.syncs.clone(),
+        );
+        registry.register(
+            "appends_refused",
+            "1 while the partition refuses appends (a write or sync failed)",
+            c.refused_appends.clone(),
         );
         Counters { registry, ..c }
     }
@@ -99,6 +118,14 @@ impl Broker {
             c.log_end
                 .get_or_create(&Partition { partition: p })
                 .set(end);
+            c.refused_appends
+                .get_or_create(&Partition { partition: p })
+                .set(0);
+        }
+        for (p, _) in self.refusing() {
+            c.refused_appends
+                .get_or_create(&Partition { partition: p })
+                .set(1);
         }
         let mut out = String::new();
         encode(&mut out, &c.registry).expect("writing to a String");

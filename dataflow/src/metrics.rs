@@ -8,7 +8,9 @@
 //!   partition's end minus what was read, every second);
 //! - `dtss_worker_stale_views_total`, `dtss_worker_dead_letters_total`,
 //!   `dtss_worker_skipped_copies_total` per partition;
-//! - `dtss_worker_rate_version{partition}`: the version of the rates last applied.
+//! - `dtss_worker_rate_version{partition}`: the version of the rates last applied;
+//! - `dtss_worker_refused_rate_tables_total`: rate tables read from ZooKeeper and refused
+//!   (a rate outside the rule of `PUT /api/rates`); the table in force stayed.
 
 use std::sync::LazyLock;
 
@@ -43,6 +45,7 @@ pub(crate) struct Metrics {
     pub dead_letters: Family<Partition, Counter>,
     pub skipped_copies: Family<Partition, Counter>,
     pub rate_version: Family<Partition, Gauge>,
+    pub refused_rate_tables: Counter,
     registry: Registry,
 }
 
@@ -68,6 +71,7 @@ impl Metrics {
             dead_letters: Family::default(),
             skipped_copies: Family::default(),
             rate_version: Family::default(),
+            refused_rate_tables: Counter::default(),
             registry: Registry::with_prefix("dtss_worker"),
         };
         macro_rules! register {
@@ -85,6 +89,7 @@ impl Metrics {
             dead_letters: "Messages kept as dead letters",
             skipped_copies: "Copies of an order already settled, skipped",
             rate_version: "Version of the rates last applied",
+            refused_rate_tables: "Rate tables read from ZooKeeper and refused",
         }
         m
     }
@@ -95,6 +100,11 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// Every metric of the process, in the Prometheus text format.
 pub fn render() -> String {
+    let refused = rates::refused_tables().0;
+    let seen = METRICS.refused_rate_tables.get();
+    METRICS
+        .refused_rate_tables
+        .inc_by(refused.saturating_sub(seen));
     let mut out = String::new();
     encode(&mut out, &METRICS.registry).expect("writing to a String");
     out

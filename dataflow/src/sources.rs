@@ -154,7 +154,15 @@ pub(crate) fn rate_source<'s>(
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 if !loaded {
-                    current = recorded_rates(&db);
+                    // The record first: every table in force for what may be unsettled,
+                    // each at the epoch it is in force from, so that an order settles at
+                    // its own epoch's rates however late it is read, and settlement goes
+                    // on while ZooKeeper is away.
+                    for table in recorded_rates(&db, &cfg) {
+                        output.session(&c.delayed(&table.0)).give(table.1.clone());
+                        current = Some(table.1);
+                        emitted = true;
+                    }
                     loaded = true;
                 }
                 while let Ok(rates) = rx.try_recv() {
@@ -208,17 +216,29 @@ pub(crate) fn rate_source<'s>(
     (stream, wake.expect("source constructor ran"))
 }
 
-/// The newest rate table in `rate_history`, if any.
-fn recorded_rates(db: &Db) -> Option<RateTable> {
-    db.block_on(sinks::latest_rates(&db.pool))
+/// How far back before the oldest partition's last commit the recorded tables are
+/// loaded: orders read after a restart were accepted after about then (less the reader's
+/// lag at the crash).
+const HISTORY_MARGIN_MS: i64 = 3_600_000;
+
+/// The tables in `rate_history` in force for orders not settled yet, oldest first, each
+/// with the epoch it is in force from.
+fn recorded_rates(db: &Db, cfg: &Config) -> Vec<(u64, RateTable)> {
+    let since = db
+        .block_on(sinks::oldest_commit(&db.pool, &cfg.kafka.topic))
+        .unwrap_or_else(|e| die("reading stored offsets", e))
+        .map_or(0, |at| cfg.epoch_of(at - HISTORY_MARGIN_MS));
+    db.block_on(sinks::rate_tables_since(&db.pool, since))
         .unwrap_or_else(|e| die("reading rate history", e))
-        .map(|(version, rows)| RateTable {
-            version,
-            rates: rows
+        .into_iter()
+        .map(|(version, from, rows)| {
+            let rates = rows
                 .into_iter()
                 .filter_map(|(c, r)| Some((c.parse().ok()?, r)))
-                .collect(),
+                .collect();
+            (from, RateTable { version, rates })
         })
+        .collect()
 }
 
 /// An operator's own wake-up after a delay, with at most one pending. Timely keeps every

@@ -163,7 +163,8 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         checks,
     )?;
     if index == 0 {
-        rates::spawn_rate_feed(cfg.clone(), move |table| {
+        let max_prices = db.block_on(sinks::max_prices(&db.pool))?;
+        rates::spawn_rate_feed(cfg.clone(), max_prices, move |table| {
             rate_tx.send(table).is_ok() && rate_wake.activate().is_ok()
         });
     }

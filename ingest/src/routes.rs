@@ -227,7 +227,7 @@ pub(crate) fn store_unavailable(e: anyhow::Error) -> Resp {
 }
 
 async fn get_rates(state: &State) -> Resp {
-    let zk_rates = match rates::read_rates(&state.zk, &state.cfg).await {
+    let zk_rates = match rates::read_stored(&state.zk, &state.cfg).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("reading rates: {e:#}");
@@ -239,13 +239,18 @@ async fn get_rates(state: &State) -> Resp {
         .ok()
         .flatten()
         .map(|(v, _)| v);
+    // A stored rate that fails the rule is shown as stored, with why the dataflow
+    // refuses it.
     let rates: serde_json::Map<String, serde_json::Value> = zk_rates
         .iter()
-        .map(|(c, r, v)| {
-            (
-                c.to_string(),
-                json!({"rate": r.to_string(), "zk_version": v}),
-            )
+        .map(|s| {
+            let shown = match &s.rate {
+                Ok(r) => json!({"rate": r.to_string(), "zk_version": s.version}),
+                Err(why) => {
+                    json!({"rate": s.text, "zk_version": s.version, "refused": why})
+                }
+            };
+            (s.currency.to_string(), shown)
         })
         .collect();
     json(

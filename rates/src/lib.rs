@@ -54,48 +54,75 @@ pub fn parse_injection(
             format!("{c} is the base currency: its rate is fixed"),
         ));
     }
+    let r = parse_rate(cfg, c, rate)?;
+    Ok((c, r))
+}
+
+/// The one rule for a rate of `c`, wherever it is read or written (`PUT /api/rates`, the
+/// modifier, the worker reading ZooKeeper): a plain positive decimal of at most
+/// `RATE_DP` decimals (so `rate_history` holds it exactly) within `c`'s hard range; the
+/// base currency's is 1. The error names the field `rate`.
+pub fn parse_rate(cfg: &Config, c: Currency, rate: &str) -> Result<Decimal, model::FieldError> {
+    let err = |problem: String| model::FieldError {
+        field: "rate".into(),
+        problem,
+    };
     let plain = !rate.is_empty()
+        && rate.len() <= 40
         && rate.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && rate.bytes().filter(|b| *b == b'.').count() <= 1;
     let r = Decimal::from_str(rate)
         .ok()
         .filter(|_| plain)
-        .ok_or_else(|| {
-            err(
-                "rate",
-                format!("{rate:?} is not a plain decimal number like 7.12"),
-            )
-        })?;
+        .ok_or_else(|| err(format!("{rate:?} is not a plain decimal number like 7.12")))?;
     if r <= Decimal::ZERO {
-        return Err(err("rate", format!("{rate} must be positive")));
+        return Err(err(format!("{rate} must be positive")));
     }
     if r.scale() > modifier::RATE_DP {
-        return Err(err(
-            "rate",
-            format!("{rate} has more than {} decimals", modifier::RATE_DP),
-        ));
+        return Err(err(format!(
+            "{rate} has more than {} decimals",
+            modifier::RATE_DP
+        )));
+    }
+    if c == cfg.currencies.base {
+        return match r == Decimal::ONE {
+            true => Ok(r),
+            false => Err(err(format!("{rate}: the base currency {c}'s rate is 1"))),
+        };
     }
     let (lo, hi) = hard_range(cfg, c);
     if r < lo || r > hi {
-        return Err(err(
-            "rate",
-            format!(
-                "{rate} is outside {c}'s hard range {lo} to {hi} (currencies.hard_factor {} of its initial rate)",
-                cfg.currencies.hard_factor
-            ),
-        ));
+        return Err(err(format!(
+            "{rate} is outside {c}'s hard range {lo} to {hi} (currencies.hard_factor {} of its initial rate)",
+            cfg.currencies.hard_factor
+        )));
     }
-    Ok((c, r))
+    Ok(r)
+}
+
+/// A table read from ZooKeeper, checked as `PUT /api/rates` checks one rate
+/// (`parse_rate`, then `check_payable` against the catalogue's dearest prices):
+/// nothing read there is trusted. Err says which rate fails and why.
+pub fn check_table(
+    cfg: &Config,
+    read: &[(Currency, String)],
+    max_prices: &[(String, Decimal)],
+) -> Result<Rates, String> {
+    let mut table = Rates::new();
+    for (c, text) in read {
+        let r = parse_rate(cfg, *c, text.trim()).map_err(|e| format!("{c}: {}", e.problem))?;
+        table.push((*c, r));
+    }
+    if let Some((c, r)) = table.last().copied() {
+        let others: Vec<(Currency, Decimal, i32)> = table.iter().map(|&(k, r)| (k, r, 0)).collect();
+        check_payable(max_prices, &others, c, r).map_err(|e| e.problem)?;
+    }
+    Ok(table)
 }
 
 /// The rates `c` may be set to: within `currencies.hard_factor` of its initial rate.
 pub fn hard_range(cfg: &Config, c: Currency) -> (Decimal, Decimal) {
-    let initial = cfg
-        .currencies
-        .initial
-        .iter()
-        .find(|(k, _)| *k == c)
-        .map_or(Decimal::ONE, |(_, r)| *r);
+    let initial = initial_rate(cfg, c);
     let f = cfg.currencies.hard_factor;
     let lo = (initial / f).round_dp_with_strategy(
         modifier::RATE_DP,
@@ -187,8 +214,17 @@ pub async fn seed_rates(client: &Client, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Read every configured currency's rate, with each znode's version.
-pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, Decimal, i32)>> {
+/// One currency's rate as ZooKeeper holds it: the text, the znode version, and the rate
+/// if it passes the rule (`parse_rate`), else why not.
+pub struct StoredRate {
+    pub currency: Currency,
+    pub text: String,
+    pub version: i32,
+    pub rate: Result<Decimal, String>,
+}
+
+/// Every configured currency's rate as stored, each checked against the rule.
+pub async fn read_stored(client: &Client, cfg: &Config) -> Result<Vec<StoredRate>> {
     let mut out = vec![];
     for c in cfg.currencies.all.clone() {
         let path = rate_path(cfg, c);
@@ -196,15 +232,47 @@ pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, 
             .get_data(&path)
             .await
             .with_context(|| format!("reading {path}"))?;
-        let text = String::from_utf8_lossy(&data);
-        let rate = Decimal::from_str(text.trim())
-            .with_context(|| format!("{path} holds {text:?}, not a decimal rate"))?;
-        if rate <= Decimal::ZERO {
-            bail!("{path} holds {rate}, not a positive rate");
-        }
-        out.push((c, rate, stat.version));
+        let text = String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned();
+        let rate = parse_rate(cfg, c, text.trim()).map_err(|e| e.problem);
+        out.push(StoredRate {
+            currency: c,
+            text,
+            version: stat.version,
+            rate,
+        });
     }
     Ok(out)
+}
+
+/// Read every configured currency's rate, with each znode's version. A stored rate that
+/// fails the rule (written past `PUT /api/rates`) counts as the currency's initial rate,
+/// as it does for the rate modifier, and is logged.
+pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, Decimal, i32)>> {
+    let stored = read_stored(client, cfg).await?;
+    Ok(stored
+        .into_iter()
+        .map(|s| {
+            let rate = s.rate.unwrap_or_else(|why| {
+                let initial = initial_rate(cfg, s.currency);
+                tracing::warn!(
+                    "{}: {:?} fails the rule ({why}); counting it as {initial}",
+                    rate_path(cfg, s.currency),
+                    s.text
+                );
+                initial
+            });
+            (s.currency, rate, s.version)
+        })
+        .collect())
+}
+
+/// `c`'s configured initial rate (1 where none is configured: the base).
+pub fn initial_rate(cfg: &Config, c: Currency) -> Decimal {
+    cfg.currencies
+        .initial
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map_or(Decimal::ONE, |(_, r)| *r)
 }
 
 /// Follow the rates with a persistent recursive watch and call `on_change` with the
@@ -212,8 +280,13 @@ pub async fn read_rates(client: &Client, cfg: &Config) -> Result<Vec<(Currency, 
 /// After any reconnect the session and the watch are set up afresh and every rate is
 /// read again, so a change made while the client was away is not missed. Runs on its own
 /// thread until `on_change` returns false.
+///
+/// Every table is checked (`check_table`, against `max_prices`, the catalogue's dearest
+/// price per currency) before it is delivered: one that fails is refused (logged, and
+/// counted in `refused_tables`), and the table delivered last stays in force.
 pub fn spawn_rate_feed(
     cfg: Config,
+    max_prices: Vec<(String, Decimal)>,
     mut on_change: impl FnMut(Rates) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -226,7 +299,7 @@ pub fn spawn_rate_feed(
             rt.block_on(async move {
                 let mut last: Option<Rates> = None;
                 loop {
-                    match follow(&cfg, &mut last, &mut on_change).await {
+                    match follow(&cfg, &max_prices, &mut last, &mut on_change).await {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::warn!("rate feed lost ZooKeeper, reconnecting: {e:#}");
@@ -239,8 +312,20 @@ pub fn spawn_rate_feed(
         .expect("spawn rate-feed thread")
 }
 
+/// How many tables read from ZooKeeper were refused (`check_table`) by this process.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many rate tables read from ZooKeeper this process refused, and why the last was.
+pub fn refused_tables() -> (u64, Option<String>) {
+    let why = LAST_REFUSAL.lock().map(|w| w.clone()).unwrap_or(None);
+    (REFUSED.load(std::sync::atomic::Ordering::Relaxed), why)
+}
+
+static LAST_REFUSAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 async fn follow(
     cfg: &Config,
+    max_prices: &[(String, Decimal)],
     last: &mut Option<Rates>,
     on_change: &mut impl FnMut(Rates) -> bool,
 ) -> Result<()> {
@@ -259,13 +344,24 @@ async fn follow(
     let read = |client: &Client| {
         let client = client.clone();
         async move {
-            read_rates(&client, cfg)
-                .await
-                .map(|v| v.into_iter().map(|(c, r, _)| (c, r)).collect::<Rates>())
+            let texts: Vec<(Currency, String)> = read_stored(&client, cfg)
+                .await?
+                .into_iter()
+                .map(|s| (s.currency, s.text))
+                .collect();
+            anyhow::Ok(check_table(cfg, &texts, max_prices).map_err(|why| {
+                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("refusing the rates in ZooKeeper ({why}); the table in force stays");
+                if let Ok(mut last) = LAST_REFUSAL.lock() {
+                    *last = Some(why);
+                }
+            }))
         }
     };
-    if !deliver(read(&client).await?) {
-        return Ok(());
+    if let Ok(table) = read(&client).await? {
+        if !deliver(table) {
+            return Ok(());
+        }
     }
     loop {
         let ev = watcher.changed().await;
@@ -287,8 +383,10 @@ async fn follow(
             _ => {}
         }
         // A failed read goes back to reconnecting, which reads every rate afresh.
-        if !deliver(read(&client).await?) {
-            return Ok(());
+        if let Ok(table) = read(&client).await? {
+            if !deliver(table) {
+                return Ok(());
+            }
         }
     }
 }

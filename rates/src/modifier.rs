@@ -13,7 +13,7 @@ use rust_decimal::RoundingStrategy;
 use zookeeper_client as zk;
 
 use crate::modifier_metrics::METRICS;
-use crate::{connect, rate_path, read_rates, seed_rates};
+use crate::{connect, rate_path, seed_rates};
 
 /// Rates are kept to 6 decimals.
 pub const RATE_DP: u32 = 6;
@@ -163,15 +163,29 @@ pub async fn cas_update(
     mut new_rate: impl FnMut(Decimal) -> Decimal,
 ) -> Result<(Decimal, i32)> {
     let path = rate_path(cfg, c);
+    anyhow::ensure!(
+        cfg.currencies.all.contains(&c),
+        "{c} is not a configured currency"
+    );
+    let initial = crate::initial_rate(cfg, c);
     loop {
-        let current = read_rates(client, cfg)
-            .await?
-            .into_iter()
-            .find(|(k, _, _)| *k == c)
-            .with_context(|| format!("{c} is not a configured currency"))?;
-        let next = new_rate(current.1);
+        let (data, stat) = client
+            .get_data(&path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let text = String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned();
+        // What the node holds is not trusted: a rate outside the rule is replaced, taken
+        // as the initial rate.
+        let current = crate::parse_rate(cfg, c, text.trim()).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{path} holds {text:?} ({}): taking {initial} for it",
+                e.problem
+            );
+            initial
+        });
+        let next = new_rate(current);
         match client
-            .set_data(&path, next.to_string().as_bytes(), Some(current.2))
+            .set_data(&path, next.to_string().as_bytes(), Some(stat.version))
             .await
         {
             Ok(stat) => {

@@ -147,6 +147,46 @@ pub async fn latest_rates(pool: &Pool) -> Result<Option<(u64, Vec<(String, Decim
     Ok(Some((version, rows)))
 }
 
+/// A recorded rate table: its version, the epoch it is in force from, its rates.
+pub type RecordedTable = (u64, u64, Vec<(String, Decimal)>);
+
+/// The recorded rate tables in force at `epoch` or later, oldest first: the one in force
+/// at `epoch` (the newest from before it) and every one after.
+pub async fn rate_tables_since(pool: &Pool, epoch: u64) -> Result<Vec<RecordedTable>> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(u64, u64, String, Decimal)> = conn
+        .exec(
+            "SELECT version, from_epoch, currency, rate FROM rate_history WHERE version >= \
+             COALESCE((SELECT MAX(version) FROM rate_history WHERE from_epoch <= ?), 0) \
+             ORDER BY version, currency",
+            (epoch,),
+        )
+        .await
+        .context("reading rate_history")?;
+    let mut tables: Vec<RecordedTable> = Vec::new();
+    for (version, from, currency, rate) in rows {
+        match tables.last_mut() {
+            Some(t) if t.0 == version => t.2.push((currency, rate)),
+            _ => tables.push((version, from, vec![(currency, rate)])),
+        }
+    }
+    Ok(tables)
+}
+
+/// When the partition least recently committed did so (ms), if any partition of
+/// `topic` has a stored offset: orders not yet settled were accepted about then or later.
+pub async fn oldest_commit(pool: &Pool, topic: &str) -> Result<Option<i64>> {
+    let mut conn = pool.get_conn().await?;
+    let at: Option<Option<i64>> = conn
+        .exec_first(
+            "SELECT MIN(updated_at) FROM offsets WHERE topic = ?",
+            (topic,),
+        )
+        .await
+        .context("reading offsets")?;
+    Ok(at.flatten())
+}
+
 /// Record the snapshot `version`, in force from `from_epoch` on. Idempotent.
 pub async fn record_rates(
     pool: &Pool,
@@ -172,13 +212,34 @@ pub async fn record_rates(
     .await
 }
 
-/// Forget the stored offsets of `topic`: its log was started afresh (the embedded
-/// broker's log was deleted), so they no longer name anything.
-pub async fn reset_offsets(pool: &Pool, topic: &str) -> Result<u64> {
+/// Record that the log of `topic`/`partition` lost its offsets `log_end..settled` (settled
+/// in MySQL, gone from the log) and goes on at `settled`: an operator accepted the loss.
+pub async fn record_lost_log(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    log_end: i64,
+    settled: i64,
+) -> Result<()> {
     let mut conn = pool.get_conn().await?;
-    conn.exec_drop("DELETE FROM offsets WHERE topic = ?", (topic,))
-        .await?;
-    Ok(conn.affected_rows())
+    conn.exec_drop(
+        "INSERT INTO lost_log (topic, `partition`, log_end, settled, recorded_at) VALUES (?,?,?,?,?)",
+        (topic, partition, log_end, settled, model::now_ms()),
+    )
+    .await
+    .context("recording a lost log in lost_log")
+}
+
+/// Every recorded loss of `topic`'s log: (partition, log end, settled offset, when).
+pub async fn lost_logs(pool: &Pool, topic: &str) -> Result<Vec<(i32, i64, i64, i64)>> {
+    let mut conn = pool.get_conn().await?;
+    conn.exec(
+        "SELECT `partition`, log_end, settled, recorded_at FROM lost_log WHERE topic = ? \
+         ORDER BY recorded_at",
+        (topic,),
+    )
+    .await
+    .context("reading lost_log")
 }
 
 /// How many messages of `topic` were kept as dead letters, and how many copies of

@@ -120,6 +120,18 @@ const TABLES: &[&str] = &[
         name VARCHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY,
         value VARCHAR(255) NOT NULL
     ) ENGINE=InnoDB",
+    // A loss of the broker's log that an operator accepted (`dtss broker --accept-loss`):
+    // the log of a partition ended at `log_end` while MySQL had settled up to `settled`;
+    // the log went on at `settled`, so no offset names two orders. Orders acknowledged
+    // after `settled` and not settled before the loss are gone.
+    "CREATE TABLE IF NOT EXISTS lost_log (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        log_end BIGINT NOT NULL,
+        settled BIGINT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        PRIMARY KEY (topic, `partition`, settled)
+    ) ENGINE=InnoDB",
     // What the dataflow last published: cumulative totals complete up to an epoch.
     "CREATE TABLE IF NOT EXISTS totals_published (
         currency CHAR(3) NOT NULL PRIMARY KEY,

@@ -1,0 +1,301 @@
+//! A 202 is a promise, and an outcome depends on the log alone:
+//!
+//! - the embedded broker answers a produce only once it is on disk: a machine crash (the
+//!   broker killed, then every segment cut back to the length it recorded as synced,
+//!   which is all a power loss keeps) loses no acknowledged order;
+//! - a log that ends before what MySQL settled is refused, never reset; going on is an
+//!   operator's command that records the loss and reuses no offset;
+//! - a worker started while ZooKeeper is down settles at the rates recorded last;
+//! - a backlog settles at the rates recorded for its own epochs, not at today's;
+//! - a rate written straight into ZooKeeper is checked as `PUT /api/rates` checks one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Spec};
+use serde_json::json;
+
+const ONE_USD: &str =
+    "id,name,price,currency,inventory\n1,dollar,1.00,USD,4000000\n2,euro,1.00,EUR,4000000\n";
+const USD_ORDER: &str = r#"{"user_id":"d","initiator":"RMB","items":[{"id":1,"number":1}]}"#;
+
+/// Each partition folder of the broker's log under `dir`.
+fn partitions(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What a power loss keeps of a partition's log: each segment cut back to the synced
+/// length the broker recorded (`segment bytes end`), later segments gone. Returns the
+/// bytes cut off.
+fn keep_only_synced(partition: &Path) -> u64 {
+    let record = std::fs::read_to_string(partition.join("synced")).unwrap();
+    let fields: Vec<u64> = record
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (segment, len) = (fields[0], fields[1]);
+    let mut cut = 0;
+    for e in std::fs::read_dir(partition).unwrap() {
+        let path = e.unwrap().path();
+        let Some(base) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_suffix(".log")?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let size = std::fs::metadata(&path).unwrap().len();
+        if base > segment {
+            std::fs::remove_file(&path).unwrap();
+            cut += size;
+        } else if base == segment {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            cut += size - len;
+        }
+    }
+    cut
+}
+
+#[test]
+fn acknowledged_orders_survive_a_machine_crash_of_the_broker() {
+    let mut c = Cluster::start("powerloss", Spec::default());
+    let mut broker = c.broker.take().unwrap();
+    let log_dir = c.dir.join("data/broker");
+    let mut restarted = None;
+    let mut cut = 0;
+    let accepted = c.post_while(4, || {
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 300
+        });
+        broker.kill().unwrap(); // the machine dies: nothing more reaches the disk
+        broker.wait().unwrap();
+        for p in partitions(&log_dir) {
+            cut += keep_only_synced(&p);
+        }
+        restarted = Some(c.spawn("broker-2", &["broker"]));
+        c.wait_more_results_than(200, "settling after the broker came back");
+    });
+    eprintln!(
+        "{} accepted across the crash; {cut} unsynced bytes cut off",
+        accepted.len()
+    );
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    c.check_invariants(&accepted);
+    Cluster::terminate(&mut restarted.unwrap());
+}
+
+#[test]
+fn a_lost_log_is_refused_and_going_on_is_an_operator_command_that_records_the_loss() {
+    let mut c = Cluster::start("lostlog", Spec::default());
+    let mut accepted = c.post_while(2, || {
+        common::wait_for(Duration::from_secs(60), "first results", || {
+            c.count("SELECT COUNT(*) FROM result") >= 200
+        });
+    });
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    Cluster::terminate(&mut c.broker.take().unwrap());
+    for p in partitions(&c.dir.join("data/broker")) {
+        std::fs::remove_dir_all(p).unwrap();
+    }
+
+    let refused = c
+        .run(&["broker"])
+        .expect_err("a broker on a lost log starts");
+    assert!(
+        refused.contains("MySQL settled up to offset") && refused.contains("--accept-loss"),
+        "{refused}"
+    );
+    assert_eq!(c.count("SELECT COUNT(*) FROM lost_log"), 0);
+
+    c.broker = Some(c.spawn("broker-2", &["broker", "--accept-loss"]));
+    common::wait_for(Duration::from_secs(30), "the loss recorded", || {
+        c.count("SELECT COUNT(*) FROM lost_log") == 2
+    });
+    let recorded: Vec<(i32, i64, i64)> =
+        c.query("SELECT `partition`, log_end, settled FROM lost_log ORDER BY `partition`");
+    assert!(
+        recorded
+            .iter()
+            .all(|&(_, end, settled)| end == 0 && settled > 0),
+        "{recorded:?}"
+    );
+    let (s, v) = c.post(USD_ORDER);
+    assert_eq!(s, 202, "{v}");
+    let id = v["order_id"].as_str().unwrap().to_string();
+    c.wait_result(&id);
+    let (p, offset): (i32, i64) = c.query(&format!(
+        "SELECT `partition`, `offset` FROM result WHERE order_id = '{id}'"
+    ))[0];
+    accepted.push(id);
+    let settled = recorded.iter().find(|r| r.0 == p).unwrap().2;
+    assert!(
+        offset >= settled,
+        "a new order took offset {offset} of partition {p}, given out before the loss (< {settled})"
+    );
+    c.check_invariants(&accepted);
+}
+
+/// The (rate_version, epoch, accepted_at) of every result.
+fn versions_and_epochs(c: &Cluster) -> Vec<(u64, u64, i64)> {
+    c.query("SELECT rate_version, epoch, accepted_at FROM result")
+}
+
+#[test]
+fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
+    let c = Cluster::start(
+        "backlograte",
+        Spec {
+            catalogue: Some(ONE_USD),
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let (_, v) = c.post(USD_ORDER);
+    let first = v["order_id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_result(&first)["paid"], "7.12");
+    c.kill_worker(0, libc::SIGKILL);
+
+    // While the workers are down: orders, a rate change, more orders.
+    let mut accepted = vec![first];
+    for _ in 0..20 {
+        let (s, v) = c.post(USD_ORDER);
+        assert_eq!(s, 202, "{v}");
+        accepted.push(v["order_id"].as_str().unwrap().to_string());
+    }
+    c.run(&["rates", "set", "USD=8.5"]).expect("rates set");
+    for _ in 0..20 {
+        let (s, v) = c.post(USD_ORDER);
+        assert_eq!(s, 202, "{v}");
+        accepted.push(v["order_id"].as_str().unwrap().to_string());
+    }
+    c.start_worker(0);
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    // The change was recorded when the worker came back: every order of the backlog was
+    // accepted before that, at an epoch of version 1, and keeps its own epoch.
+    let epoch_ms = 10;
+    for (version, epoch, accepted_at) in versions_and_epochs(&c) {
+        assert_eq!(version, 1, "a backlog order settled at today's rates");
+        assert_eq!(
+            epoch,
+            accepted_at as u64 / epoch_ms,
+            "an order kept its own epoch"
+        );
+    }
+    // Orders accepted from now on take the new version.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = c.post(USD_ORDER);
+        let id = v["order_id"].as_str().unwrap().to_string();
+        let paid = c.wait_result(&id)["paid"].clone();
+        accepted.push(id);
+        if paid == json!("8.50") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new rate never applied");
+    }
+    c.check_invariants(&accepted);
+}
+
+#[test]
+fn a_worker_started_while_zookeeper_is_down_settles_at_the_recorded_rates() {
+    let c = Cluster::start(
+        "zkdown",
+        Spec {
+            catalogue: Some(ONE_USD),
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let (_, v) = c.post(USD_ORDER);
+    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
+    c.wait_result(&accepted[0]);
+    c.kill_worker(0, libc::SIGKILL);
+    common::kill_service("zookeeper/zk.pid");
+    let _zk_back = ZooKeeperBack;
+    for _ in 0..20 {
+        let (s, v) = c.post(USD_ORDER);
+        assert_eq!(s, 202, "{v}");
+        accepted.push(v["order_id"].as_str().unwrap().to_string());
+    }
+    c.start_worker(0);
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    let paid: Vec<String> = c.query("SELECT CAST(paid AS CHAR) FROM result");
+    assert!(paid.iter().all(|p| p == "7.12"), "{paid:?}");
+    drop(_zk_back);
+    c.check_invariants(&accepted);
+}
+
+/// Starts ZooKeeper again when dropped (also when a test fails half way).
+struct ZooKeeperBack;
+
+impl Drop for ZooKeeperBack {
+    fn drop(&mut self) {
+        common::script("services.sh", &["up"]);
+    }
+}
+
+#[test]
+fn rates_written_straight_into_zookeeper_are_checked_and_refused() {
+    let c = Cluster::start(
+        "forgedrate",
+        Spec {
+            catalogue: Some(ONE_USD),
+            workers: 1,
+            ..Spec::default()
+        },
+    );
+    let (_, v) = c.post(USD_ORDER);
+    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
+    c.wait_result(&accepted[0]);
+    let root = format!("/{}", c.db);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for forged in ["0.0000001", "1e21", "7.123456789", "-7", "7,12"] {
+        rt.block_on(async {
+            let zk = rates::Client::connect("127.0.0.1:2181").await.unwrap();
+            zk.set_data(&format!("{root}/rates/USD"), forged.as_bytes(), None)
+                .await
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, v) = c.post(USD_ORDER);
+        let id = v["order_id"].as_str().unwrap().to_string();
+        let r = c.wait_result(&id);
+        assert_eq!(
+            r["paid"], "7.12",
+            "settled at the forged rate {forged}: {r}"
+        );
+        assert_eq!(r["rate_version"], 1, "{r}");
+        accepted.push(id);
+    }
+    let log = c.log("worker-0");
+    assert!(log.contains("refusing the rates in ZooKeeper"), "{log}");
+    // A good rate is applied again.
+    c.run(&["rates", "set", "USD=7.5"]).expect("rates set");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = c.post(USD_ORDER);
+        let id = v["order_id"].as_str().unwrap().to_string();
+        let paid = c.wait_result(&id)["paid"].clone();
+        accepted.push(id);
+        if paid == json!("7.50") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the good rate never applied");
+    }
+    c.check_invariants(&accepted);
+}
