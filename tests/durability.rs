@@ -299,3 +299,50 @@ fn rates_written_straight_into_zookeeper_are_checked_and_refused() {
     }
     c.check_invariants(&accepted);
 }
+
+#[test]
+fn with_mysql_down_a_worker_stops_reading_at_its_window_and_ingest_answers_503() {
+    let c = Cluster::start(
+        "window",
+        Spec {
+            cluster: "max_unsettled_per_worker = 1000",
+            kafka_extra: "max_backlog_per_partition = 3000",
+            ..Spec::default()
+        },
+    );
+    let (_, v) = c.post(USD_ORDER);
+    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
+    c.wait_result(&accepted[0]);
+    common::kill_service("mariadb/mysqld.pid");
+    let _back = MariaDbBack;
+    // Orders until ingest says the backlog is full (2 partitions × 3,000).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let (s, v) = c.post(USD_ORDER);
+        match s {
+            202 => accepted.push(v["order_id"].as_str().unwrap().to_string()),
+            503 => break v,
+            _ => panic!("{s}: {v}"),
+        }
+        assert!(Instant::now() < deadline, "never a 503 after {} orders", accepted.len());
+    };
+    assert!(accepted.len() >= 4_000, "503 after only {} orders: {refused}", accepted.len());
+    let pid = c.workers.lock().unwrap()[0].as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("");
+    eprintln!("{} accepted before the 503; worker {rss}", accepted.len());
+    let log = c.log("worker-0");
+    assert!(log.contains("fill the window"), "{log}");
+    drop(_back);
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    c.check_invariants(&accepted);
+}
+
+/// Starts MariaDB again when dropped (also when a test fails half way).
+struct MariaDbBack;
+
+impl Drop for MariaDbBack {
+    fn drop(&mut self) {
+        common::script("services.sh", &["up"]);
+    }
+}

@@ -22,6 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sinks::DeadLetter;
 
 use crate::metrics::{label, METRICS};
+use crate::window::Window;
 
 /// A message read from the worker's partition: its offset and the order, or the dead
 /// letter it makes when it does not decode or fails the checks (its epoch is set when
@@ -50,6 +51,9 @@ pub fn consumer(bootstrap: &str) -> Result<BaseConsumer> {
         .set("fetch.min.bytes", "1")
         // Back within a second of a broker restart (the default backs off up to 10 s).
         .set("reconnect.backoff.max.ms", "1000")
+        // What librdkafka fetches ahead of the reader, per partition (default 64 MiB):
+        // part of the memory a stopped reader still holds.
+        .set("queued.max.messages.kbytes", "16384")
         .create()
         .context("creating Kafka consumer")
 }
@@ -59,6 +63,8 @@ pub fn consumer(bootstrap: &str) -> Result<BaseConsumer> {
 pub struct Checks {
     pub currencies: Vec<Currency>,
     pub on_hold: Box<dyn Fn(Hold) + Send>,
+    /// At most this many orders read and not yet committed (`crate::window`).
+    pub max_unsettled: u64,
 }
 
 /// Start reading `topic`/`partition` at `start` on a new thread. Stops when `stop` is
@@ -103,10 +109,12 @@ pub fn spawn_reader(
         high,
         "reading {topic}/{partition} from offset {start}"
     );
+    let window = Window::open(partition, start, checks.max_unsettled);
     let reader = Reader {
         consumer,
         topic,
         partition,
+        window,
         expected: start,
         tx,
         wake,
@@ -129,6 +137,7 @@ struct Reader<W> {
     consumer: BaseConsumer,
     topic: String,
     partition: i32,
+    window: Window,
     /// The next offset to read.
     expected: i64,
     tx: Sender<Vec<Read>>,
@@ -161,6 +170,10 @@ impl<W: Fn()> Reader<W> {
                 self.wait_held();
                 break;
             }
+            if self.window.full(self.expected) {
+                self.wait_for_room();
+                continue;
+            }
             if self.poll() && self.chunk.len() < CHUNK {
                 continue;
             }
@@ -174,6 +187,31 @@ impl<W: Fn()> Reader<W> {
             }
         }
         (self.wake)();
+    }
+
+    /// Hand over what was read, then wait until commits make room in the window (or a
+    /// stop is asked for), polling nothing meanwhile.
+    fn wait_for_room(&mut self) {
+        if !self.chunk.is_empty() {
+            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+            if self.tx.send(full).is_ok() {
+                (self.wake)();
+            }
+        }
+        let since = Instant::now();
+        let mut logged: Option<Instant> = None;
+        while self.window.full(self.expected) && !self.stop.load(Ordering::Relaxed) {
+            if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                logged = Some(Instant::now());
+                tracing::warn!(
+                    partition = self.partition,
+                    "not reading for {:?}: the orders read and not yet committed fill the \
+                     window (cluster.max_unsettled_per_worker)",
+                    since.elapsed()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Every second, how far the partition's end is ahead of what was read (the

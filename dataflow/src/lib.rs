@@ -25,6 +25,7 @@ mod status;
 mod topic;
 mod totals;
 mod views;
+mod window;
 mod worker;
 
 pub use metrics::render as render_metrics;

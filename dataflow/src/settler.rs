@@ -232,6 +232,7 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
             .get_or_create(&l)
             .observe(at.elapsed().as_secs_f64());
         m.committed_offset.get_or_create(&l).set(next_offset);
+        crate::window::committed_to(partition, next_offset);
     }
     crate::status::observe_commit(
         partition,

@@ -151,6 +151,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
             topic.clone(),
             partition,
         )),
+        max_unsettled: cfg.cluster.max_unsettled_per_worker,
     };
     let reader = spawn_reader(
         ctx.bootstrap.clone(),

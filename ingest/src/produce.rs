@@ -9,9 +9,11 @@
 //! or cannot tell (`NotTaken::Unknown`: a timeout or a lost connection after sending; the
 //! order may be in the log and may settle). The client must hear which.
 //!
-//! With the embedded broker, orders are refused while too many are unsettled
+//! With any broker, orders are refused while too many are unsettled
 //! (`kafka.max_backlog_per_partition`): backpressure instead of an ever longer log.
-//! Unsettled = last offset Kafka acknowledged − next offset committed in MySQL.
+//! Unsettled = last offset Kafka acknowledged − next offset committed in MySQL (as read
+//! every 100 ms: while MySQL cannot be read, the settled offsets stand still and the
+//! backlog grows with every order taken).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub struct OrderProducer {
 /// Why an order was not acknowledged.
 #[derive(Debug)]
 pub enum NotTaken {
-    /// Too many unsettled orders for the embedded broker: retry shortly. Nothing sent.
+    /// Too many unsettled orders in a partition: retry shortly. Nothing sent.
     Backlog,
     /// Kafka certainly did not take the order (refused before sending, or by the broker).
     Kafka(String),
@@ -82,12 +84,7 @@ impl OrderProducer {
             .create()
             .context("creating the Kafka producer")?;
         let partitions = cfg.partitions();
-        let limit = cfg
-            .kafka
-            .brokers
-            .is_empty()
-            .then_some(cfg.kafka.max_backlog_per_partition);
-        let backlog = Backlog::new(partitions, limit);
+        let backlog = Backlog::new(partitions, Some(cfg.kafka.max_backlog_per_partition));
         for p in 0..partitions as i32 {
             // A blocking call, once at start.
             let (_, high) = producer

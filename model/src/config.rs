@@ -44,6 +44,11 @@ pub struct Cluster {
     pub settle_interval: Duration,
     /// Where logs, the embedded broker's address and local service data go.
     pub data_dir: PathBuf,
+    /// A worker holds at most this many orders read and not yet committed (in memory:
+    /// read ahead, waiting for their epoch, in a transaction); past it, it stops reading
+    /// its partition until commits catch up. Bounds a worker's memory while MySQL is slow
+    /// or down, whatever the broker holds.
+    pub max_unsettled_per_worker: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -51,8 +56,8 @@ pub struct Kafka {
     /// Empty: use the embedded broker (`dtss broker`).
     pub brokers: Vec<String>,
     pub topic: String,
-    /// With the embedded broker: refuse orders (503) when this many are unsettled in a
-    /// partition (backpressure while the workers or MySQL are behind or down).
+    /// Refuse orders (503) when this many are unsettled in a partition (backpressure
+    /// while the workers or MySQL are behind or down), with any broker.
     pub max_backlog_per_partition: u64,
     /// The embedded broker answers a produce once `fdatasync` put it on disk (true, the
     /// default: a machine crash loses nothing answered), or once written to the page
@@ -245,6 +250,8 @@ mod raw {
         pub settle_interval_ms: u64,
         #[serde(default = "default_data_dir")]
         pub data_dir: PathBuf,
+        #[serde(default = "default_max_unsettled_per_worker")]
+        pub max_unsettled_per_worker: u64,
     }
 
     #[derive(Deserialize)]
@@ -364,6 +371,11 @@ mod raw {
     }
     fn default_data_dir() -> PathBuf {
         ".dtss".into()
+    }
+    /// Room for the largest transactions a worker behind takes (40,000 orders each, a
+    /// few in flight) and what waits for its epoch meanwhile.
+    fn default_max_unsettled_per_worker() -> u64 {
+        250_000
     }
     fn default_bound_pct() -> String {
         "20".into()
@@ -485,6 +497,12 @@ fn cluster(c: raw::Cluster) -> Result<Cluster> {
     if c.epoch_ms == 0 {
         bail!("cluster.epoch_ms: must be at least 1");
     }
+    if c.max_unsettled_per_worker < 1_000 {
+        bail!(
+            "cluster.max_unsettled_per_worker: {} is below 1000",
+            c.max_unsettled_per_worker
+        );
+    }
     Ok(Cluster {
         processes: c.processes,
         workers_per_process: c.workers_per_process,
@@ -492,6 +510,7 @@ fn cluster(c: raw::Cluster) -> Result<Cluster> {
         watermark_delay: Duration::from_millis(c.watermark_delay_ms),
         settle_interval: Duration::from_millis(c.settle_interval_ms),
         data_dir: c.data_dir,
+        max_unsettled_per_worker: c.max_unsettled_per_worker,
     })
 }
 

@@ -15,8 +15,18 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
+
+/// How long a node may take to give a connection (connect, authenticate, set up) before
+/// the next node is tried: a silent node (no answer, no reset) would hold a caller for
+/// as long as TCP retries, about two minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive on every connection, so that an idle pooled connection to a node that
+/// went away is found dead by the kernel rather than by the next transaction.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Connections to the MySQL of record; cheap to clone (the clones share the nodes).
 #[derive(Clone)]
@@ -107,20 +117,32 @@ fn node_pool(opts: Opts, max: usize, cluster: bool) -> mysql_async::Pool {
     mysql_async::Pool::new(
         OptsBuilder::from_opts(opts)
             .pool_opts(pool_opts)
+            .tcp_keepalive(Some(KEEPALIVE))
             .client_found_rows(true)
             .setup(setup),
     )
 }
 
+/// A connection not given within `CONNECT_TIMEOUT`, as the error a lost one is.
+fn timed_out(node: &str) -> mysql_async::Error {
+    mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("MySQL node {node} gave no connection within {CONNECT_TIMEOUT:?}"),
+    )))
+}
+
 impl Pool {
-    /// A connection from the active node, or from the next that gives one.
+    /// A connection from the active node, or from the next that gives one (each within
+    /// `CONNECT_TIMEOUT`).
     pub async fn get_conn(&self) -> Result<Conn, mysql_async::Error> {
         let nodes = &self.0;
         let first = nodes.active.load(Ordering::Relaxed);
         let mut failed = None;
         for k in 0..nodes.pools.len() {
             let node = (first + k) % nodes.pools.len();
-            match nodes.pools[node].get_conn().await {
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, nodes.pools[node].get_conn()).await;
+            let conn = conn.unwrap_or_else(|_| Err(timed_out(&nodes.names[node])));
+            match conn {
                 Ok(conn) => {
                     if k > 0 {
                         self.moved(first, node, failed.as_ref());

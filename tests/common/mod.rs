@@ -118,6 +118,8 @@ pub struct Spec<'a> {
     /// Kafka brokers (`host:port`); empty: the embedded broker. With brokers the topic is
     /// the cluster's own.
     pub kafka_brokers: &'a [&'a str],
+    /// More keys of the `[kafka]` section.
+    pub kafka_extra: &'a str,
     /// More keys of the `[ingest]` section.
     pub ingest: &'a str,
     pub extra: &'a str,
@@ -134,6 +136,7 @@ impl Default for Spec<'_> {
             cluster: "",
             mysql_ports: &[],
             kafka_brokers: &[],
+            kafka_extra: "",
             ingest: "",
             extra: "",
         }
@@ -228,6 +231,7 @@ data_dir = "data"
 {}
 [kafka]
 {kafka}
+{}
 [zookeeper]
 connect = "127.0.0.1:2181"
 root = "/dtss_t_{unique}"
@@ -247,6 +251,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                 processes.join(", "),
                 spec.workers,
                 spec.cluster,
+                spec.kafka_extra,
                 if spec.ingest.contains("admin_token") {
                     spec.ingest.to_string()
                 } else {

@@ -14,8 +14,8 @@ use model::now_ms;
 
 use super::plan::Open;
 use super::txn::{
-    abandon, decide_open, finish_on, open_on, settle_with_retries, transaction_conn, Backoff,
-    Expect, Failure, Opening, Target,
+    abandon, decide_open, finish_on, open_on, settle_with_retries, transaction_conn, within,
+    Backoff, Expect, Failure, Opening, Target,
 };
 use super::view::SettleState;
 use super::{DeadLetter, Outcome, Settling, Skipped};
@@ -154,8 +154,14 @@ impl Settlement {
         let partition = self.partition;
         let (read, asked) = tokio::sync::oneshot::channel();
         let finishing = async {
-            let done =
-                finish_on(&mut conn, partition, &decided, &mut commit_sent, Some(read)).await;
+            let done = within(finish_on(
+                &mut conn,
+                partition,
+                &decided,
+                &mut commit_sent,
+                Some(read),
+            ))
+            .await;
             if done.is_err() {
                 // Release the rows now: the next batch waits for them.
                 abandon(&mut conn).await;
@@ -228,13 +234,13 @@ impl Settlement {
                     continue;
                 }
             };
-            match open_on(
+            match within(open_on(
                 &mut conn,
                 target,
                 &mut self.state,
                 Expect::NotBeyondFirst,
                 false,
-            )
+            ))
             .await
             {
                 Ok(Opening::Open(open)) => return Ok(Ok((batch, conn, open))),
@@ -270,13 +276,13 @@ async fn start_next(
         return Ok(None);
     };
     let mut conn = transaction_conn(pool).await?;
-    match open_on(
+    match within(open_on(
         &mut conn,
         then.target(topic, partition),
         state,
         expect,
         false,
-    )
+    ))
     .await
     {
         Ok(Opening::Open(open)) => Ok(Some((conn, open))),

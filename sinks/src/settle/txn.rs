@@ -47,6 +47,25 @@ impl Failure {
     }
 }
 
+/// How long a step of a transaction (one to three round trips) may take before its node
+/// counts as silent (powered off, partitioned: no answer and no reset): the step fails
+/// like a lost connection (retried, and on a cluster the next node is used).
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a ROLLBACK after a failed step may take before the connection is given up.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `step`, failed as a lost connection (a Retry) if no answer comes within
+/// `STEP_TIMEOUT`; the caller's `abandon` then finds the node silent too and leaves it
+/// (`Conn::fail_over`).
+pub(super) async fn within<T>(
+    step: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(STEP_TIMEOUT, step).await {
+        Ok(done) => done,
+        Err(_) => Err(Failure::Retry(silent())),
+    }
+}
+
 fn fatal(what: String) -> Failure {
     Failure::Fatal(anyhow::anyhow!(what))
 }
@@ -168,14 +187,21 @@ pub(super) async fn settle_with_retries(
 /// If the rollback or a read after it fails (a cluster node that lost its cluster
 /// refuses queries), the process fails over to another node of a cluster.
 pub(super) async fn abandon(conn: &mut Conn) {
-    if conn.query_drop("ROLLBACK").await.is_err() {
+    let rollback = tokio::time::timeout(ROLLBACK_TIMEOUT, conn.query_drop("ROLLBACK")).await;
+    if !matches!(rollback, Ok(Ok(()))) {
+        // Dropped with its reset on: the pool rolls it back, or closes it.
         conn.fail_over();
         return;
     }
     conn.reset_connection(false);
-    if conn.query_drop("SELECT 1").await.is_err() {
+    let alive = tokio::time::timeout(ROLLBACK_TIMEOUT, conn.query_drop("SELECT 1")).await;
+    if !matches!(alive, Ok(Ok(()))) {
         conn.fail_over();
     }
+}
+
+fn silent() -> anyhow::Error {
+    anyhow::anyhow!("MySQL gave no answer within {STEP_TIMEOUT:?} (a silent node)")
 }
 
 /// A connection for a settlement transaction. The transaction is begun and ended by
@@ -195,7 +221,7 @@ async fn attempt_batch(
     commit_sent: &mut bool,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut conn = transaction_conn(pool).await?;
-    let out = settle_on(&mut conn, target, state, commit_sent).await;
+    let out = within(settle_on(&mut conn, target, state, commit_sent)).await;
     match &out {
         Ok(_) => conn.reset_connection(false),
         Err(_) => abandon(&mut conn).await,
