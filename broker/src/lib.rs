@@ -43,6 +43,8 @@ use tokio::sync::watch;
 use crate::log::{PartitionLog, Refused};
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// A partition whose log cannot be written now (as Kafka says of an offline log folder).
+pub const KAFKA_STORAGE_ERROR: i16 = Refused::StorageError as i16;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNSUPPORTED_VERSION: i16 = 35;
 /// Largest request accepted (librdkafka's message.max.bytes is 1 MB by default). Its
@@ -429,10 +431,14 @@ impl Broker {
             .map(|name| {
                 let mut t = MetadataResponseTopic::default();
                 if name == self.topic {
+                    let refusing = self.refusing();
                     t.partitions = (0..self.partitions.len() as i32)
                         .map(|i| {
                             let mut p = MetadataResponsePartition::default();
                             p.partition_index = i;
+                            if refusing.iter().any(|(r, _)| *r == i as usize) {
+                                p.error_code = KAFKA_STORAGE_ERROR;
+                            }
                             p.leader_id = BrokerId(0);
                             p.leader_epoch = 0;
                             p.replica_nodes = vec![BrokerId(0)];

@@ -18,6 +18,7 @@
 
 mod kafka;
 mod metrics;
+mod pruner;
 mod settle;
 mod settler;
 mod sources;
@@ -78,6 +79,9 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
         worker: timely::WorkerConfig::default(),
     };
     status::spawn_publisher(cfg.clone(), process, stop.clone());
+    if process == 0 {
+        pruner::spawn_pruner(cfg.clone(), stop.clone());
+    }
     let failed = Arc::new(AtomicBool::new(false));
     let (cfg2, failed2, stop2) = (cfg.clone(), failed.clone(), stop.clone());
     let guards = timely::execute(config, move |worker| {

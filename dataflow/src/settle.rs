@@ -32,6 +32,8 @@ pub(crate) fn settle<'s>(
 ) -> Result<StreamVec<'s, u64, Outcome>> {
     let topic = cfg.kafka.topic.clone();
     let interval = cfg.cluster.settle_interval;
+    let epoch_ms = cfg.cluster.epoch_ms;
+    let memory = RATE_MEMORY_MS / epoch_ms;
     // Two: a transaction commits while the next one starts (`sinks::Settlement`).
     let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let scope = orders.scope();
@@ -94,9 +96,9 @@ pub(crate) fn settle<'s>(
                     return;
                 };
                 out.push_back(least);
-                settler.send(handover(epochs, &tables));
+                settler.send(handover(epochs, &tables, epoch_ms));
                 if let Some(&open) = f_orders.frontier().first() {
-                    keep_from(&mut tables, open);
+                    keep_from(&mut tables, open.saturating_sub(memory));
                 }
             }
         })
@@ -124,21 +126,28 @@ fn take_closed(
     least.map(|cap| (cap, epochs))
 }
 
-/// Keep only the newest rate table at or below the open epoch `open`, and those after.
-fn keep_from(tables: &mut BTreeMap<u64, Arc<RateTable>>, open: u64) {
-    if let Some(keep) = tables.range(..=open).next_back().map(|(k, _)| *k) {
+/// How long rate tables are kept after the next one took over: an order read this late
+/// still takes the table in force at its own epoch (past it, the oldest kept).
+pub(crate) const RATE_MEMORY_MS: u64 = 24 * 3_600_000;
+
+/// Keep only the newest rate table at or below epoch `floor`, and those after.
+fn keep_from(tables: &mut BTreeMap<u64, Arc<RateTable>>, floor: u64) {
+    if let Some(keep) = tables.range(..=floor).next_back().map(|(k, _)| *k) {
         tables.retain(|k, _| *k >= keep);
     }
 }
 
 /// Closed epochs (in order, each with its messages in offset order) joined with their
-/// rates, as one batch: each epoch takes the newest table at or before it. Orders older
-/// than the first table observed (a backlog read after a restart) were read after their
-/// epoch closed in an earlier run: they belong to the current epoch, the first of this
-/// run's rates. A message that cannot be settled goes in as a dead letter, at its epoch.
+/// rates, as one batch. Each order takes the newest table at or before its own epoch
+/// (`accepted_at / epoch_ms`, in the log), whichever epoch it is settled in (a late
+/// order, read after its epoch closed, is settled in a later one): its outcome depends on
+/// the log and the recorded rates alone, not on when it was read. Epochs before the first
+/// table held belong to that table's epoch. A message that cannot be settled goes in as
+/// a dead letter, at its epoch.
 pub(crate) fn handover(
     epochs: Vec<(u64, Vec<Read>)>,
     tables: &BTreeMap<u64, Arc<RateTable>>,
+    epoch_ms: u64,
 ) -> Batch {
     let first_epoch = *tables.keys().next().expect("a rate table is in");
     let table_for = |e: u64| {
@@ -151,7 +160,6 @@ pub(crate) fn handover(
     };
     let mut batch = Batch::default();
     for (e, reads) in epochs {
-        let rates = table_for(e);
         let epoch = e.max(first_epoch);
         for (offset, read) in reads {
             batch.next_offset = offset + 1;
@@ -159,8 +167,8 @@ pub(crate) fn handover(
                 Ok(order) => batch.orders.push(Settling {
                     offset,
                     epoch,
+                    rates: table_for(order.accepted_at.max(0) as u64 / epoch_ms.max(1)),
                     order,
-                    rates: rates.clone(),
                 }),
                 Err(mut dead) => {
                     dead.epoch = epoch;
@@ -181,14 +189,19 @@ mod tests {
 
     use super::*;
 
-    fn order() -> Order {
+    /// An order accepted in epoch `at` (epochs of 1 ms in these tests).
+    fn order_at(at: i64) -> Order {
         OrderRequest {
             user_id: "u".into(),
             initiator: Currency::from_str("RMB").unwrap(),
             items: vec![Item { id: 1, number: 1 }],
             time: None,
         }
-        .accept(Uuid::now_v7(), 0)
+        .accept(Uuid::now_v7(), at)
+    }
+
+    fn order() -> Order {
+        order_at(0)
     }
 
     fn tables(at: &[u64]) -> BTreeMap<u64, Arc<RateTable>> {
@@ -207,13 +220,13 @@ mod tests {
     }
 
     #[test]
-    fn each_epoch_takes_the_newest_rates_at_or_before_it() {
+    fn each_order_takes_the_newest_rates_at_or_before_its_own_epoch() {
         let epochs = vec![
-            (10, vec![(0, Ok(order()))]),
-            (20, vec![(1, Ok(order()))]),
-            (35, vec![(2, Ok(order()))]),
+            (10, vec![(0, Ok(order_at(10)))]),
+            (20, vec![(1, Ok(order_at(20)))]),
+            (35, vec![(2, Ok(order_at(35)))]),
         ];
-        let b = handover(epochs, &tables(&[5, 20, 30]));
+        let b = handover(epochs, &tables(&[5, 20, 30]), 1);
         let versions: Vec<u64> = b.orders.iter().map(|s| s.rates.version).collect();
         assert_eq!(versions, [1, 2, 3]);
         assert_eq!(
@@ -224,13 +237,24 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_from_before_the_first_rates_moves_to_their_epoch() {
-        let b = handover(vec![(3, vec![(7, Ok(order()))])], &tables(&[50]));
+    fn a_late_order_settles_in_a_later_epoch_at_the_rates_of_its_own() {
+        // Accepted in epoch 12 (version 1), read once epoch 35 was open (version 3).
+        let b = handover(
+            vec![(35, vec![(4, Ok(order_at(12)))])],
+            &tables(&[5, 20, 30]),
+            1,
+        );
+        assert_eq!((b.orders[0].epoch, b.orders[0].rates.version), (35, 1));
+    }
+
+    #[test]
+    fn orders_from_before_the_first_rates_move_to_their_epoch() {
+        let b = handover(vec![(3, vec![(7, Ok(order_at(3)))])], &tables(&[50]), 1);
         assert_eq!((b.orders[0].epoch, b.orders[0].rates.version), (50, 1));
     }
 
     #[test]
-    fn only_the_newest_table_at_or_below_the_open_epoch_is_kept() {
+    fn only_the_newest_table_at_or_below_the_floor_is_kept() {
         let mut t = tables(&[5, 20, 30, 40]);
         keep_from(&mut t, 35);
         assert_eq!(t.keys().copied().collect::<Vec<_>>(), [30, 40]);
@@ -258,7 +282,7 @@ mod tests {
             (10, vec![(4, Ok(order())), (5, dead(5))]),
             (11, vec![(6, dead(6))]),
         ];
-        let b = handover(epochs, &tables(&[0]));
+        let b = handover(epochs, &tables(&[0]), 1);
         assert_eq!(b.orders.iter().map(|s| s.offset).collect::<Vec<_>>(), [4]);
         let dead: Vec<_> = b.dead.iter().map(|d| (d.offset, d.epoch)).collect();
         assert_eq!(dead, [(5, 10), (6, 11)]);

@@ -1,4 +1,6 @@
-//! The topic's partitions: one per worker (docs/DESIGN.md, "Cluster").
+//! The topic's partitions: one per worker (docs/DESIGN.md, "Cluster"); on configured
+//! brokers, a topic that keeps unsettled orders: replicated where there are several
+//! brokers, acknowledged by enough of them, and never shortened by retention.
 
 use std::time::Duration;
 
@@ -25,18 +27,30 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
             .set("bootstrap.servers", &bootstrap)
             .create()
             .context("creating a Kafka admin client")?;
+        let keep = Keep::wanted(cfg, brokers(&bootstrap).await?);
+        let min_insync = keep.min_insync.to_string();
         let topic = NewTopic::new(
             &cfg.kafka.topic,
             cfg.partitions() as i32,
-            TopicReplication::Fixed(1),
-        );
+            TopicReplication::Fixed(keep.replicas),
+        )
+        .set("min.insync.replicas", &min_insync)
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("cleanup.policy", "delete");
         let results = admin
             .create_topics(&[topic], &AdminOptions::new())
             .await
             .context("creating the topic")?;
         for r in results {
             match r {
-                Ok(t) => tracing::info!("created topic {t} with {} partitions", cfg.partitions()),
+                Ok(t) => tracing::info!(
+                    "created topic {t} with {} partitions of {} replicas ({} in sync to \
+                     acknowledge), kept without limit",
+                    cfg.partitions(),
+                    keep.replicas,
+                    keep.min_insync
+                ),
                 Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                     tracing::debug!("topic {t} exists")
                 }
@@ -44,7 +58,159 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
             }
         }
     }
-    check(cfg, &bootstrap).await?
+    check(cfg, &bootstrap).await??;
+    if !cfg.kafka.brokers.is_empty() {
+        check_keeps(cfg, &bootstrap).await?;
+    }
+    Ok(())
+}
+
+/// How a topic on configured brokers must keep what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub replicas: i32,
+    pub min_insync: i32,
+}
+
+impl Keep {
+    /// As configured; what is not: as many replicas as there are `brokers`, up to 3, and
+    /// all but one of three or more in sync (one broker may be lost).
+    pub fn wanted(cfg: &Config, brokers: usize) -> Keep {
+        let replicas = match cfg.kafka.replication_factor {
+            0 => brokers.clamp(1, 3) as i32,
+            n => n as i32,
+        };
+        let min_insync = match cfg.kafka.min_insync_replicas {
+            0 if replicas >= 3 => replicas - 1,
+            0 => 1,
+            n => n as i32,
+        };
+        Keep {
+            replicas,
+            min_insync,
+        }
+    }
+}
+
+/// How many brokers the cluster at `bootstrap` has.
+async fn brokers(bootstrap: &str) -> Result<usize> {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let consumer = crate::kafka::consumer(&bootstrap)?;
+        let md = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .with_context(|| format!("reading the cluster's metadata from {bootstrap}"))?;
+        anyhow::Ok(md.brokers().len())
+    })
+    .await?
+}
+
+/// Refuse a topic whose settings could lose unsettled orders: fewer replicas than
+/// wanted, fewer in sync to acknowledge, or a retention or cleanup that deletes. A broker
+/// that does not describe its topics' configs is only warned about.
+async fn check_keeps(cfg: &Config, bootstrap: &str) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let keep = Keep::wanted(cfg, brokers(bootstrap).await?);
+    let replicas = replica_counts(cfg, bootstrap).await?;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let topic = ResourceSpecifier::Topic(&cfg.kafka.topic);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin.describe_configs([&topic], &opts).await;
+    let configs: Vec<(String, Option<String>)> = match described.as_deref() {
+        Ok([Ok(resource)]) => resource
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        other => {
+            tracing::warn!(
+                "cannot read the settings of topic {} ({other:?}): make sure its retention \
+                 never deletes unsettled orders",
+                cfg.kafka.topic
+            );
+            Vec::new()
+        }
+    };
+    let problems = keep_problems(keep, &replicas, &configs);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "topic {} could lose orders not yet settled: {}. Create it with those settings (or \
+         let `dtss init` create it), or set kafka.replication_factor / \
+         kafka.min_insync_replicas to what you accept",
+        cfg.kafka.topic,
+        problems.join("; ")
+    );
+    Ok(())
+}
+
+/// The replicas of each partition of the topic.
+async fn replica_counts(cfg: &Config, bootstrap: &str) -> Result<Vec<usize>> {
+    let (topic, bootstrap) = (cfg.kafka.topic.clone(), bootstrap.to_string());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let consumer = crate::kafka::consumer(&bootstrap)?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .with_context(|| format!("reading metadata of topic {topic}"))?;
+        let counts = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions())
+            .map(|p| p.replicas().len())
+            .collect();
+        anyhow::Ok(counts)
+    })
+    .await?
+}
+
+/// What in a topic's replica counts and configs could lose unsettled orders.
+pub fn keep_problems(
+    keep: Keep,
+    replicas: &[usize],
+    configs: &[(String, Option<String>)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(&fewest) = replicas.iter().min() {
+        if (fewest as i32) < keep.replicas {
+            problems.push(format!(
+                "a partition has {fewest} replicas, fewer than {}",
+                keep.replicas
+            ));
+        }
+    }
+    let get = |name: &str| {
+        configs
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    };
+    if let Some(n) = get("min.insync.replicas").and_then(|v| v.parse::<i32>().ok()) {
+        if n < keep.min_insync {
+            problems.push(format!(
+                "min.insync.replicas is {n}, fewer than {}",
+                keep.min_insync
+            ));
+        }
+    }
+    for key in ["retention.ms", "retention.bytes"] {
+        if let Some(v) = get(key).filter(|v| *v != "-1") {
+            problems.push(format!(
+                "{key} is {v}: unsettled orders past it are deleted (want -1)"
+            ));
+        }
+    }
+    if let Some(v) = get("cleanup.policy").filter(|v| v.contains("compact")) {
+        problems.push(format!(
+            "cleanup.policy is {v}: compaction deletes orders (want delete)"
+        ));
+    }
+    problems
 }
 
 /// The check that the topic has exactly one partition per worker.
@@ -74,4 +240,81 @@ pub fn check_topic(cfg: &Config, bootstrap: &str) -> Result<()> {
         cfg.partitions()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[cluster]\nprocesses = [\"127.0.0.1:2101\"]\nworkers_per_process = 1\n\
+             [kafka]\nbrokers = [\"k:9092\"]\n{extra}\n[mysql]\nurl = \"mysql://u@h/d\"\n\
+             [currencies]\nbase = \"RMB\"\ninitial = {{ RMB = \"1\", USD = \"7\" }}\n"
+        );
+        Config::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn a_topic_survives_one_broker_lost_where_there_are_three() {
+        let auto = cfg("");
+        assert_eq!(
+            Keep::wanted(&auto, 1),
+            Keep {
+                replicas: 1,
+                min_insync: 1
+            }
+        );
+        assert_eq!(
+            Keep::wanted(&auto, 2),
+            Keep {
+                replicas: 2,
+                min_insync: 1
+            }
+        );
+        assert_eq!(
+            Keep::wanted(&auto, 5),
+            Keep {
+                replicas: 3,
+                min_insync: 2
+            }
+        );
+        let set = cfg("replication_factor = 5\nmin_insync_replicas = 3");
+        assert_eq!(
+            Keep::wanted(&set, 1),
+            Keep {
+                replicas: 5,
+                min_insync: 3
+            }
+        );
+    }
+
+    #[test]
+    fn settings_that_could_lose_orders_are_named() {
+        let keep = Keep {
+            replicas: 3,
+            min_insync: 2,
+        };
+        let good = vec![
+            ("retention.ms".to_string(), Some("-1".to_string())),
+            ("retention.bytes".to_string(), Some("-1".to_string())),
+            ("min.insync.replicas".to_string(), Some("2".to_string())),
+            ("cleanup.policy".to_string(), Some("delete".to_string())),
+        ];
+        assert!(keep_problems(keep, &[3, 3], &good).is_empty());
+        let week = vec![
+            ("retention.ms".to_string(), Some("604800000".to_string())),
+            ("min.insync.replicas".to_string(), Some("1".to_string())),
+            ("cleanup.policy".to_string(), Some("compact".to_string())),
+        ];
+        let p = keep_problems(keep, &[3, 1], &week).join("; ");
+        for want in [
+            "1 replicas, fewer than 3",
+            "min.insync.replicas is 1",
+            "retention.ms is 604800000",
+            "compact",
+        ] {
+            assert!(p.contains(want), "{p}");
+        }
+    }
 }

@@ -58,6 +58,7 @@ pub async fn check(
     let stock = sinks::audit::stock(&pool).await?;
     let history = sinks::audit::rate_history(&pool).await?;
     let (offsets, stored) = sinks::audit::accounted_offsets(&pool, &cfg.kafka.topic).await?;
+    let pruned = sinks::prune::pruned(&pool, &cfg.kafka.topic).await?;
     let dead = sinks::audit::dead_letters(&pool, &cfg.kafka.topic, None).await?;
     let totals = totals_agree(cfg, &pool, &results, patience).await?;
     pool.disconnect().await.ok();
@@ -67,17 +68,20 @@ pub async fn check(
         one_result_per_accepted(&ids, accepted, &dead_ids),
         stock_conserved(&results, &stock),
         totals,
-        paid_matches_formula(&results, &stock, &history),
-        every_offset_accounted(offsets, &stored),
+        paid_matches_formula(&results, &stock, &history, cfg.cluster.epoch_ms),
+        every_offset_accounted(offsets, &stored, &pruned),
     ])
 }
 
 /// Every offset of every partition below its stored offset is exactly one of a result,
 /// a skipped copy or a dead letter (whose order, when its id reads, also has a result
-/// there), and nothing lies at or above it.
+/// there), and nothing lies at or above it. Below a partition's pruning cut (`pruned`:
+/// partition, cut, gaps) skipped copies and dead letters may be gone: the offsets
+/// missing there must be exactly as many as the pruned rows alone accounted for.
 fn every_offset_accounted(
     mut offsets: Vec<(i32, i64, Accounted)>,
     stored: &[(i32, i64)],
+    pruned: &[(i32, i64, i64)],
 ) -> Verdict {
     offsets.sort_unstable();
     let mut problems = vec![];
@@ -88,6 +92,21 @@ fn every_offset_accounted(
             .filter(|(p, ..)| *p == partition)
             .map(|(_, o, a)| (*o, *a))
             .collect();
+        let (cut, gaps) = pruned
+            .iter()
+            .find(|(p, ..)| *p == partition)
+            .map_or((0, 0), |&(_, cut, gaps)| (cut, gaps));
+        let mut missing_below_cut = 0;
+        let mut missing = |from: i64, to: i64, problems: &mut Vec<String>| {
+            missing_below_cut += to.min(cut) - from.min(cut);
+            if to > cut {
+                problems.push(format!(
+                    "partition {partition}: offsets {}..{to} are neither a result, a skipped \
+                     copy nor a dead letter",
+                    from.max(cut)
+                ));
+            }
+        };
         let mut want = 0;
         for (i, &(offset, what)) in mine.iter().enumerate() {
             *counts.entry(what).or_default() += 1;
@@ -108,17 +127,17 @@ fn every_offset_accounted(
                      offset {next}"
                 ));
             } else if offset != want {
-                problems.push(format!(
-                    "partition {partition}: offsets {want}..{offset} are neither a result, a \
-                     skipped copy nor a dead letter"
-                ));
+                missing(want, offset, &mut problems);
             }
             want = offset + 1;
         }
         if want < next {
+            missing(want, next, &mut problems);
+        }
+        if missing_below_cut != gaps {
             problems.push(format!(
-                "partition {partition}: offsets {want}..{next} are neither a result, a skipped \
-                 copy nor a dead letter"
+                "partition {partition}: {missing_below_cut} offsets below the pruning cut {cut} \
+                 have no row, but pruned rows accounted for {gaps}"
             ));
         }
     }
@@ -302,12 +321,14 @@ fn totals_problems(
     problems
 }
 
-/// Every result used the rate version in force at its epoch, and every successful
-/// `paid` equals the formula recomputed at that version.
+/// Every result used the rate version in force at its own epoch (`accepted_at /
+/// epoch_ms`, whichever epoch it settled in), and every successful `paid` equals the
+/// formula recomputed at that version.
 fn paid_matches_formula(
     results: &[AuditResult],
     stock: &[StockRow],
     history: &[RateRow],
+    epoch_ms: u64,
 ) -> Verdict {
     let tables = rate_tables(history);
     let catalogue: HashMap<u32, (Decimal, &str)> = stock
@@ -318,16 +339,17 @@ fn paid_matches_formula(
     // An order refused as invalid was settled by no rate (a dead letter's has none).
     let invalid = Some(model::Reason::InvalidOrder.as_str());
     for r in results.iter().filter(|r| r.reason.as_deref() != invalid) {
+        let own = r.accepted_at.max(0) as u64 / epoch_ms.max(1);
         let in_force = tables
             .iter()
-            .filter(|(_, (from, _))| *from <= r.epoch)
+            .filter(|(_, (from, _))| *from <= own)
             .map(|(v, _)| *v)
             .max()
             .or_else(|| tables.keys().next().copied());
         if in_force != Some(r.rate_version) {
             problems.push(format!(
-                "order {} of epoch {} used rate version {}, in force: {in_force:?}",
-                r.order_id, r.epoch, r.rate_version
+                "order {} of epoch {own} used rate version {}, in force: {in_force:?}",
+                r.order_id, r.rate_version
             ));
         }
         if !r.success {
@@ -349,7 +371,7 @@ fn paid_matches_formula(
             Err(e) => problems.push(format!("order {}: cannot recompute: {e}", r.order_id)),
         }
     }
-    let name = "paid = formula at the recorded rate version (in force at the epoch)";
+    let name = "paid = formula at the recorded rate version (in force at the order's own epoch)";
     verdict(
         name,
         problems,
@@ -418,6 +440,7 @@ mod tests {
             paid: Decimal::from_str(paid).unwrap(),
             rate_version: version,
             epoch,
+            accepted_at: epoch as i64,
             items: items.into(),
             reason: (!success).then(|| "insufficient_inventory".into()),
         }
@@ -534,12 +557,12 @@ mod tests {
         let stock = [stock(1, 10, 10, "2", "USD")];
         // 3 × 2 USD at 8 RMB/USD = 48 RMB, at version 2 (epoch 150).
         let good = result("o1", "RMB", true, "48", 2, 150, "1:3");
-        assert!(paid_matches_formula(std::slice::from_ref(&good), &stock, &history).ok);
+        assert!(paid_matches_formula(std::slice::from_ref(&good), &stock, &history, 1).ok);
         let wrong_paid = result("o2", "RMB", true, "42", 2, 150, "1:3");
-        let v = paid_matches_formula(&[wrong_paid], &stock, &history);
+        let v = paid_matches_formula(&[wrong_paid], &stock, &history, 1);
         assert!(v.detail.contains("formula gives 48"), "{}", v.detail);
         let wrong_version = result("o3", "RMB", true, "42", 1, 150, "1:3");
-        let v = paid_matches_formula(&[wrong_version], &stock, &history);
+        let v = paid_matches_formula(&[wrong_version], &stock, &history, 1);
         assert!(v.detail.contains("in force: Some(2)"), "{}", v.detail);
     }
 
@@ -552,7 +575,7 @@ mod tests {
             (0, 1, Skipped),
             (1, 0, Result),
         ];
-        let v = every_offset_accounted(good.clone(), &[(0, 3), (1, 1)]);
+        let v = every_offset_accounted(good.clone(), &[(0, 3), (1, 1)], &[]);
         assert!(v.ok, "{}", v.detail);
         assert!(
             v.detail
@@ -560,7 +583,7 @@ mod tests {
             "{}",
             v.detail
         );
-        let v = every_offset_accounted(good.clone(), &[(0, 5), (1, 1)]);
+        let v = every_offset_accounted(good.clone(), &[(0, 5), (1, 1)], &[]);
         assert!(
             v.detail.contains("partition 0: offsets 3..5 are neither"),
             "{}",
@@ -568,7 +591,7 @@ mod tests {
         );
         let mut gap = good.clone();
         gap.retain(|r| *r != (0, 1, Skipped));
-        let v = every_offset_accounted(gap, &[(0, 3), (1, 1)]);
+        let v = every_offset_accounted(gap, &[(0, 3), (1, 1)], &[]);
         assert!(
             v.detail.contains("offsets 1..2 are neither"),
             "{}",
@@ -576,16 +599,34 @@ mod tests {
         );
         let mut with_result = good.clone();
         with_result.push((0, 2, Result));
-        assert!(every_offset_accounted(with_result, &[(0, 3), (1, 1)]).ok);
+        assert!(every_offset_accounted(with_result, &[(0, 3), (1, 1)], &[]).ok);
         let mut twice = good.clone();
         twice.push((0, 1, Result));
-        let v = every_offset_accounted(twice, &[(0, 3), (1, 1)]);
+        let v = every_offset_accounted(twice, &[(0, 3), (1, 1)], &[]);
         assert!(
             v.detail.contains("offset 1: both Result and Skipped"),
             "{}",
             v.detail
         );
-        let v = every_offset_accounted(good, &[(0, 2), (1, 1)]);
+        // Pruned below offset 2 of partition 0: the skipped copy at 1 is gone, and the
+        // cut says one offset below it was accounted for by a pruned row alone.
+        let mut pruned = good.clone();
+        pruned.retain(|r| *r != (0, 1, Skipped));
+        let v = every_offset_accounted(pruned.clone(), &[(0, 3), (1, 1)], &[(0, 2, 1)]);
+        assert!(v.ok, "{}", v.detail);
+        let v = every_offset_accounted(pruned.clone(), &[(0, 3), (1, 1)], &[(0, 2, 0)]);
+        assert!(
+            v.detail.contains("1 offsets below the pruning cut 2"),
+            "{}",
+            v.detail
+        );
+        let v = every_offset_accounted(pruned, &[(0, 4), (1, 1)], &[(0, 2, 1)]);
+        assert!(
+            v.detail.contains("offsets 3..4 are neither"),
+            "{}",
+            v.detail
+        );
+        let v = every_offset_accounted(good, &[(0, 2), (1, 1)], &[]);
         assert!(
             v.detail.contains("at or above the stored offset 2"),
             "{}",

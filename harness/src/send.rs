@@ -212,7 +212,7 @@ impl Sender {
                 };
                 match producer.send(request, key).await {
                     Ok(taken) => Answer::Accepted(taken.order_id),
-                    Err(ingest::NotTaken::Backlog) => Answer::Busy,
+                    Err(ingest::NotTaken::Backlog | ingest::NotTaken::Storage(_)) => Answer::Busy,
                     Err(ingest::NotTaken::Kafka(_)) => Answer::Error,
                     Err(ingest::NotTaken::Unknown { .. }) => Answer::Unknown,
                 }

@@ -35,6 +35,8 @@ pub struct OrderProducer {
     /// Set when the producer failed for good (librdkafka's fatal error: e.g. the
     /// broker refused a batch as out of sequence). Nothing sent after that is taken.
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Set while the broker says a partition cannot be written (`watch_storage`).
+    storage: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Why an order was not acknowledged.
@@ -42,6 +44,9 @@ pub struct OrderProducer {
 pub enum NotTaken {
     /// Too many unsettled orders in a partition: retry shortly. Nothing sent.
     Backlog,
+    /// The broker says a partition's log cannot be written now (a full or failing disk:
+    /// KAFKA_STORAGE_ERROR in its metadata): retry shortly. Nothing sent.
+    Storage(String),
     /// Kafka certainly did not take the order (refused before sending, or by the broker).
     Kafka(String),
     /// Sent, but no acknowledgement came (a timeout, a lost connection): the order
@@ -99,12 +104,14 @@ impl OrderProducer {
         }
         let ids = sinks::id_scheme(&pool).await?;
         backlog.spawn_follower(pool, cfg.kafka.topic.clone());
+        let storage = watch_storage(&producer, &cfg.kafka.topic);
         Ok(OrderProducer {
             producer,
             topic: cfg.kafka.topic.clone(),
             ids,
             backlog,
             fatal: tokio::sync::watch::Sender::new(None),
+            storage,
         })
     }
 
@@ -113,6 +120,9 @@ impl OrderProducer {
     pub async fn send(&self, request: OrderRequest, key: Option<&str>) -> Result<Taken, NotTaken> {
         if self.backlog.full() {
             return Err(NotTaken::Backlog);
+        }
+        if let Some(why) = self.storage.borrow().clone() {
+            return Err(NotTaken::Storage(why));
         }
         if let Some(why) = self.fatal.borrow().clone() {
             return Err(NotTaken::Kafka(why));
@@ -166,6 +176,11 @@ impl OrderProducer {
         why
     }
 
+    /// Why the broker cannot write now, if it said so (for `/healthz`).
+    pub fn storage_refusal(&self) -> Option<String> {
+        self.storage.borrow().clone()
+    }
+
     /// The largest number of unsettled orders in any partition, as far as known.
     pub fn unsettled_max(&self) -> i64 {
         self.backlog.worst().max(0)
@@ -208,6 +223,52 @@ fn certainly_not_written(e: &KafkaError) -> bool {
             | C::UnknownProducerId
             | C::InvalidRecord
     )
+}
+
+/// How often the topic's metadata is read for partitions that cannot be written.
+const STORAGE_CHECK: Duration = Duration::from_millis(500);
+
+/// Follow the broker's word on its partitions (Metadata, every `STORAGE_CHECK`): the value
+/// names the partitions whose log cannot be written (KAFKA_STORAGE_ERROR), None while
+/// every one can. A metadata request that fails changes nothing.
+fn watch_storage(
+    producer: &FutureProducer,
+    topic: &str,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let producer = producer.clone();
+    let topic = topic.to_string();
+    std::thread::Builder::new()
+        .name("storage-watch".into())
+        .spawn(move || {
+            while !tx.is_closed() {
+                let md = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2));
+                if let Ok(md) = md {
+                    let offline: Vec<String> = md
+                        .topics()
+                        .iter()
+                        .flat_map(|t| t.partitions())
+                        .filter(|p| p.error() == Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR))
+                        .map(|p| p.id().to_string())
+                        .collect();
+                    let now = (!offline.is_empty()).then(|| {
+                        format!("the broker cannot write partitions {} now (storage error: a full or failing disk)", offline.join(", "))
+                    });
+                    if *tx.borrow() != now {
+                        match &now {
+                            Some(why) => tracing::warn!("{why}: refusing orders"),
+                            None => tracing::info!("the broker writes every partition again"),
+                        }
+                        tx.send_replace(now);
+                    }
+                }
+                std::thread::sleep(STORAGE_CHECK);
+            }
+        })
+        .expect("spawning the storage watch");
+    rx
 }
 
 struct Backlog {

@@ -392,8 +392,11 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Resp {
         }
         Err(NotTaken::Backlog) => unavailable(
             "kafka",
-            "too many unsettled orders for the embedded broker; not enqueued, retry shortly",
+            "too many unsettled orders in the order's partition; not enqueued, retry shortly",
         ),
+        Err(NotTaken::Storage(why)) => {
+            unavailable("kafka", &format!("{why}; not enqueued, retry shortly"))
+        }
         Err(NotTaken::Kafka(e)) => unavailable(
             "kafka",
             &format!("Kafka did not take the order: {e}; not enqueued, retry shortly"),
@@ -477,6 +480,14 @@ pub(crate) async fn from_db<T>(
 /// 200 while ingest serves. The partitions that hold (a message of a newer wire format
 /// than their workers read) are listed, with what to do: `"status": "held"`.
 async fn health(state: &State) -> Resp {
+    if let Some(why) = state.producer.storage_refusal() {
+        let action =
+            "free space on the broker's disk (or replace it): orders are taken again by themselves";
+        return json(
+            StatusCode::OK,
+            json!({"status": "refusing", "why": why, "action": action}),
+        );
+    }
     let holds = sinks::holds(&state.pool, &state.cfg.kafka.topic);
     let holds = from_db("held partitions", holds).await.unwrap_or_default();
     if holds.is_empty() {

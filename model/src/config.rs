@@ -24,8 +24,21 @@ pub struct Config {
     pub ingest: Ingest,
     pub catalogue: Catalogue,
     pub currencies: Currencies,
+    pub retention: Retention,
     /// Where this file was read from; relative paths in it are taken from its folder.
     pub path: PathBuf,
+}
+
+/// How long the side tables keep their rows (`sinks::prune`). `result` is the record and
+/// keeps every row.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// Skipped copies and dead letters older than this are pruned...
+    pub side_rows_age: Duration,
+    /// ...and beyond this many per partition, the oldest first.
+    pub side_rows_per_partition: u64,
+    /// `settle_batches` rows (one per transaction, read by the bench) older than this.
+    pub batches_age: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +76,13 @@ pub struct Kafka {
     /// default: a machine crash loses nothing answered), or once written to the page
     /// cache (false: a machine crash loses up to ~30 s of answered orders).
     pub embedded_fsync: bool,
+    /// Configured brokers: the replicas of each partition of a topic `dtss init`
+    /// creates, and the fewest an existing topic may have. 0: as many as there are
+    /// brokers, up to 3.
+    pub replication_factor: u16,
+    /// Configured brokers: the topic's `min.insync.replicas`. 0: 2 with three replicas or
+    /// more (one broker may be lost), else 1.
+    pub min_insync_replicas: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +253,26 @@ mod raw {
         #[serde(default)]
         pub catalogue: Catalogue,
         pub currencies: Currencies,
+        #[serde(default)]
+        pub retention: Retention,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Retention {
+        pub side_rows_days: u64,
+        pub side_rows_per_partition: u64,
+        pub batches_hours: u64,
+    }
+
+    impl Default for Retention {
+        fn default() -> Self {
+            Retention {
+                side_rows_days: 30,
+                side_rows_per_partition: 100_000,
+                batches_hours: 24,
+            }
+        }
     }
 
     #[derive(Deserialize)]
@@ -261,6 +301,8 @@ mod raw {
         pub topic: String,
         pub max_backlog_per_partition: u64,
         pub embedded_fsync: bool,
+        pub replication_factor: u16,
+        pub min_insync_replicas: u16,
     }
 
     impl Default for Kafka {
@@ -270,6 +312,8 @@ mod raw {
                 topic: "orders".into(),
                 max_backlog_per_partition: 100_000,
                 embedded_fsync: true,
+                replication_factor: 0,
+                min_insync_replicas: 0,
             }
         }
     }
@@ -417,6 +461,7 @@ impl Config {
                 low_stock_below: raw.catalogue.low_stock_below,
             },
             currencies: currencies(raw.currencies)?,
+            retention: retention(raw.retention)?,
             path: PathBuf::new(),
         };
         ensure!(
@@ -514,15 +559,46 @@ fn cluster(c: raw::Cluster) -> Result<Cluster> {
     })
 }
 
+fn retention(r: raw::Retention) -> Result<Retention> {
+    ensure!(
+        r.side_rows_days >= 1,
+        "retention.side_rows_days: keep them at least a day"
+    );
+    ensure!(
+        r.side_rows_per_partition >= 1_000,
+        "retention.side_rows_per_partition: {} is below 1000",
+        r.side_rows_per_partition
+    );
+    ensure!(
+        r.batches_hours >= 1,
+        "retention.batches_hours: keep them at least an hour"
+    );
+    Ok(Retention {
+        side_rows_age: Duration::from_secs(r.side_rows_days * 86_400),
+        side_rows_per_partition: r.side_rows_per_partition,
+        batches_age: Duration::from_secs(r.batches_hours * 3_600),
+    })
+}
+
 fn kafka(k: raw::Kafka) -> Result<Kafka> {
     if k.topic.is_empty() {
         bail!("kafka.topic: must not be empty");
+    }
+    if k.replication_factor > 0 && k.min_insync_replicas > k.replication_factor {
+        bail!(
+            "kafka.min_insync_replicas: {} is more than kafka.replication_factor {}: no write \
+             could ever be acknowledged",
+            k.min_insync_replicas,
+            k.replication_factor
+        );
     }
     Ok(Kafka {
         brokers: k.brokers,
         topic: k.topic,
         max_backlog_per_partition: k.max_backlog_per_partition,
         embedded_fsync: k.embedded_fsync,
+        replication_factor: k.replication_factor,
+        min_insync_replicas: k.min_insync_replicas,
     })
 }
 

@@ -12,7 +12,7 @@ mod order;
 mod settle;
 pub mod wire;
 
-pub use config::{redact_url, Config};
+pub use config::{redact_url, Config, Retention};
 pub use currency::Currency;
 pub use ids::IdScheme;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};

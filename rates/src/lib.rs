@@ -102,20 +102,33 @@ pub fn parse_rate(cfg: &Config, c: Currency, rate: &str) -> Result<Decimal, mode
 
 /// A table read from ZooKeeper, checked as `PUT /api/rates` checks one rate
 /// (`parse_rate`, then `check_payable` against the catalogue's dearest prices):
-/// nothing read there is trusted. Err says which rate fails and why.
+/// nothing read there is trusted. Err says which rate fails and why. The payable check
+/// refuses a table only where the table in force (`in_force`, else the initial rates)
+/// passes it: with a catalogue so dear that no table can pass, orders past what a result
+/// holds are dead letters instead.
 pub fn check_table(
     cfg: &Config,
     read: &[(Currency, String)],
     max_prices: &[(String, Decimal)],
+    in_force: Option<&Rates>,
 ) -> Result<Rates, String> {
     let mut table = Rates::new();
     for (c, text) in read {
         let r = parse_rate(cfg, *c, text.trim()).map_err(|e| format!("{c}: {}", e.problem))?;
         table.push((*c, r));
     }
-    if let Some((c, r)) = table.last().copied() {
-        let others: Vec<(Currency, Decimal, i32)> = table.iter().map(|&(k, r)| (k, r, 0)).collect();
-        check_payable(max_prices, &others, c, r).map_err(|e| e.problem)?;
+    let payable = |t: &Rates| -> Result<(), String> {
+        let Some((c, r)) = t.last().copied() else {
+            return Ok(());
+        };
+        let all: Vec<(Currency, Decimal, i32)> = t.iter().map(|&(k, r)| (k, r, 0)).collect();
+        check_payable(max_prices, &all, c, r).map_err(|e| e.problem)
+    };
+    let reference = in_force
+        .cloned()
+        .unwrap_or_else(|| cfg.currencies.initial.clone());
+    if payable(&reference).is_ok() {
+        payable(&table)?;
     }
     Ok(table)
 }
@@ -334,34 +347,12 @@ async fn follow(
         .watch(&rates_path(cfg), zk::AddWatchMode::PersistentRecursive)
         .await
         .context("watching rates")?;
-    let mut deliver = |table: Rates| -> bool {
-        if last.as_ref() == Some(&table) {
-            return true;
-        }
-        *last = Some(table.clone());
-        on_change(table)
-    };
-    let read = |client: &Client| {
-        let client = client.clone();
-        async move {
-            let texts: Vec<(Currency, String)> = read_stored(&client, cfg)
-                .await?
-                .into_iter()
-                .map(|s| (s.currency, s.text))
-                .collect();
-            anyhow::Ok(check_table(cfg, &texts, max_prices).map_err(|why| {
-                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("refusing the rates in ZooKeeper ({why}); the table in force stays");
-                if let Ok(mut last) = LAST_REFUSAL.lock() {
-                    *last = Some(why);
-                }
-            }))
-        }
-    };
-    if let Ok(table) = read(&client).await? {
-        if !deliver(table) {
-            return Ok(());
-        }
+    if !deliver(
+        read_checked(&client, cfg, max_prices, last).await?,
+        last,
+        on_change,
+    ) {
+        return Ok(());
     }
     loop {
         let ev = watcher.changed().await;
@@ -383,10 +374,53 @@ async fn follow(
             _ => {}
         }
         // A failed read goes back to reconnecting, which reads every rate afresh.
-        if let Ok(table) = read(&client).await? {
-            if !deliver(table) {
-                return Ok(());
-            }
+        if !deliver(
+            read_checked(&client, cfg, max_prices, last).await?,
+            last,
+            on_change,
+        ) {
+            return Ok(());
         }
     }
+}
+
+/// Every rate as stored, checked against the table in force (`check_table`): None when
+/// the table is refused (logged and counted).
+async fn read_checked(
+    client: &Client,
+    cfg: &Config,
+    max_prices: &[(String, Decimal)],
+    in_force: &Option<Rates>,
+) -> Result<Option<Rates>> {
+    let texts: Vec<(Currency, String)> = read_stored(client, cfg)
+        .await?
+        .into_iter()
+        .map(|s| (s.currency, s.text))
+        .collect();
+    match check_table(cfg, &texts, max_prices, in_force.as_ref()) {
+        Ok(table) => Ok(Some(table)),
+        Err(why) => {
+            REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("refusing the rates in ZooKeeper ({why}); the table in force stays");
+            if let Ok(mut last) = LAST_REFUSAL.lock() {
+                *last = Some(why);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Hand `table` on unless it is the one delivered last (or refused); false once
+/// `on_change` wants no more.
+fn deliver(
+    table: Option<Rates>,
+    last: &mut Option<Rates>,
+    on_change: &mut impl FnMut(Rates) -> bool,
+) -> bool {
+    let Some(table) = table else { return true };
+    if last.as_ref() == Some(&table) {
+        return true;
+    }
+    *last = Some(table.clone());
+    on_change(table)
 }

@@ -43,6 +43,8 @@ pub struct AuditResult {
     pub paid: Decimal,
     pub rate_version: u64,
     pub epoch: u64,
+    /// When ingest took it (ms): its own epoch is `accepted_at / epoch_ms`.
+    pub accepted_at: i64,
     /// `id:number,…` (`parse_items_text`).
     pub items: String,
     /// Why it failed (`Reason::as_str`), if it did.
@@ -211,20 +213,31 @@ pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
         Decimal,
         u64,
         u64,
+        i64,
         String,
         Option<String>,
     );
     let rows: Vec<Row> = conn
         .query(
-            "SELECT order_id, initiator, success, paid, rate_version, epoch, items, reason \
-             FROM result",
+            "SELECT order_id, initiator, success, paid, rate_version, epoch, accepted_at, \
+             items, reason FROM result",
         )
         .await
         .context("reading results")?;
     Ok(rows
         .into_iter()
         .map(
-            |(order_id, initiator, success, paid, rate_version, epoch, items, reason)| {
+            |(
+                order_id,
+                initiator,
+                success,
+                paid,
+                rate_version,
+                epoch,
+                accepted_at,
+                items,
+                reason,
+            )| {
                 AuditResult {
                     order_id,
                     initiator,
@@ -232,6 +245,7 @@ pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
                     paid,
                     rate_version,
                     epoch,
+                    accepted_at,
                     items,
                     reason,
                 }

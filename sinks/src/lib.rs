@@ -8,6 +8,7 @@
 pub mod audit;
 mod catalogue;
 mod pool;
+pub mod prune;
 mod publish;
 mod query;
 mod retry;

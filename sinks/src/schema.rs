@@ -132,6 +132,18 @@ const TABLES: &[&str] = &[
         recorded_at BIGINT NOT NULL,
         PRIMARY KEY (topic, `partition`, settled)
     ) ENGINE=InnoDB",
+    // How far each partition's skipped copies and dead letters were pruned (`prune`):
+    // every such row below `below` may be gone; `gaps` offsets below it are accounted for
+    // by pruned rows alone (the checker counts them).
+    "CREATE TABLE IF NOT EXISTS pruned (
+        topic VARCHAR(249) NOT NULL,
+        `partition` INT NOT NULL,
+        below BIGINT NOT NULL,
+        gaps BIGINT NOT NULL,
+        skipped BIGINT UNSIGNED NOT NULL,
+        dead BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (topic, `partition`)
+    ) ENGINE=InnoDB",
     // What the dataflow last published: cumulative totals complete up to an epoch.
     "CREATE TABLE IF NOT EXISTS totals_published (
         currency CHAR(3) NOT NULL PRIMARY KEY,
