@@ -16,6 +16,20 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 const CATALOGUE: &str = "id,name,price,currency,inventory
 1,apple,2.50,RMB,100000
 2,gem,99999999999999,USD,200000000
+3,gem,99999999999999,USD,200000000
+4,gem,99999999999999,USD,200000000
+5,gem,99999999999999,USD,200000000
+6,gem,99999999999999,USD,200000000
+7,gem,99999999999999,USD,200000000
+8,gem,99999999999999,USD,200000000
+9,gem,99999999999999,USD,200000000
+10,gem,99999999999999,USD,200000000
+11,gem,99999999999999,USD,200000000
+12,gem,99999999999999,USD,200000000
+13,gem,99999999999999,USD,200000000
+14,gem,99999999999999,USD,200000000
+15,gem,99999999999999,USD,200000000
+16,gem,99999999999999,USD,200000000
 ";
 
 fn order(user: &str, initiator: &str, items: &[(u32, u32)]) -> Order {
@@ -103,7 +117,12 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
     let many: Vec<(u32, u32)> = (0..20_000).map(|i| (1 + i % 2, 1)).collect();
     let many = order("u-many", "RMB", &many);
     let copies = order("u-copies", "RMB", &vec![(1, 1); 1001]);
-    let dear = order("u-dear", "RMB", &vec![(2, 1_000_000); 100]);
+    // 15 gems of 10^6 units at 10^14 USD: past what DECIMAL(24,2) holds, in RMB.
+    let dear: Vec<(u32, u32)> = (2..=16).map(|id| (id, 1_000_000)).collect();
+    let dear = order("u-dear", "RMB", &dear);
+    // 100 lines of one id, each within the limit, together past it: ingest refuses
+    // this (400), so on the topic it is invalid.
+    let merged = order("u-merged", "RMB", &vec![(2, 1_000_000); 100]);
     let twice = order("u-twice", "RMB", &[(1, 40_000), (1, 40_000)]);
     let poisons: Vec<Poison> = vec![
         (
@@ -154,6 +173,12 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
             model::wire::encode(&dear),
             Some(dear.order_id),
             Some("unsettleable"),
+        ),
+        (
+            "lines of one id past 1,000,000 units together",
+            model::wire::encode(&merged),
+            Some(merged.order_id),
+            Some("invalid_order"),
         ),
         (
             "replay of a settled message",
@@ -292,7 +317,7 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
     assert!(alive, "the worker process did not exit");
     drop(workers);
     let list = c.run(&["dead-letters"]).unwrap();
-    assert_eq!(list.lines().count(), 1 + 8, "{list}");
+    assert_eq!(list.lines().count(), 1 + 9, "{list}");
     assert!(
         list.contains("unsettleable") && list.contains("undecodable"),
         "{list}"
@@ -301,7 +326,7 @@ fn no_message_on_the_topic_stalls_or_corrupts_settlement() {
     assert!(one.contains("reason       undecodable"), "{one}");
     let (_, metrics) = common::http(&c.listen, "GET", "/metrics", None).unwrap();
     let metrics = metrics.as_str().unwrap_or_default();
-    assert!(metrics.contains("dtss_dead_letters 8"), "{metrics}");
+    assert!(metrics.contains("dtss_dead_letters 9"), "{metrics}");
     assert!(metrics.contains("dtss_skipped_copies 1"), "{metrics}");
     c.check_invariants(&accepted);
     for t in timings {
