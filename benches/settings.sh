@@ -7,6 +7,9 @@
 #
 # Usage: benches/settings.sh [dtss binary]          (default: target/release/dtss)
 #        SETTINGS="10/20 5/5" SCENARIOS="d1k d10k" RUNS=3 DURATION=20 benches/settings.sh
+# A setting EPOCH_MS/DELAY_MS/nofsync runs the embedded broker with
+# kafka.embedded_fsync = false (acks from the page cache): the fsync's cost, alternated
+# with the same setting without the suffix, e.g. SETTINGS="5/5 5/5/nofsync 5/5 5/5/nofsync".
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 dtss=$(realpath "${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss}")
@@ -19,13 +22,18 @@ stop() { [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/nu
 trap stop EXIT
 status=0
 for setting in ${SETTINGS:-10/20 5/5}; do
-  [[ $setting =~ ^([0-9]+)/([0-9]+)$ ]] || { echo "a setting is EPOCH_MS/DELAY_MS (got $setting)" >&2; exit 2; }
-  epoch=${BASH_REMATCH[1]} delay=${BASH_REMATCH[2]}
-  name=e${epoch}_w${delay}_$(date +%s)
+  [[ $setting =~ ^([0-9]+)/([0-9]+)(/nofsync)?$ ]] || { echo "a setting is EPOCH_MS/DELAY_MS[/nofsync] (got $setting)" >&2; exit 2; }
+  epoch=${BASH_REMATCH[1]} delay=${BASH_REMATCH[2]} nofsync=${BASH_REMATCH[3]}
+  name=e${epoch}_w${delay}${nofsync:+_nofsync}_$(date +%s)
   dir=$out/$name
   mkdir -p "$dir"
-  fresh_config "$name" "$dir" "$epoch" "$delay"
-  echo "== epoch $epoch ms, watermark delay $delay ms ($(date +%T); $dir)"
+  if [[ -n $nofsync ]]; then
+    fresh_config "$name" "$dir" "$epoch" "$delay" -e 's|^topic = "orders"$|&\nembedded_fsync = false|'
+    grep -q '^embedded_fsync = false' "$dir/cluster.toml" || { echo "cluster.toml no longer has the topic line this script extends" >&2; exit 1; }
+  else
+    fresh_config "$name" "$dir" "$epoch" "$delay"
+  fi
+  echo "== epoch $epoch ms, watermark delay $delay ms${nofsync:+, acks from the page cache} ($(date +%T); $dir)"
   start_fresh "$dtss" "$dir"
   DTSS_CONFIG=$dir/cluster.toml "$ROOT/benches/scenarios.sh" "$dtss" | tee "$dir/scenarios.log" || status=1
   stop

@@ -28,7 +28,7 @@ run() {
   sed -e "s#^data_dir = .*#data_dir = \"$dir/data\"#" \
     -e "s#127.0.0.1:3306/dtss\"#127.0.0.1:3306/dtss_bench_${name}_$stamp\"#" \
     -e "s#^root = \"/dtss\"#root = \"/dtss_bench_${name}_$stamp\"#" \
-    -e "s#^topic = .*#topic = \"orders_${name}_$stamp\"#" \
+    -e "s#^topic = .*#topic = \"orders_${name}_$stamp\"\nretention_ms = 3153600000000  \# Tansu 0.6 drops records under -1#" \
     -e "s#^brokers = .*#brokers = [$brokers]#" \
     -e "s|^# password_file = .*|password_file = \"$ROOT/.dtss/mysql-password\"|" \
     "$ROOT/cluster.toml" >"$dir/cluster.toml"

@@ -91,3 +91,64 @@ fn workers_write_through_one_node_while_ingest_reads_from_another() {
     c.wait_results(accepted.len() as u64, Duration::from_secs(60));
     c.check_invariants(&accepted);
 }
+
+/// A count through node 2 alone (the test's own pool would wait on a silent node 1).
+fn count_on_node_2(c: &Cluster, sql: &str) -> u64 {
+    let pool = sinks::connect(&[common::mysql_url(PORTS[1], &c.db)], 1).unwrap();
+    let n = c.rt.block_on(async {
+        use mysql_async::prelude::*;
+        let mut conn = pool.get_conn().await.unwrap();
+        let n: Option<u64> = conn.query_first(sql).await.unwrap();
+        drop(conn);
+        pool.disconnect().await.ok();
+        n.unwrap_or(0)
+    });
+    n
+}
+
+#[test]
+fn a_silent_write_node_is_left_within_seconds_and_nothing_is_lost() {
+    galera();
+    let c = Cluster::start(
+        "galera-silent",
+        Spec {
+            mysql_ports: &PORTS,
+            ..Spec::default()
+        },
+    );
+    let pid: i32 = std::fs::read_to_string(format!(
+        "{}/.dtss/services/galera/1/mysqld.pid",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let mut resumed = None;
+    let accepted = c.post_while(4, || {
+        c.wait_results(300, Duration::from_secs(60));
+        // Node 1 stops answering: its sockets stay open, nothing comes back, no reset.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+        let silent = Instant::now();
+        let before = count_on_node_2(&c, "SELECT COUNT(*) FROM result");
+        common::wait_for(
+            Duration::from_secs(60),
+            "settling through another node",
+            || count_on_node_2(&c, "SELECT COUNT(*) FROM result") > before + 200,
+        );
+        resumed = Some(silent.elapsed());
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        common::script("services.sh", &["node-start", "1"]);
+    });
+    let resumed = resumed.unwrap();
+    eprintln!(
+        "{} orders accepted; settling resumed {resumed:?} after the write node went silent",
+        accepted.len()
+    );
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    c.check_invariants(&accepted);
+}

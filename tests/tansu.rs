@@ -21,12 +21,17 @@ const ON_POSTGRES: [&str; 3] = ["127.0.0.1:9093", "127.0.0.1:9094", "127.0.0.1:9
 static TANSU: Once = Once::new();
 static TANSU_ON_POSTGRES: Once = Once::new();
 
+/// Tansu 0.6 drops a topic's records after a restart when its `retention.ms` is -1
+/// (measured: acknowledged orders lost); a century keeps them as well.
+const TANSU_RETENTION: &str = "retention_ms = 3153600000000";
+
 fn start() -> Cluster {
     TANSU.call_once(|| common::script("tansu.sh", &["up"]));
     Cluster::start(
         "tansu",
         Spec {
             kafka_brokers: &[BROKER],
+            kafka_extra: TANSU_RETENTION,
             ..Spec::default()
         },
     )
@@ -38,6 +43,7 @@ fn start_on_postgres() -> Cluster {
         "tansu_pg",
         Spec {
             kafka_brokers: &ON_POSTGRES,
+            kafka_extra: TANSU_RETENTION,
             ..Spec::default()
         },
     )

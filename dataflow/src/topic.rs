@@ -29,13 +29,14 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
             .context("creating a Kafka admin client")?;
         let keep = Keep::wanted(cfg, brokers(&bootstrap).await?);
         let min_insync = keep.min_insync.to_string();
+        let retention = keep.retention_ms.to_string();
         let topic = NewTopic::new(
             &cfg.kafka.topic,
             cfg.partitions() as i32,
             TopicReplication::Fixed(keep.replicas),
         )
         .set("min.insync.replicas", &min_insync)
-        .set("retention.ms", "-1")
+        .set("retention.ms", &retention)
         .set("retention.bytes", "-1")
         .set("cleanup.policy", "delete");
         let results = admin
@@ -70,6 +71,8 @@ pub async fn ensure_topic(cfg: &Config) -> Result<()> {
 pub struct Keep {
     pub replicas: i32,
     pub min_insync: i32,
+    /// -1 (for ever), or the shortest retention accepted.
+    pub retention_ms: i64,
 }
 
 impl Keep {
@@ -88,6 +91,7 @@ impl Keep {
         Keep {
             replicas,
             min_insync,
+            retention_ms: cfg.kafka.retention_ms,
         }
     }
 }
@@ -198,12 +202,20 @@ pub fn keep_problems(
             ));
         }
     }
-    for key in ["retention.ms", "retention.bytes"] {
-        if let Some(v) = get(key).filter(|v| *v != "-1") {
-            problems.push(format!(
-                "{key} is {v}: unsettled orders past it are deleted (want -1)"
-            ));
-        }
+    if let Some(v) = get("retention.bytes").filter(|v| *v != "-1") {
+        problems.push(format!(
+            "retention.bytes is {v}: unsettled orders past it are deleted (want -1)"
+        ));
+    }
+    let kept = |v: &str| {
+        v.parse::<i64>()
+            .is_ok_and(|ms| ms == -1 || (keep.retention_ms != -1 && ms >= keep.retention_ms))
+    };
+    if let Some(v) = get("retention.ms").filter(|v| !kept(v)) {
+        problems.push(format!(
+            "retention.ms is {v}: unsettled orders past it are deleted (want {})",
+            keep.retention_ms
+        ));
     }
     if let Some(v) = get("cleanup.policy").filter(|v| v.contains("compact")) {
         problems.push(format!(
@@ -257,36 +269,17 @@ mod tests {
 
     #[test]
     fn a_topic_survives_one_broker_lost_where_there_are_three() {
+        let keep = |replicas, min_insync| Keep {
+            replicas,
+            min_insync,
+            retention_ms: -1,
+        };
         let auto = cfg("");
-        assert_eq!(
-            Keep::wanted(&auto, 1),
-            Keep {
-                replicas: 1,
-                min_insync: 1
-            }
-        );
-        assert_eq!(
-            Keep::wanted(&auto, 2),
-            Keep {
-                replicas: 2,
-                min_insync: 1
-            }
-        );
-        assert_eq!(
-            Keep::wanted(&auto, 5),
-            Keep {
-                replicas: 3,
-                min_insync: 2
-            }
-        );
+        assert_eq!(Keep::wanted(&auto, 1), keep(1, 1));
+        assert_eq!(Keep::wanted(&auto, 2), keep(2, 1));
+        assert_eq!(Keep::wanted(&auto, 5), keep(3, 2));
         let set = cfg("replication_factor = 5\nmin_insync_replicas = 3");
-        assert_eq!(
-            Keep::wanted(&set, 1),
-            Keep {
-                replicas: 5,
-                min_insync: 3
-            }
-        );
+        assert_eq!(Keep::wanted(&set, 1), keep(5, 3));
     }
 
     #[test]
@@ -294,6 +287,7 @@ mod tests {
         let keep = Keep {
             replicas: 3,
             min_insync: 2,
+            retention_ms: -1,
         };
         let good = vec![
             ("retention.ms".to_string(), Some("-1".to_string())),
@@ -316,5 +310,19 @@ mod tests {
         ] {
             assert!(p.contains(want), "{p}");
         }
+        // A century where the broker mishandles -1: accepted when configured so.
+        let century = Keep {
+            retention_ms: 3_153_600_000_000,
+            ..keep
+        };
+        let long = vec![(
+            "retention.ms".to_string(),
+            Some("3153600000000".to_string()),
+        )];
+        assert!(keep_problems(century, &[3], &long).is_empty());
+        assert!(
+            !keep_problems(keep, &[3], &long).is_empty(),
+            "not where -1 is wanted"
+        );
     }
 }

@@ -83,6 +83,9 @@ pub struct Kafka {
     /// Configured brokers: the topic's `min.insync.replicas`. 0: 2 with three replicas or
     /// more (one broker may be lost), else 1.
     pub min_insync_replicas: u16,
+    /// Configured brokers: the topic's `retention.ms`: -1 (the default) keeps every
+    /// message for ever; else at least a year, for a broker that mishandles -1.
+    pub retention_ms: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -303,6 +306,7 @@ mod raw {
         pub embedded_fsync: bool,
         pub replication_factor: u16,
         pub min_insync_replicas: u16,
+        pub retention_ms: i64,
     }
 
     impl Default for Kafka {
@@ -314,6 +318,7 @@ mod raw {
                 embedded_fsync: true,
                 replication_factor: 0,
                 min_insync_replicas: 0,
+                retention_ms: -1,
             }
         }
     }
@@ -584,6 +589,14 @@ fn kafka(k: raw::Kafka) -> Result<Kafka> {
     if k.topic.is_empty() {
         bail!("kafka.topic: must not be empty");
     }
+    const YEAR_MS: i64 = 365 * 86_400_000;
+    if k.retention_ms != -1 && k.retention_ms < YEAR_MS {
+        bail!(
+            "kafka.retention_ms: {} could delete orders not yet settled: -1 (for ever) or at \
+             least {YEAR_MS} (a year)",
+            k.retention_ms
+        );
+    }
     if k.replication_factor > 0 && k.min_insync_replicas > k.replication_factor {
         bail!(
             "kafka.min_insync_replicas: {} is more than kafka.replication_factor {}: no write \
@@ -599,6 +612,7 @@ fn kafka(k: raw::Kafka) -> Result<Kafka> {
         embedded_fsync: k.embedded_fsync,
         replication_factor: k.replication_factor,
         min_insync_replicas: k.min_insync_replicas,
+        retention_ms: k.retention_ms,
     })
 }
 
