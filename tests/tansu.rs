@@ -158,3 +158,85 @@ fn busiest_broker() -> (u16, usize) {
     let (i, n) = counts.iter().enumerate().max_by_key(|(_, n)| **n).unwrap();
     (i as u16, *n)
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts MariaDB again when dropped (also when the test fails half way).
+struct MariaDbBack;
+
+impl Drop for MariaDbBack {
+    fn drop(&mut self) {
+        common::script("services.sh", &["up"]);
+    }
+}
+
+#[test]
+fn with_mariadb_stopped_under_load_memory_stays_bounded_and_ingest_answers_503() {
+    TANSU.call_once(|| common::script("tansu.sh", &["up"]));
+    let c = Cluster::start(
+        "tansu_backpressure",
+        Spec {
+            kafka_brokers: &[BROKER],
+            kafka_extra: "retention_ms = 3153600000000\nmax_backlog_per_partition = 20000",
+            cluster: "max_unsettled_per_worker = 10000",
+            ..Spec::default()
+        },
+    );
+    let pid = c.workers.lock().unwrap()[0].as_ref().unwrap().id();
+    let (ok, busy) = (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    );
+    let mut peak = 0;
+    let probes = std::sync::Mutex::new(Vec::new());
+    // 45 s: the posting threads give an order up after 60 s of 503s.
+    let outage = Duration::from_secs(45);
+    let mut accepted = c.post_while(8, || {
+        c.wait_results(500, Duration::from_secs(60));
+        let before = rss_kib(pid);
+        common::kill_service("mariadb/mysqld.pid");
+        let _back = MariaDbBack;
+        let down = Instant::now();
+        while down.elapsed() < outage {
+            peak = peak.max(rss_kib(pid));
+            let (s, v) =
+                c.post(r#"{"user_id":"bp","initiator":"RMB","items":[{"id":1,"number":1}]}"#);
+            match s {
+                202 => {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    probes.lock().unwrap().push(v["order_id"].as_str().unwrap().to_string());
+                }
+                503 => {
+                    busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => panic!("{s}: {v}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "MariaDB down {outage:?}: worker RSS {before} KiB before, at most {peak} KiB; probes: {} \
+             taken, {} refused with 503",
+            ok.load(std::sync::atomic::Ordering::Relaxed),
+            busy.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    });
+    assert!(
+        busy.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "ingest never answered 503 with MariaDB down"
+    );
+    assert!(
+        c.log("worker-0").contains("fill the window"),
+        "the worker never stopped reading"
+    );
+    accepted.extend(probes.into_inner().unwrap());
+    c.wait_results(accepted.len() as u64, Duration::from_secs(180));
+    c.check_invariants(&accepted);
+}
