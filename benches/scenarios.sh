@@ -7,7 +7,8 @@
 # Usage: benches/scenarios.sh [dtss binary]   (default: target/release/dtss)
 #        SCENARIOS="http direct" benches/scenarios.sh   (a subset, by name; also the
 #        latency scenarios h1k, d1k and d10k: 1,000/s over HTTP and direct, 10,000/s direct;
-#        http64 and http128: full speed over HTTP at 64 and 128 connections instead of 256)
+#        http64 and http128: full speed over HTTP at 64 and 128 connections instead of 256;
+#        direct2k: full speed direct with 2,048 sends in flight instead of 256)
 #        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the figures of record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ declare -A args=(
   [http128]="--runs $runs --duration $duration --connections 128"
   [r10k]="--runs $runs --duration $duration --rate 10000 --connections 256"
   [direct]="--runs $runs --duration $duration --direct-kafka"
+  [direct2k]="--runs $runs --duration $duration --direct-kafka --connections 2048"
   [r5k]="--duration $((duration / 2)) --rate 5000 --connections 128"
   [h1k]="--runs $runs --duration $duration --rate 1000"
   [d1k]="--runs $runs --duration $duration --rate 1000 --direct-kafka"
@@ -34,7 +36,7 @@ declare -A args=(
 logs=$(mktemp -d)
 status=0
 for name in ${SCENARIOS:-http r10k direct r5k}; do
-  [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http http64 http128 r10k direct r5k h1k d1k d10k)" >&2; exit 2; }
+  [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http http64 http128 r10k direct direct2k r5k h1k d1k d10k)" >&2; exit 2; }
   echo "== $name: dtss bench ${args[$name]}   ($(date +%T))"
   # shellcheck disable=SC2086
   if ! "$dtss" bench ${args[$name]} >"$logs/$name.log" 2>&1; then

@@ -54,6 +54,40 @@ const MAX_REQUEST: usize = 16 << 20;
 const MAX_FETCH: usize = 16 << 20;
 /// The smallest request: API key, version and correlation id.
 const MIN_REQUEST: usize = 8;
+/// At most this many pipelined produce requests of one connection answered together.
+const MAX_GROUP: usize = 64;
+
+/// What must be durable before a produce is answered: (topic answer, partition answer),
+/// partition, the end its append reached, the log's count of cuts then.
+type Wait = ((usize, usize), usize, i64, usize);
+
+/// A produce request appended, waiting for the sync that makes it durable.
+struct Appended {
+    correlation_id: i32,
+    version: i16,
+    response: ProduceResponse,
+    waits: Vec<Wait>,
+}
+
+/// A request's answer: encoded, or a produce to answer once durable.
+enum Answer {
+    Ready(BytesMut),
+    Appended(Appended),
+}
+
+/// An answer with its length in front.
+fn framed(body: BytesMut) -> BytesMut {
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_i32(body.len() as i32);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Whether the next request buffered is a produce (its API key is read; the rest of
+/// it may still be on its way).
+fn next_is_produce(buffered: &[u8]) -> bool {
+    buffered.len() >= 6 && buffered[4..6] == (ApiKey::Produce as i16).to_be_bytes()
+}
 
 /// How long a connection may stay idle (Kafka's `connections.max.idle.ms` is 10 min), how
 /// long a request's bytes may take once its length is read, and how many connections
@@ -310,7 +344,10 @@ impl Broker {
         }
     }
 
-    /// Requests of one connection, answered in order (as Kafka does).
+    /// Requests of one connection, answered in order (as Kafka does). Produce requests
+    /// the client pipelined are appended one after the other as they are read, and
+    /// answered together once durable: one sync covers them all, instead of one sync per
+    /// request while the others wait unread.
     async fn connection(
         &self,
         stream: TcpStream,
@@ -319,33 +356,52 @@ impl Broker {
     ) -> Result<()> {
         let (r, w) = stream.into_split();
         let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
-        let mut out = BytesMut::new();
+        let mut appended: Vec<Appended> = Vec::new();
         loop {
+            let more = appended.len() < MAX_GROUP && next_is_produce(r.buffer());
+            if !appended.is_empty() && !more {
+                self.answer_appended(&mut appended, &mut w).await?;
+                w.flush().await?;
+            }
             let Some(mut body) = read_request(&mut r, limits).await? else {
+                self.answer_appended(&mut appended, &mut w).await?;
+                w.flush().await?;
                 return Ok(());
             };
             if body[..2] == (ApiKey::Fetch as i16).to_be_bytes() {
                 // A fetch may wait for data: answers held back for pipelining go first.
                 w.flush().await?;
             }
-            out.clear();
-            out.put_i32(0); // length, filled in below
-            self.handle(&mut body, &mut out, advertised).await?;
-            let n = (out.len() - 4) as i32;
-            out[..4].copy_from_slice(&n.to_be_bytes());
-            w.write_all(&out).await?;
-            if r.buffer().is_empty() {
+            match self.handle(&mut body, advertised).await? {
+                Answer::Appended(a) => appended.push(a),
+                Answer::Ready(out) => {
+                    self.answer_appended(&mut appended, &mut w).await?;
+                    w.write_all(&framed(out)).await?;
+                }
+            }
+            if appended.is_empty() && r.buffer().is_empty() {
                 w.flush().await?;
             }
         }
     }
 
-    async fn handle(
+    /// Answer the appended produce requests, in order, once each is durable.
+    async fn answer_appended(
         &self,
-        body: &mut Bytes,
-        out: &mut BytesMut,
-        advertised: SocketAddr,
+        appended: &mut Vec<Appended>,
+        w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
     ) -> Result<()> {
+        for a in appended.drain(..) {
+            let out = self.finish_produce(a).await?;
+            w.write_all(&framed(out)).await?;
+        }
+        Ok(())
+    }
+
+    /// Decode and answer one request; a produce is appended here and answered by
+    /// `finish_produce` once durable.
+    async fn handle(&self, body: &mut Bytes, advertised: SocketAddr) -> Result<Answer> {
+        let mut out = BytesMut::new();
         let (header, api, version, request) = match decode_request(body)? {
             Decoded::Request(header, api, version, request) => (header, api, version, request),
             Decoded::VersionsTooNew(correlation_id) => {
@@ -354,9 +410,9 @@ impl Broker {
                 res.error_code = UNSUPPORTED_VERSION;
                 ResponseHeader::default()
                     .with_correlation_id(correlation_id)
-                    .encode(out, 0)?;
-                res.encode(out, 0)?;
-                return Ok(());
+                    .encode(&mut out, 0)?;
+                res.encode(&mut out, 0)?;
+                return Ok(Answer::Ready(out));
             }
         };
         let response = match request {
@@ -368,7 +424,15 @@ impl Broker {
                 res.producer_epoch = 0;
                 ResponseKind::InitProducerId(res)
             }
-            RequestKind::Produce(req) => ResponseKind::Produce(self.produce(req).await),
+            RequestKind::Produce(req) => {
+                let (response, waits) = self.append(req);
+                return Ok(Answer::Appended(Appended {
+                    correlation_id: header.correlation_id,
+                    version,
+                    response,
+                    waits,
+                }));
+            }
             RequestKind::Fetch(req) => ResponseKind::Fetch(self.fetch(req).await),
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
@@ -397,10 +461,34 @@ impl Broker {
         };
         ResponseHeader::default()
             .with_correlation_id(header.correlation_id)
-            .encode(out, api.response_header_version(version))?;
-        response.encode(out, version)?;
+            .encode(&mut out, api.response_header_version(version))?;
+        response.encode(&mut out, version)?;
         self.counters.answered(api);
-        Ok(())
+        Ok(Answer::Ready(out))
+    }
+
+    /// The answer to an appended produce request, once every partition it wrote is
+    /// durable (or the append was cut off: KAFKA_STORAGE_ERROR).
+    async fn finish_produce(&self, a: Appended) -> Result<BytesMut> {
+        let mut res = a.response;
+        let written = !a.waits.is_empty();
+        for ((t, i), p, end, cuts) in a.waits {
+            if let Err(e) = self.durable(p, end, cuts).await {
+                let pr = &mut res.responses[t].partition_responses[i];
+                pr.error_code = e as i16;
+                pr.base_offset = -1;
+            }
+        }
+        if written {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        let mut out = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(a.correlation_id)
+            .encode(&mut out, ApiKey::Produce.response_header_version(a.version))?;
+        res.encode(&mut out, a.version)?;
+        self.counters.answered(ApiKey::Produce);
+        Ok(out)
     }
 
     fn partition(&self, topic: &str, p: i32) -> Option<&Mutex<PartitionLog>> {
@@ -456,10 +544,10 @@ impl Broker {
         res
     }
 
-    /// Append every partition's batches, then answer once each is durable.
-    async fn produce(&self, req: ProduceRequest) -> ProduceResponse {
+    /// Append every partition's batches; the answer as it stands, and what must be
+    /// durable before it goes out.
+    fn append(&self, req: ProduceRequest) -> (ProduceResponse, Vec<Wait>) {
         let mut res = ProduceResponse::default();
-        // (topic answer, partition answer, partition, end to be synced, cuts then)
         let mut waits = Vec::new();
         for topic in req.topic_data {
             let mut tr = TopicProduceResponse::default();
@@ -494,18 +582,7 @@ impl Broker {
             tr.name = topic.name;
             res.responses.push(tr);
         }
-        let appended = !waits.is_empty();
-        for ((t, i), p, end, cuts) in waits {
-            if let Err(e) = self.durable(p, end, cuts).await {
-                let pr = &mut res.responses[t].partition_responses[i];
-                pr.error_code = e as i16;
-                pr.base_offset = -1;
-            }
-        }
-        if appended {
-            self.appended.send_modify(|n| *n += 1);
-        }
-        res
+        (res, waits)
     }
 
     async fn fetch(&self, req: FetchRequest) -> FetchResponse {
