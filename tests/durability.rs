@@ -147,6 +147,25 @@ fn a_lost_log_is_refused_and_going_on_is_an_operator_command_that_records_the_lo
     c.check_invariants(&accepted);
 }
 
+/// Post `USD_ORDER` (its id into `accepted`) until one settles paying `paid`: a rate
+/// change reached the dataflow (within 30 s).
+fn post_until_paid(c: &Cluster, paid: &str, accepted: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = c.post(USD_ORDER);
+        let id = v["order_id"].as_str().unwrap().to_string();
+        let got = c.wait_result(&id)["paid"].clone();
+        accepted.push(id);
+        if got == json!(paid) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no order paid {paid} within 30 s"
+        );
+    }
+}
+
 /// The (rate_version, epoch, accepted_at) of every result.
 fn versions_and_epochs(c: &Cluster) -> Vec<(u64, u64, i64)> {
     c.query("SELECT rate_version, epoch, accepted_at FROM result")
@@ -197,17 +216,7 @@ fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
     }
     eprintln!("{moved} backlog orders settled in an epoch of the restarted run, at version 1");
     // Orders accepted from now on take the new version.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, v) = c.post(USD_ORDER);
-        let id = v["order_id"].as_str().unwrap().to_string();
-        let paid = c.wait_result(&id)["paid"].clone();
-        accepted.push(id);
-        if paid == json!("8.50") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new rate never applied");
-    }
+    post_until_paid(&c, "8.50", &mut accepted);
     c.check_invariants(&accepted);
 }
 
@@ -289,17 +298,7 @@ fn rates_written_straight_into_zookeeper_are_checked_and_refused() {
     assert!(log.contains("refusing the rates in ZooKeeper"), "{log}");
     // A good rate is applied again.
     c.run(&["rates", "set", "USD=7.5"]).expect("rates set");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, v) = c.post(USD_ORDER);
-        let id = v["order_id"].as_str().unwrap().to_string();
-        let paid = c.wait_result(&id)["paid"].clone();
-        accepted.push(id);
-        if paid == json!("7.50") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the good rate never applied");
-    }
+    post_until_paid(&c, "7.50", &mut accepted);
     c.check_invariants(&accepted);
 }
 
