@@ -166,15 +166,11 @@ fn post_until_paid(c: &Cluster, paid: &str, accepted: &mut Vec<String>) {
     }
 }
 
-/// The (rate_version, epoch, accepted_at) of every result.
-fn versions_and_epochs(c: &Cluster) -> Vec<(u64, u64, i64)> {
-    c.query("SELECT rate_version, epoch, accepted_at FROM result")
-}
-
-#[test]
-fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
+/// A cluster of one worker over the one-dollar catalogue, with one USD order settled:
+/// the cluster and that order's id.
+fn one_usd_settled(name: &str) -> (Cluster, Vec<String>) {
     let c = Cluster::start(
-        "backlograte",
+        name,
         Spec {
             catalogue: Some(ONE_USD),
             workers: 1,
@@ -183,11 +179,22 @@ fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
     );
     let (_, v) = c.post(USD_ORDER);
     let first = v["order_id"].as_str().unwrap().to_string();
-    assert_eq!(c.wait_result(&first)["paid"], "7.12");
+    c.wait_result(&first);
+    (c, vec![first])
+}
+
+/// The (rate_version, epoch, accepted_at) of every result.
+fn versions_and_epochs(c: &Cluster) -> Vec<(u64, u64, i64)> {
+    c.query("SELECT rate_version, epoch, accepted_at FROM result")
+}
+
+#[test]
+fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
+    let (c, mut accepted) = one_usd_settled("backlograte");
+    assert_eq!(c.wait_result(&accepted[0])["paid"], "7.12");
     c.kill_worker(0, libc::SIGKILL);
 
     // While the workers are down: orders, a rate change, more orders.
-    let mut accepted = vec![first];
     for _ in 0..20 {
         let (s, v) = c.post(USD_ORDER);
         assert_eq!(s, 202, "{v}");
@@ -222,17 +229,7 @@ fn a_backlog_settles_at_the_rates_recorded_for_its_own_epochs_not_at_todays() {
 
 #[test]
 fn a_worker_started_while_zookeeper_is_down_settles_at_the_recorded_rates() {
-    let c = Cluster::start(
-        "zkdown",
-        Spec {
-            catalogue: Some(ONE_USD),
-            workers: 1,
-            ..Spec::default()
-        },
-    );
-    let (_, v) = c.post(USD_ORDER);
-    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
-    c.wait_result(&accepted[0]);
+    let (c, mut accepted) = one_usd_settled("zkdown");
     c.kill_worker(0, libc::SIGKILL);
     common::kill_service("zookeeper/zk.pid");
     let _zk_back = ZooKeeperBack;
@@ -260,17 +257,7 @@ impl Drop for ZooKeeperBack {
 
 #[test]
 fn rates_written_straight_into_zookeeper_are_checked_and_refused() {
-    let c = Cluster::start(
-        "forgedrate",
-        Spec {
-            catalogue: Some(ONE_USD),
-            workers: 1,
-            ..Spec::default()
-        },
-    );
-    let (_, v) = c.post(USD_ORDER);
-    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
-    c.wait_result(&accepted[0]);
+    let (c, mut accepted) = one_usd_settled("forgedrate");
     let root = format!("/{}", c.db);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
