@@ -68,18 +68,47 @@ fn keep_only_synced(partition: &Path) -> u64 {
     cut
 }
 
+/// Bytes of a partition's active segment beyond the synced length the broker recorded.
+fn unsynced(partition: &Path) -> u64 {
+    let Ok(record) = std::fs::read_to_string(partition.join("synced")) else {
+        return 0;
+    };
+    let fields: Vec<u64> = record
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [segment, len, ..] = fields[..] else {
+        return 0;
+    };
+    let path = partition.join(format!("{segment:020}.log"));
+    std::fs::metadata(path).map_or(0, |m| m.len().saturating_sub(len))
+}
+
 #[test]
 fn acknowledged_orders_survive_a_machine_crash_of_the_broker() {
     let mut c = Cluster::start("powerloss", Spec::default());
+    // Each sync starts 500 ms late (a test hook), so that the crash surely finds written
+    // bytes that no sync covered: the cut below must take them off and lose no 202.
     let mut broker = c.broker.take().unwrap();
+    Cluster::terminate(&mut broker);
+    let mut broker = c.spawn_env(
+        "broker-1",
+        &["broker"],
+        &[("DTSS_TEST_SYNC_PAUSE_MS", "500")],
+    );
     let log_dir = c.dir.join("data/broker");
     let mut restarted = None;
     let mut cut = 0;
     let accepted = c.post_while(4, || {
         common::wait_for(Duration::from_secs(60), "first results", || {
-            c.count("SELECT COUNT(*) FROM result") >= 300
+            c.count("SELECT COUNT(*) FROM result") >= 50
         });
-        broker.kill().unwrap(); // the machine dies: nothing more reaches the disk
+        // The machine dies while a partition holds written bytes no sync covered yet:
+        // nothing more reaches the disk.
+        common::wait_for(Duration::from_secs(30), "unsynced bytes", || {
+            partitions(&log_dir).iter().any(|p| unsynced(p) > 0)
+        });
+        broker.kill().unwrap();
         broker.wait().unwrap();
         for p in partitions(&log_dir) {
             cut += keep_only_synced(&p);
@@ -91,6 +120,7 @@ fn acknowledged_orders_survive_a_machine_crash_of_the_broker() {
         "{} accepted across the crash; {cut} unsynced bytes cut off",
         accepted.len()
     );
+    assert!(cut > 0, "the crash found nothing unsynced to cut off");
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     c.check_invariants(&accepted);
     Cluster::terminate(&mut restarted.unwrap());
@@ -283,6 +313,9 @@ fn rates_written_straight_into_zookeeper_are_checked_and_refused() {
     }
     let log = c.log("worker-0");
     assert!(log.contains("refusing the rates in ZooKeeper"), "{log}");
+    let (_, health) = c.get("/healthz");
+    assert_eq!(health["refused_rates"][0]["currency"], "USD", "{health}");
+    assert_eq!(health["refused_rates"][0]["stored"], "7,12", "{health}");
     // A good rate is applied again.
     c.run(&["rates", "set", "USD=7.5"]).expect("rates set");
     post_until_paid(&c, "7.50", &mut accepted);

@@ -149,6 +149,18 @@ pub struct Broker {
     appended: watch::Sender<u64>,
     next_producer_id: AtomicI64,
     counters: metrics::Counters,
+    /// A test hook (`DTSS_TEST_SYNC_PAUSE_MS`): each sync starts this much later, so that
+    /// a crash test finds written bytes no sync has covered yet.
+    sync_pause: Option<Duration>,
+}
+
+/// The environment variable of the sync-pause test hook.
+const SYNC_PAUSE_ENV: &str = "DTSS_TEST_SYNC_PAUSE_MS";
+
+fn sync_pause() -> Option<Duration> {
+    let ms: u64 = std::env::var(SYNC_PAUSE_ENV).ok()?.parse().ok()?;
+    tracing::warn!("{SYNC_PAUSE_ENV}={ms}: every sync waits {ms} ms first (a test hook)");
+    Some(Duration::from_millis(ms.min(10_000)))
 }
 
 impl Broker {
@@ -182,6 +194,7 @@ impl Broker {
             // Distinct across restarts: a producer id is never handed out twice.
             next_producer_id: AtomicI64::new(now.as_millis() as i64 * 1000),
             counters: Default::default(),
+            sync_pause: sync_pause(),
         }))
     }
 
@@ -273,6 +286,9 @@ impl Broker {
                 return;
             }
         };
+        if let Some(pause) = self.sync_pause {
+            tokio::time::sleep(pause).await;
+        }
         let upto = job.upto;
         let file = job.file;
         self.counters.syncs.inc();

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -488,10 +489,15 @@ async fn health(state: &State) -> Resp {
             json!({"status": "refusing", "why": why, "action": action}),
         );
     }
+    let refused = refused_rates(state).await;
     let holds = sinks::holds(&state.pool, &state.cfg.kafka.topic);
     let holds = from_db("held partitions", holds).await.unwrap_or_default();
     if holds.is_empty() {
-        return json(StatusCode::OK, json!({"status": "ok"}));
+        let mut body = json!({"status": "ok"});
+        if !refused.is_empty() {
+            body["refused_rates"] = json!(refused);
+        }
+        return json(StatusCode::OK, body);
     }
     let held: Vec<_> = holds
         .iter()
@@ -508,7 +514,35 @@ async fn health(state: &State) -> Resp {
             })
         })
         .collect();
-    json(StatusCode::OK, json!({"status": "held", "held": held}))
+    let mut body = json!({"status": "held", "held": held});
+    if !refused.is_empty() {
+        body["refused_rates"] = json!(refused);
+    }
+    json(StatusCode::OK, body)
+}
+
+/// The rates stored in ZooKeeper that the workers refuse (written past `PUT /api/rates`),
+/// each with why and what to do; empty when ZooKeeper does not answer within a second.
+async fn refused_rates(state: &State) -> Vec<serde_json::Value> {
+    let read = rates::read_stored(&state.zk, &state.cfg);
+    let Ok(Ok(stored)) = tokio::time::timeout(Duration::from_secs(1), read).await else {
+        return vec![];
+    };
+    stored
+        .into_iter()
+        .filter_map(|s| {
+            let why = s.rate.err()?;
+            Some(json!({
+                "currency": s.currency.to_string(),
+                "stored": s.text,
+                "why": why,
+                "action": format!(
+                    "settlement goes on at the table in force; set a valid rate with PUT /api/rates/{}",
+                    s.currency
+                ),
+            }))
+        })
+        .collect()
 }
 
 async fn metrics(state: &State) -> Resp {

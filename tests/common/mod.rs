@@ -286,6 +286,11 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
 
     /// Start `dtss ARGS --config …`, logging to `{what}.log`.
     pub fn spawn(&self, what: &str, args: &[&str]) -> Child {
+        self.spawn_env(what, args, &[])
+    }
+
+    /// `spawn` with environment variables set (a test hook).
+    pub fn spawn_env(&self, what: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -295,6 +300,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
             .args(args)
             .arg("--config")
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
