@@ -7,7 +7,9 @@
 //!   operator's command that records the loss and reuses no offset;
 //! - a worker started while ZooKeeper is down settles at the rates recorded last;
 //! - a backlog settles at the rates recorded for its own epochs, not at today's;
-//! - a rate written straight into ZooKeeper is checked as `PUT /api/rates` checks one.
+//! - a rate written straight into ZooKeeper is checked as `PUT /api/rates` checks one;
+//! - a full disk (the broker's, or MariaDB's) holds settlement and answers 503, loses no
+//!   202, and everything goes on by itself once space is back.
 
 mod common;
 
@@ -521,4 +523,155 @@ fn side_tables_are_pruned_to_their_bound_and_every_offset_stays_accounted_for() 
     let pruned = c.count("SELECT SUM(skipped) FROM pruned");
     assert!(pruned >= 1_999, "{pruned} pruned");
     c.check_invariants(&accepted);
+}
+
+/// A MariaDB server of its own with its data directory under `dir` (a small disk),
+/// with the `dtss` user of the local services' password; stopped when dropped.
+struct ScratchMariaDb {
+    dir: PathBuf,
+    port: u16,
+    server: std::process::Child,
+}
+
+impl ScratchMariaDb {
+    fn start(dir: &Path) -> ScratchMariaDb {
+        let (data, sock) = (dir.join("data"), dir.join("mysqld.sock"));
+        let out = std::process::Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=socket"])
+            .arg("--skip-test-db")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let port = common::free_port();
+        let server = std::process::Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", sock.display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+            ])
+            .args(["--innodb-buffer-pool-size=64M", "--innodb-log-file-size=8M"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let scratch = ScratchMariaDb {
+            dir: dir.to_path_buf(),
+            port,
+            server,
+        };
+        common::wait_for(Duration::from_secs(60), "the scratch MariaDB", || {
+            scratch.root_sql("SELECT 1").is_ok()
+        });
+        let pw = std::fs::read_to_string(common::mysql_password_file()).unwrap();
+        let pw = pw.trim();
+        scratch
+            .root_sql(&format!(
+                "CREATE USER 'dtss'@'127.0.0.1' IDENTIFIED BY '{pw}'; \
+                 GRANT ALL PRIVILEGES ON `dtss%`.* TO 'dtss'@'127.0.0.1';"
+            ))
+            .unwrap();
+        scratch
+    }
+
+    fn root_sql(&self, sql: &str) -> Result<String, String> {
+        let out = std::process::Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mysqld.sock").display()
+            ))
+            .args(["-uroot", "-N", "-B", "-e", sql])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for ScratchMariaDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.server.id().to_string())
+            .status();
+        let _ = self.server.wait();
+    }
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_full_mariadb_disk_holds_settlement_answers_503_and_resumes_once_space_is_back() {
+    let disk_dir = std::env::temp_dir().join(format!("dtss-mariadb-disk-{}", std::process::id()));
+    let disk = SmallDisk::mount(&disk_dir, "400m");
+    let mariadb = ScratchMariaDb::start(&disk.0);
+    let c = Cluster::start(
+        "mariadbfull",
+        Spec {
+            catalogue: Some(ONE_USD),
+            mysql_ports: &[mariadb.port],
+            kafka_extra: "max_backlog_per_partition = 1000",
+            ..Spec::default()
+        },
+    );
+    let (_, v) = c.post(USD_ORDER);
+    let mut accepted = vec![v["order_id"].as_str().unwrap().to_string()];
+    c.wait_result(&accepted[0]);
+    // Leave MariaDB about 256 KiB.
+    let filler = disk.0.join("filler");
+    let free = free_bytes(&disk.0);
+    std::fs::write(&filler, vec![0u8; (free - (256 << 10)) as usize]).unwrap();
+    let mut refused = None;
+    for n in 0..50_000 {
+        match post_keyed(&c, USD_ORDER, &format!("fill-{n}")) {
+            Ok(id) => accepted.push(id),
+            Err(v) => {
+                refused = Some(v);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("no 503 with MariaDB's disk full");
+    let settled = c.count("SELECT COUNT(*) FROM result");
+    eprintln!(
+        "{} orders taken, {settled} settled, before the 503: {refused}",
+        accepted.len()
+    );
+    assert!(settled < accepted.len() as u64, "settlement was not held");
+    let log = c.log("worker-0");
+    assert!(log.contains("is full"), "no full table in the worker's log");
+    // Space comes back: settlement goes on by itself, and orders are taken again.
+    std::fs::remove_file(&filler).unwrap();
+    let since = Instant::now();
+    c.wait_results(accepted.len() as u64, Duration::from_secs(120));
+    eprintln!(
+        "everything taken settled {:?} after space came back",
+        since.elapsed()
+    );
+    let (_, v) = c.post(USD_ORDER);
+    accepted.push(v["order_id"].as_str().expect("taken again").to_string());
+    c.wait_results(accepted.len() as u64, Duration::from_secs(60));
+    c.check_invariants(&accepted);
+    drop(c);
+    drop(mariadb);
+    drop(disk);
 }
