@@ -435,7 +435,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                         // Each order with a key of its own, retried with it until a 202.
                         let (body, key) = (gen.next_body(), format!("post-{t}-{n}"));
                         n += 1;
-                        let patience = Instant::now() + Duration::from_secs(60);
+                        let patience = Instant::now() + Duration::from_secs(90);
                         loop {
                             let answer = http_with(
                                 &self.listen,
@@ -453,8 +453,8 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
                                 Ok((503 | 504, _)) | Err(_) if Instant::now() < patience => {
                                     std::thread::sleep(Duration::from_millis(50))
                                 }
-                                Ok((503 | 504, v)) => panic!("not taken within 60 s: {v}"),
-                                Err(e) => panic!("no answer within 60 s: {e}"),
+                                Ok((503 | 504, v)) => panic!("not taken within 90 s: {v}"),
+                                Err(e) => panic!("no answer within 90 s: {e}"),
                                 Ok((st, v)) => panic!("unexpected {st}: {v}"),
                             }
                         }
