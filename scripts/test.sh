@@ -12,6 +12,13 @@ cd "$(dirname "$0")/.."
 
 echo "== services"
 scripts/services.sh up
+# promtool (Debian's prometheus package) checks the scrape configs and every process's
+# metrics (tests/metrics.rs).
+if ! command -v promtool >/dev/null; then
+  echo "installing promtool (apt-get install prometheus)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 echo "== cargo test (release build: the same one \`cargo run --release -- up\` uses)"
 # One test at a time: the end-to-end tests run whole clusters of processes on 2 cores.

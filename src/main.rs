@@ -8,6 +8,7 @@ mod dead_letters;
 mod init;
 mod load;
 mod metrics;
+mod metrics_ports;
 mod proc;
 mod rates;
 mod secrets;

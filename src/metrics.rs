@@ -58,7 +58,11 @@ async fn answer(
     render: Render,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, kind, body) = if req.uri().path() == "/metrics" {
-        (StatusCode::OK, "text/plain; version=0.0.4", render())
+        (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            model::exposition::text_format(&render()),
+        )
     } else {
         (
             StatusCode::NOT_FOUND,

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use model::Config;
 
 use crate::load::{LoadArgs, LoadOpts};
+use crate::metrics_ports::MetricsPorts;
 use crate::proc::Proc;
 
 /// Worker failures in a row, with no committed offset moving, after which they are
@@ -111,6 +112,11 @@ fn banner(cfg: &Config, sup: &Supervisor, took: Duration) {
     );
     println!("  data and service files: {}", sup.data.display());
     println!(
+        "  metrics: {} (Prometheus targets in {})",
+        sup.metrics.describe(cfg),
+        sup.metrics.targets.display()
+    );
+    println!(
         "  logs: {}/{{broker,worker-N,ingest,rate-modifier}}.log",
         sup.logs.display()
     );
@@ -132,7 +138,7 @@ struct Supervisor {
     logs: PathBuf,
     /// The absolute path of the config every service is started with.
     config: String,
-    processes: usize,
+    metrics: MetricsPorts,
     broker: Option<Proc>,
     workers: Vec<Proc>,
     ingest: Proc,
@@ -222,15 +228,25 @@ impl Supervisor {
         let logs = data.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let config = std::fs::canonicalize(&cfg.path)?.display().to_string();
-        let args = |extra: &[&str]| service_args(&config, extra);
+        let processes = cfg.cluster.processes.len();
+        let metrics = MetricsPorts::pick(cfg, processes, &data)?;
+        let args = |extra: &[&str], metrics: u16| {
+            let listen = format!("127.0.0.1:{metrics}");
+            let mut extra = extra.to_vec();
+            extra.extend(["--metrics-listen", &listen]);
+            service_args(&config, &extra)
+        };
         let broker = match cfg.kafka.brokers.is_empty() {
-            true => Some(start_broker(cfg, &args(&["broker"]), &logs).await?),
+            true => Some(start_broker(cfg, &args(&["broker"], metrics.broker), &logs).await?),
             false => None,
         };
-        let processes = cfg.cluster.processes.len();
-        let workers = spawn_workers(&config, processes, &logs)?;
-        let mut ingest = Proc::spawn("ingest", &args(&["ingest"]), &logs)?;
-        let modifier = Proc::spawn("rate-modifier", &args(&["rates", "run"]), &logs)?;
+        let workers = spawn_workers(&config, &metrics.workers, &logs)?;
+        let mut ingest = Proc::spawn("ingest", &service_args(&config, &["ingest"]), &logs)?;
+        let modifier = Proc::spawn(
+            "rate-modifier",
+            &args(&["rates", "run"], metrics.modifier),
+            &logs,
+        )?;
         wait_healthy(cfg, &mut ingest).await?;
         let crashes = CrashLoop {
             pool: sinks::connect(&cfg.mysql.urls, 1)?,
@@ -245,7 +261,7 @@ impl Supervisor {
             data,
             logs,
             config,
-            processes,
+            metrics,
             broker,
             workers,
             ingest,
@@ -308,7 +324,7 @@ impl Supervisor {
         }
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-        self.workers = spawn_workers(&self.config, self.processes, &self.logs)?;
+        self.workers = spawn_workers(&self.config, &self.metrics.workers, &self.logs)?;
         Ok(())
     }
 
@@ -352,11 +368,14 @@ async fn start_broker(cfg: &Config, args: &[String], logs: &Path) -> Result<Proc
     Ok(broker)
 }
 
-fn spawn_workers(config: &str, processes: usize, logs: &Path) -> Result<Vec<Proc>> {
-    (0..processes)
-        .map(|p| {
-            let args = service_args(config, &["worker", "--process", &p.to_string()]);
-            Proc::spawn(&format!("worker-{p}"), &args, logs)
+fn spawn_workers(config: &str, metrics: &[u16], logs: &Path) -> Result<Vec<Proc>> {
+    metrics
+        .iter()
+        .enumerate()
+        .map(|(p, port)| {
+            let (p, listen) = (p.to_string(), format!("127.0.0.1:{port}"));
+            let extra = ["worker", "--process", &p, "--metrics-listen", &listen];
+            Proc::spawn(&format!("worker-{p}"), &service_args(config, &extra), logs)
         })
         .collect()
 }

@@ -208,3 +208,98 @@ fn every_process_reports_metrics_that_agree_with_mysql_and_the_dashboard() {
     }
     c.check_invariants(&accepted);
 }
+
+/// `promtool ARGS`, with `stdin` on its standard input: Ok(output) or Err(output).
+fn promtool(args: &[&str], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+#[test]
+fn the_prometheus_configs_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["one-machine.yml", "three-hosts.yml"] {
+        let path = format!("{root}/deploy/prometheus/{file}");
+        promtool(&["check", "config", &path], "").unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+#[test]
+fn under_dtss_up_every_process_serves_metrics_that_promtool_accepts() {
+    let c = Cluster::configure("upmetrics", Spec::default());
+    let mut up = std::process::Command::new(common::BIN)
+        .args(["up", "--no-services", "--config"])
+        .arg(&c.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(up.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("metrics:") {
+        let mut line = String::new();
+        use std::io::BufRead;
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "dtss up ended: {banner}"
+        );
+        banner += &line;
+    }
+    let targets = c.dir.join("data/prometheus-targets.json");
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&targets).unwrap()).unwrap();
+    let mut seen = BTreeSet::new();
+    for t in list.as_array().unwrap() {
+        let (addr, process) = (t["targets"][0].as_str().unwrap(), &t["labels"]["process"]);
+        assert!(banner.contains(addr), "{addr} not printed: {banner}");
+        let text = scrape(addr);
+        assert!(text.contains("# TYPE dtss_"), "{process}: {text}");
+        promtool(&["check", "metrics"], &text).unwrap_or_else(|e| panic!("{process}: {e}"));
+        seen.insert(process.as_str().unwrap().to_string());
+    }
+    let want = ["broker", "ingest", "rate-modifier", "worker-0"];
+    assert_eq!(seen, want.iter().map(|s| s.to_string()).collect());
+    // The one-machine scrape config reads this file: valid with it there too.
+    let config = c.dir.join("prometheus.yml");
+    let one = std::fs::read_to_string(format!(
+        "{}/deploy/prometheus/one-machine.yml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    std::fs::write(
+        &config,
+        one.replace(
+            "../../.dtss/prometheus-targets.json",
+            targets.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let checked = promtool(&["check", "config", config.to_str().unwrap()], "").unwrap();
+    assert!(!checked.contains("WARNING"), "{checked}");
+    // SIGINT stops it all.
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    assert!(up.wait().unwrap().success());
+}

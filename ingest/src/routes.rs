@@ -550,22 +550,27 @@ async fn metrics(state: &State) -> Resp {
     let counts = sinks::poison_counts(&state.pool, &state.cfg.kafka.topic);
     let poisons = match from_db("dead letter counts", counts).await {
         Some((dead, skipped)) => format!(
-            "# TYPE dtss_dead_letters gauge\n\
+            "# HELP dtss_dead_letters Messages of the topic kept as dead letters.\n\
+             # TYPE dtss_dead_letters gauge\n\
              dtss_dead_letters {dead}\n\
+             # HELP dtss_skipped_copies Keyed orders posted again and skipped as copies.\n\
              # TYPE dtss_skipped_copies gauge\n\
              dtss_skipped_copies {skipped}\n"
         ),
         None => String::new(),
     };
     let body = format!(
-        "# TYPE dtss_ingest_orders_total counter\n\
+        "# HELP dtss_ingest_orders_total Orders posted, by what became of them.\n\
+         # TYPE dtss_ingest_orders_total counter\n\
          dtss_ingest_orders_total{{outcome=\"accepted\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"invalid\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"too_large\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"unavailable\"}} {}\n\
          dtss_ingest_orders_total{{outcome=\"unacknowledged\"}} {}\n\
+         # HELP dtss_ingest_queries_total Queries answered.\n\
          # TYPE dtss_ingest_queries_total counter\n\
          dtss_ingest_queries_total {}\n\
+         # HELP dtss_ingest_unsettled_max The most unsettled orders in one partition.\n\
          # TYPE dtss_ingest_unsettled_max gauge\n\
          dtss_ingest_unsettled_max {}\n{poisons}{}",
         m.accepted.load(Ordering::Relaxed),
@@ -575,7 +580,7 @@ async fn metrics(state: &State) -> Resp {
         m.unacknowledged.load(Ordering::Relaxed),
         m.queries.load(Ordering::Relaxed),
         state.producer.unsettled_max(),
-        m.requests.render(),
+        model::exposition::text_format(&m.requests.render()),
     );
     Response::builder()
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

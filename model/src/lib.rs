@@ -6,6 +6,7 @@ mod body;
 pub mod config;
 mod currency;
 pub mod exit;
+pub mod exposition;
 pub mod idempotency;
 pub mod ids;
 mod order;
