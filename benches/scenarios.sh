@@ -10,6 +10,8 @@
 #        http64 and http128: full speed over HTTP at 64 and 128 connections instead of 256;
 #        direct2k: full speed direct with 2,048 sends in flight instead of 256)
 #        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the figures of record)
+#        RECORDS=docs/bench-records.jsonl                (append each run's record there;
+#        `dtss bench records FILE [--label NAME]` prints them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dtss=${1:-${CARGO_TARGET_DIR:-target}/release/dtss}
@@ -39,7 +41,9 @@ for name in ${SCENARIOS:-http r10k direct r5k}; do
   [[ -n ${args[$name]:-} ]] || { echo "unknown scenario $name (http http64 http128 r10k direct direct2k r5k h1k d1k d10k)" >&2; exit 2; }
   echo "== $name: dtss bench ${args[$name]}   ($(date +%T))"
   # shellcheck disable=SC2086
-  if ! "$dtss" bench ${args[$name]} >"$logs/$name.log" 2>&1; then
+  record=()
+  [[ -z ${RECORDS:-} ]] || record=(--record "$RECORDS" --label "$name")
+  if ! "$dtss" bench ${args[$name]} "${record[@]}" >"$logs/$name.log" 2>&1; then
     status=1
     echo "   FAILED (exit $?): $logs/$name.log"
   fi

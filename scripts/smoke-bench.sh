@@ -43,7 +43,9 @@ grep -q "DTSS is up" "$dir/up.log" || { cat "$dir/up.log"; echo "dtss up did not
 
 echo "== smoke bench: dtss bench (open loop, 1000 orders/s, 1 s ramp + 4 s steady, rate changes)"
 "$dtss" --config "$dir/cluster.toml" bench --rate 1000 --ramp 1 --duration 4 \
-  --rate-changes-per-s 5 --drain-timeout 60 --out "$dir/bench"
+  --rate-changes-per-s 5 --drain-timeout 60 --out "$dir/bench" \
+  --record "$dir/records.jsonl" --label smoke
+"$dtss" --config "$dir/cluster.toml" bench records "$dir/records.jsonl" --label smoke
 echo "== smoke bench: dtss check (each 202'd order has exactly one result, and no other result exists)"
 "$dtss" --config "$dir/cluster.toml" check --accepted "$dir/bench/accepted.txt"
 echo "smoke bench: OK"

@@ -29,6 +29,14 @@ enum BenchCommand {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print the runs recorded with `--record FILE`, oldest first.
+    Records {
+        /// The file of records.
+        file: PathBuf,
+        /// Only the runs with this label.
+        #[arg(long)]
+        label: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -76,6 +84,13 @@ struct LoadBench {
     /// order (for comparison only; `dtss check --accepted` may then find extra results).
     #[arg(long)]
     no_idempotency_keys: bool,
+    /// Append one JSON record of each run (commit, time, machine, steal, settings,
+    /// figures) to this file (`dtss bench records FILE` prints them).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// The name the records give what this run measures (e.g. d1k, direct).
+    #[arg(long, default_value = "bench")]
+    label: String,
 }
 
 pub async fn run(cfg: &Config, args: BenchArgs) -> Result<()> {
@@ -85,6 +100,11 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> Result<()> {
             interval_ms,
             url,
         }) => rate_delay(cfg, injections, interval_ms, url).await,
+        Some(BenchCommand::Records { file, label }) => {
+            let records = harness::records::read(&file)?;
+            print!("{}", harness::records::table(&records, label.as_deref()));
+            Ok(())
+        }
         None => load_bench(cfg, args.load).await,
     }
 }
@@ -105,6 +125,11 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
         opts.seed = opts.seed.wrapping_add(run as u64 - 1);
         let report = one_run(cfg, &opts, run, a.runs).await?;
         write_reports(&report, &out, run)?;
+        if let Some(file) = &a.record {
+            let record = harness::records::Record::of(&report, &a.label, &commit());
+            harness::records::append(file, &record)?;
+            println!("  recorded in {}", file.display());
+        }
         reports.push(report);
     }
     if reports.len() > 1 {
@@ -121,6 +146,28 @@ async fn load_bench(cfg: &Config, a: LoadBench) -> Result<()> {
         "{unsettled} accepted orders had no result after the drain (raise --drain-timeout, or look at the worker logs)"
     );
     checked
+}
+
+/// The commit of the working folder (`+dirty` with uncommitted changes), or `unknown`.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head)
+            if git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()) =>
+        {
+            format!("{head}+dirty")
+        }
+        Some(head) => head,
+        None => "unknown".into(),
+    }
 }
 
 /// The bench's options from the command line, checked.

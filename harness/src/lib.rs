@@ -7,6 +7,7 @@ mod generate;
 mod load;
 mod plot;
 mod rate_delay;
+pub mod records;
 mod send;
 
 pub use bench::{bench, BenchOptions, BenchReport, Progress};
