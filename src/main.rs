@@ -42,6 +42,11 @@ struct Cli {
         env = "DTSS_CONFIG"
     )]
     config: PathBuf,
+    /// Override one key of the config for this command (repeatable), e.g.
+    /// --set kafka.max_backlog_per_partition=5000. Applied after the file, before the
+    /// environment and the secrets files.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,7 +145,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let cfg = read_config(&cli.config)
+    let cfg = read_config(&cli.config, &cli.sets)
         .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
@@ -177,10 +182,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The config at `path`, with the secrets it leaves to files and the environment.
-fn read_config(path: &std::path::Path) -> Result<Config> {
+fn read_config(path: &std::path::Path, sets: &[String]) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let mut cfg = Config::parse_at(&text, path)?;
+    let mut cfg = Config::parse_with(&text, path, sets)?;
     secrets::apply(&mut cfg)?;
     Ok(cfg)
 }

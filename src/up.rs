@@ -137,7 +137,7 @@ struct Supervisor {
     data: PathBuf,
     logs: PathBuf,
     /// The absolute path of the config every service is started with.
-    config: String,
+    config: Vec<String>,
     metrics: MetricsPorts,
     broker: Option<Proc>,
     workers: Vec<Proc>,
@@ -227,7 +227,7 @@ impl Supervisor {
         let data = std::fs::canonicalize(cfg.data_dir())?;
         let logs = data.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let config = std::fs::canonicalize(&cfg.path)?.display().to_string();
+        let config = config_args(cfg)?;
         let processes = cfg.cluster.processes.len();
         let metrics = MetricsPorts::pick(cfg, processes, &data)?;
         let args = |extra: &[&str], metrics: u16| {
@@ -347,11 +347,23 @@ impl Supervisor {
     }
 }
 
-/// A service's command line: `extra`, then `--config PATH`.
-fn service_args(config: &str, extra: &[&str]) -> Vec<String> {
+/// A service's command line: `extra`, then `--config PATH` and the overrides.
+fn service_args(config: &[String], extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    v.extend(["--config".to_string(), config.to_string()]);
+    v.extend(config.iter().cloned());
     v
+}
+
+/// `--config PATH` (absolute) and every `--set` override `up` was given: what each
+/// service it starts reads the same config with.
+fn config_args(cfg: &Config) -> Result<Vec<String>> {
+    let path = std::fs::canonicalize(&cfg.path)
+        .with_context(|| format!("finding {}", cfg.path.display()))?;
+    let mut v = vec!["--config".to_string(), path.display().to_string()];
+    for set in &cfg.overrides {
+        v.extend(["--set".to_string(), set.clone()]);
+    }
+    Ok(v)
 }
 
 /// Start the embedded broker and wait until it has published its address.
@@ -368,7 +380,7 @@ async fn start_broker(cfg: &Config, args: &[String], logs: &Path) -> Result<Proc
     Ok(broker)
 }
 
-fn spawn_workers(config: &str, metrics: &[u16], logs: &Path) -> Result<Vec<Proc>> {
+fn spawn_workers(config: &[String], metrics: &[u16], logs: &Path) -> Result<Vec<Proc>> {
     metrics
         .iter()
         .enumerate()

@@ -27,6 +27,9 @@ pub struct Config {
     pub retention: Retention,
     /// Where this file was read from; relative paths in it are taken from its folder.
     pub path: PathBuf,
+    /// The `--set key=value` overrides applied to the file (`dtss up` passes them on to
+    /// the processes it starts).
+    pub overrides: Vec<String>,
 }
 
 /// How long the side tables keep their rows (`sinks::prune`). `result` is the record and
@@ -444,8 +447,16 @@ impl Config {
     /// Check the text of the file at `path` (read by the caller: this crate does no I/O);
     /// relative paths in it are then taken from the file's folder.
     pub fn parse_at(text: &str, path: &Path) -> Result<Config> {
-        let mut cfg = Config::parse(text).with_context(|| format!("in {}", path.display()))?;
+        Self::parse_with(text, path, &[])
+    }
+
+    /// `parse_at` with `--set key=value` overrides applied to the file's text first.
+    pub fn parse_with(text: &str, path: &Path, sets: &[String]) -> Result<Config> {
+        let text = crate::overrides::apply(text, sets)
+            .with_context(|| format!("overriding {}", path.display()))?;
+        let mut cfg = Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
         cfg.path = path.to_path_buf();
+        cfg.overrides = sets.to_vec();
         Ok(cfg)
     }
 
@@ -468,6 +479,7 @@ impl Config {
             currencies: currencies(raw.currencies)?,
             retention: retention(raw.retention)?,
             path: PathBuf::new(),
+            overrides: vec![],
         };
         ensure!(
             cfg.ingest.mysql_node < cfg.mysql.urls.len(),

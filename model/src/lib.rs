@@ -10,6 +10,7 @@ pub mod exposition;
 pub mod idempotency;
 pub mod ids;
 mod order;
+pub mod overrides;
 mod settle;
 pub mod wire;
 
