@@ -19,8 +19,7 @@ use crate::metrics::{label, Settled, METRICS};
 use crate::worker::die;
 
 /// Most orders settled in one MySQL transaction. The larger a batch, the fewer times each
-/// commodity is locked and written per order (docs/PERFORMANCE.md, "Batches at full
-/// speed").
+/// commodity is locked and written per order (docs/decisions/full-batches.md).
 const MAX_BATCH: usize = 40_000;
 /// Hand-overs given to the settlement thread and not yet committed, at most. Enough that
 /// the operator hands over every closed epoch while two transactions are in flight: a

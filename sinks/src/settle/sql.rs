@@ -239,8 +239,8 @@ fn totals_delta(sql: &mut String, partition: i32, plan: &Plan) {
 /// The order to write `todo`'s rows in: by order id, the primary key's order (the
 /// hyphenated hex the table stores sorts as the bytes do). Rows in key order go into
 /// neighbouring places of the B-tree one after the other: loading a batch so costs
-/// MariaDB about a quarter less than in the order the orders came (docs/PERFORMANCE.md,
-/// "The result table's keys").
+/// MariaDB about a quarter less than in the order the orders came
+/// (docs/decisions/user-tagged-ids.md).
 fn key_order(todo: &[&Settling]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..todo.len()).collect();
     order.sort_by_key(|&i| todo[i].order.order_id);
