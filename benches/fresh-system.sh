@@ -1,5 +1,5 @@
 # Sourced by benches/settings.sh and benches/catch-up.sh (after setting ROOT): a DTSS of
-# its own, started fresh against the MariaDB and ZooKeeper of scripts/services.sh.
+# its own, started fresh against the MariaDB and ZooKeeper of dtss services.
 
 # fresh_config NAME DIR EPOCH_MS DELAY_MS [SED_ARGS...]: DIR/cluster.toml, the shipped
 # cluster.toml with the given epoch and watermark delay, data in DIR, its own database
@@ -31,10 +31,10 @@ start_fresh() {
   exit 1
 }
 
-# ready_to_start: MariaDB and ZooKeeper up (scripts/services.sh), and nothing answering
+# ready_to_start: MariaDB and ZooKeeper up (`$dtss services`), and nothing answering
 # where the system will.
 ready_to_start() {
-  "$ROOT/scripts/services.sh" up >/dev/null
+  "$dtss" services --home "$ROOT/.dtss" up >/dev/null
   if curl -sf http://127.0.0.1:8080/healthz >/dev/null; then
     echo "something already answers at 127.0.0.1:8080: stop that system first" >&2
     exit 2

@@ -2,7 +2,7 @@
 # What one settlement connection's biggest statement costs MariaDB, per shape of the
 # `result` table: LOAD DATA LOCAL of batches of result rows shaped like the bench's
 # (10,000 users), one COMMIT (fsynced) per batch, into a scratch database on the server
-# `scripts/services.sh` started. Prints, per table shape, the rows loaded per second,
+# `dtss services` started. Prints, per table shape, the rows loaded per second,
 # the p50 / max time of a batch, and how busy the machine was and how much of it the
 # hypervisor took (steal). The shapes, with time-ordered (UUIDv7) order ids: the first
 # version's table with its per-user index `by_user` (`as_created`), without that index,

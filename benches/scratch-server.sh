@@ -1,9 +1,9 @@
 # Sourced by benches/result-load.sh and benches/stock-update.sh (after `cd` to the
-# repository): what a bench of one statement on the server `scripts/services.sh` started
+# repository): what a bench of one statement on the server `dtss services` started
 # needs. `home` (the data directory), `work` (a directory removed on exit), `cpu_ticks`
 # and `sql`.
 home=${DTSS_HOME:-.dtss}
-[[ -r $home/mysql-password ]] || { echo "no $home/mysql-password: run scripts/services.sh up first" >&2; exit 2; }
+[[ -r $home/mysql-password ]] || { echo "no $home/mysql-password: run dtss services up first" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # cpu_ticks: the machine's busy and steal ticks and their total, from /proc/stat.

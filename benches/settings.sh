@@ -3,7 +3,7 @@
 # its own started fresh: `dtss up --no-services` with cluster.toml's epoch_ms and
 # watermark_delay_ms replaced, its own data directory, database and ZooKeeper root, then
 # benches/scenarios.sh against it (every bench ends with `dtss check` and reports how
-# many orders were late). MariaDB and ZooKeeper come from scripts/services.sh.
+# many orders were late). MariaDB and ZooKeeper come from dtss services.
 #
 # Usage: benches/settings.sh [dtss binary]          (default: target/release/dtss)
 #        SETTINGS="10/20 5/5" SCENARIOS="d1k d10k" RUNS=3 DURATION=20 benches/settings.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the settlement transaction's stock update costs MariaDB per commodity row, by the
-# form of its statements. A scratch database on the server `scripts/services.sh`
+# form of its statements. A scratch database on the server `dtss services`
 # started holds `commodity` as `dtss init` makes it (10,000 rows); each transaction
 # changes ROWS distinct random commodities, each only if it still holds the inventory
 # read before (a stale view makes the count short), and commits. Prints, per form, the

@@ -6,7 +6,7 @@
 #   scripts/bench-brokers.sh [SECONDS] [extra dtss bench options…]
 #
 # Needs the release binary (cargo build --release) and the services
-# (scripts/services.sh up); starts Tansu itself (scripts/tansu.sh up, up --postgres 3).
+# (dtss services up); starts Tansu itself (dtss services tansu up, up --postgres 3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,9 +14,9 @@ SECONDS_OF_LOAD=${1:-10}
 shift || true
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss
 [ -x "$BIN" ] || { echo "build the release binary first: cargo build --release" >&2; exit 1; }
-"$ROOT/scripts/services.sh" up
-"$ROOT/scripts/tansu.sh" up
-"$ROOT/scripts/tansu.sh" up --postgres 3
+"$BIN" services --home "$ROOT/.dtss" up
+"$BIN" services --home "$ROOT/.dtss" tansu up
+"$BIN" services --home "$ROOT/.dtss" tansu up --postgres 3
 OUT=$(mktemp -d /tmp/dtss-bench-brokers.XXXXXX)
 
 # run NAME BROKERS: a fresh dtss up with kafka.brokers = BROKERS ("" = embedded), a bench.

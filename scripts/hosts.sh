@@ -7,7 +7,7 @@
 #   dtss-hI (10.77.0.1I): a ZooKeeper member, one timely process of 2 workers, an ingest
 #     replica on :8080, a rate modifier (one leads); host 1 also MariaDB and the broker
 #
-# Every process runs under scripts/supervise.sh (the role systemd plays in production),
+# Every process runs under `dtss supervise` (the role systemd plays in production),
 # which restarts it with backoff when it exits. State lives under $DTSS_HOME/hosts.
 #
 #   scripts/hosts.sh up             make the hosts, start everything, wait until orders
@@ -103,7 +103,7 @@ write_config() {
   fi
 }
 
-# supervised I NAME -- COMMAND...: COMMAND on host I under scripts/supervise.sh, unless
+# supervised I NAME -- COMMAND...: COMMAND on host I under `dtss supervise`, unless
 # its supervisor already runs. Log: $H/hI/NAME.log; the supervisor's pid: NAME.pid.
 supervised() {
   local i=$1 name=$2 dir=$H/h$1 pid
@@ -111,12 +111,12 @@ supervised() {
   mkdir -p "$dir"
   if [ -f "$dir/$name.pid" ]; then
     pid=$(cat "$dir/$name.pid")
-    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "supervise.sh $name $dir"; then
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF " supervise $name $dir"; then
       return
     fi
   fi
   rm -f "$dir/$name.pid"
-  SUPERVISE_PIDFILE=$dir/$name.pid in_host "$i" setsid nohup bash "$ROOT/scripts/supervise.sh" \
+  SUPERVISE_PIDFILE=$dir/$name.pid in_host "$i" setsid nohup "$BIN" supervise \
     "$name" "$dir/$name.log" -- "$@" </dev/null >/dev/null 2>&1 &
   for _ in $(seq 1 50); do
     [ -s "$dir/$name.pid" ] && return
@@ -134,7 +134,7 @@ services_up() {
     [ "$i" = 1 ] && only=
     supervised "$i" services -- env DTSS_HOME="$H/h$i" DTSS_BIND="$(addr "$i")" \
       DTSS_MYSQL_CLIENTS="$NET.%" DTSS_ZK_ENSEMBLE="${ensemble% }" DTSS_ZK_ID="$i" \
-      bash "$ROOT/scripts/services.sh" watch $only
+      "$BIN" services watch $only
   done
   # The broker first: init creates the topic on it.
   supervised 1 broker -- "$BIN" --config "$CONFIG" broker --listen "$(addr 1):9092"
@@ -202,7 +202,7 @@ healthy_replicas() {
 host_pids() {
   local pid
   for pid in $(ip netns pids "$(ns "$1")"); do
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "supervise.sh" || echo "$pid"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q " supervise " || echo "$pid"
   done
 }
 

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, then end-to-end tests against the real MariaDB and
-# ZooKeeper (started here by scripts/services.sh, installed if missing) and the
-# embedded Kafka broker, a 3-node MariaDB Galera cluster (scripts/services.sh up
-# --galera 3) and Tansu (scripts/tansu.sh: one broker on SQLite, three on one PostgreSQL;
-# built once into ~/.cache/dtss/tansu, about 13 minutes on a machine that never built it), then 30 s of each fuzz target
-# (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh), then the three-host
-# scenario (scripts/campaign.sh --rounds 1 --steady 60 host).
+# ZooKeeper (started by `dtss services up`, installed if missing) and the embedded Kafka
+# broker, a 3-node MariaDB Galera cluster (`dtss services up --galera 3`) and Tansu
+# (`dtss services tansu up`: one broker on SQLite, three on one PostgreSQL; built once into
+# ~/.cache/dtss/tansu, about 13 minutes on a machine that never built it), then 30 s of
+# each fuzz target (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh), then
+# the three-host scenario (scripts/campaign.sh --rounds 1 --steady 60 host).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== build (release: the same one \`cargo run --release -- up\` uses)"
+cargo build --release --workspace --benches   # the benchmarks must keep building (run them with cargo bench)
+dtss=${CARGO_TARGET_DIR:-target}/release/dtss
+
 echo "== services"
-scripts/services.sh up
+"$dtss" services --home .dtss up
 # promtool (Debian's prometheus package) checks the scrape configs and every process's
 # metrics (tests/metrics.rs).
 if ! command -v promtool >/dev/null; then
@@ -20,12 +24,11 @@ if ! command -v promtool >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-echo "== cargo test (release build: the same one \`cargo run --release -- up\` uses)"
+echo "== cargo test"
 # One test at a time: the end-to-end tests run whole clusters of processes on 2 cores.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo build --release --workspace --benches   # the benchmarks must keep building (run them with cargo bench)
 cargo test --release --workspace --tests --no-run "$@"
 # A test that hangs fails the suite here, naming itself, rather than stalling it (the tests
 # take about 8 minutes).
@@ -44,7 +47,7 @@ fi
 # A few seconds of `dtss bench` against a fresh local system, then `dtss check`.
 smoke=0
 if [[ $status -eq 0 ]]; then
-  scripts/smoke-bench.sh "${CARGO_TARGET_DIR:-target}/release/dtss" || smoke=$?
+  scripts/smoke-bench.sh "$dtss" || smoke=$?
   [[ $smoke -eq 0 ]] || { echo "smoke bench FAILED"; status=$smoke; }
 fi
 
@@ -53,7 +56,7 @@ fi
 # `dtss check --accepted`.
 hosts=0
 if [[ $status -eq 0 ]]; then
-  DTSS_BIN="${CARGO_TARGET_DIR:-target}/release/dtss" scripts/campaign.sh --rounds 1 --steady 60 host || hosts=$?
+  DTSS_BIN="$dtss" scripts/campaign.sh --rounds 1 --steady 60 host || hosts=$?
   [[ $hosts -eq 0 ]] || { echo "three-host scenario FAILED"; status=$hosts; }
 fi
 

@@ -14,6 +14,7 @@ mod rates;
 mod secrets;
 mod services;
 mod signals;
+mod supervise;
 mod up;
 mod worker;
 
@@ -56,11 +57,14 @@ enum Command {
     /// Bring the whole system up locally and keep it serving until Ctrl-C.
     #[command(after_help = exit::HELP)]
     Up(up::UpArgs),
-    /// Start, stop or inspect the local MariaDB and ZooKeeper (scripts/services.sh).
+    /// Start, stop or inspect the servers DTSS stands on, on this machine: MariaDB (one,
+    /// N independent, or a Galera cluster), ZooKeeper, Tansu.
     #[command(after_help = exit::HELP)]
     Services {
-        #[arg(value_parser = ["up", "down", "status"])]
-        action: String,
+        #[command(flatten)]
+        args: services::ServiceArgs,
+        #[command(subcommand)]
+        command: services::ServicesCommand,
     },
     /// Create the schema, load the catalogue and seed the rates (idempotent).
     #[command(after_help = exit::HELP)]
@@ -126,6 +130,10 @@ enum Command {
     /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
     #[command(subcommand, after_help = exit::HELP)]
     Rates(rates::RatesCommand),
+    /// Run a command and start it again when it fails (the role systemd plays in
+    /// production), with `dtss up`'s restart policy; no config needed.
+    #[command(after_help = exit::HELP)]
+    Supervise(supervise::SuperviseArgs),
 }
 
 fn main() {
@@ -145,11 +153,30 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Supervise(args) = cli.command {
+        let code = supervise::run(args)?;
+        std::process::exit(code);
+    }
+    if let Command::Services { args, command } = cli.command {
+        // The services need no config: one is read when it is there.
+        // No secrets: the services make the MySQL password.
+        let cfg = match cli.config.exists() {
+            true => {
+                let text = std::fs::read_to_string(&cli.config)
+                    .with_context(|| format!("cannot read config file {}", cli.config.display()))?;
+                Some(Config::parse_with(&text, &cli.config, &cli.sets)?)
+            }
+            false => None,
+        };
+        return services::run(&args, cfg.as_ref(), command);
+    }
     let cfg = read_config(&cli.config, &cli.sets)
         .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
-        Command::Services { action } => services::run(&cfg, &action),
+        Command::Services { .. } | Command::Supervise(_) => {
+            unreachable!("run before the config is read")
+        }
         Command::Init => multi_thread()?.block_on(init::init(&cfg)),
         Command::Broker {
             listen,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 pub(crate) struct Proc {
     pub name: String,
+    program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     child: Child,
@@ -57,14 +58,26 @@ fn service_setup(parent: i32, ack_path: bool) -> std::io::Result<()> {
 }
 
 impl Proc {
+    /// `dtss ARGS` (this binary) as service `name`, its output in `{logs}/{name}.log`.
     pub(crate) fn spawn(name: &str, args: &[String], logs: &std::path::Path) -> Result<Proc> {
         let log = logs.join(format!("{name}.log"));
+        Proc::start(name, &std::env::current_exe()?, args, &log)
+    }
+
+    /// `program ARGS` as service `name`, its output appended to `log`.
+    pub(crate) fn start(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        log: &std::path::Path,
+    ) -> Result<Proc> {
+        let log = log.to_path_buf();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -88,6 +101,7 @@ impl Proc {
         }
         Ok(Proc {
             name: name.into(),
+            program: program.to_path_buf(),
             args: args.to_vec(),
             log,
             child,
@@ -99,7 +113,7 @@ impl Proc {
 
     /// An exited process started again: at once if it had lived `STABLE`, else after a
     /// wait that doubles while it keeps dying young. True when it was started now.
-    pub(crate) fn respawn(&mut self, logs: &std::path::Path) -> Result<bool> {
+    pub(crate) fn respawn(&mut self) -> Result<bool> {
         let now = Instant::now();
         let due = *self.due.get_or_insert_with(|| {
             self.delay = match self.started.elapsed() < STABLE {
@@ -112,9 +126,23 @@ impl Proc {
             return Ok(false);
         }
         let delay = self.delay;
-        *self = Proc::spawn(&self.name.clone(), &self.args.clone(), logs)?;
+        *self = Proc::start(
+            &self.name.clone(),
+            &self.program.clone(),
+            &self.args.clone(),
+            &self.log.clone(),
+        )?;
         self.delay = delay;
         Ok(true)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How long it has been running (or ran, once exited).
+    pub(crate) fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The wait before its next restart.

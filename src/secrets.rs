@@ -1,6 +1,7 @@
 //! The secrets every command reads: the admin token (`ingest.admin_token`,
 //! `DTSS_ADMIN_TOKEN`, or the file `dtss up` generates) and the MySQL password
-//! (in the URL, `DTSS_MYSQL_PASSWORD`, or the file scripts/services.sh generates).
+//! (in the URL, `DTSS_MYSQL_PASSWORD`, or the file `dtss services` generates). Every
+//! secret the project makes is made here (`ensure_secret`).
 //! Files holding a secret must be readable by their owner only; no secret is logged.
 
 use std::path::Path;
@@ -50,10 +51,31 @@ pub fn read_secret(file: &Path) -> Result<Option<String>> {
 
 /// A new random admin token (256 bits, hex) in `file`, created with mode 0600.
 pub fn make_admin_token(file: &Path) -> Result<String> {
+    make_secret(file, 32)
+}
+
+/// The secret in `file`, made first (`bytes` random bytes, hex, mode 0600) when the
+/// file does not exist: the one way every secret of the project is made (the MySQL
+/// password of `dtss`, Tansu's PostgreSQL password, the admin token).
+pub fn ensure_secret(file: &Path, bytes: usize) -> Result<String> {
+    match read_secret(file)? {
+        Some(s) => Ok(s),
+        None => {
+            let s = make_secret(file, bytes)?;
+            tracing::info!("generated a secret into {} (mode 0600)", file.display());
+            Ok(s)
+        }
+    }
+}
+
+/// `bytes` random bytes as hex, written to the new file `file` (mode 0600; never
+/// overwrites one).
+fn make_secret(file: &Path, bytes: usize) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret: String = (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -63,8 +85,8 @@ pub fn make_admin_token(file: &Path) -> Result<String> {
         .mode(0o600)
         .open(file)
         .with_context(|| format!("creating {}", file.display()))?;
-    writeln!(f, "{token}").with_context(|| format!("writing {}", file.display()))?;
-    Ok(token)
+    writeln!(f, "{secret}").with_context(|| format!("writing {}", file.display()))?;
+    Ok(secret)
 }
 
 #[cfg(test)]

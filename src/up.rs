@@ -40,7 +40,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
     let started = Instant::now();
     if !args.no_services {
         let c = cfg.clone();
-        tokio::task::spawn_blocking(move || crate::services::run(&c, "up")).await??;
+        tokio::task::spawn_blocking(move || crate::services::up_for(&c)).await??;
     }
     let mut cfg = cfg;
     // A first start of the local services has only now generated the MySQL password.
@@ -279,7 +279,7 @@ impl Supervisor {
         for p in broker.chain([&mut self.modifier, &mut self.ingest]) {
             if let Some(status) = p.exited() {
                 let tail = p.tail();
-                if p.respawn(&self.logs)? {
+                if p.respawn()? {
                     tracing::warn!("{} exited ({status}); restarted it\n{tail}", p.name);
                 } else if p.restart_delay() > Duration::ZERO {
                     tracing::debug!(

@@ -283,7 +283,7 @@ struct ZooKeeperBack;
 
 impl Drop for ZooKeeperBack {
     fn drop(&mut self) {
-        common::script("services.sh", &["up"]);
+        common::dtss_services(&["up"]);
     }
 }
 
@@ -378,7 +378,7 @@ struct MariaDbBack;
 
 impl Drop for MariaDbBack {
     fn drop(&mut self) {
-        common::script("services.sh", &["up"]);
+        common::dtss_services(&["up"]);
     }
 }
 

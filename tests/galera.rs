@@ -1,4 +1,4 @@
-//! DTSS on a MariaDB Galera cluster of three nodes (`scripts/services.sh up --galera 3`):
+//! DTSS on a MariaDB Galera cluster of three nodes (`dtss services up --galera 3`):
 //! every process writes through one node and fails over to the next when it dies; the
 //! node is killed with SIGKILL three times under load (restarted each time, so it
 //! rejoins), and nothing is lost or settled twice. Ingest may read from another node.
@@ -16,7 +16,7 @@ static GALERA: Once = Once::new();
 
 fn galera() {
     common::services();
-    GALERA.call_once(|| common::script("services.sh", &["up", "--galera", "3"]));
+    GALERA.call_once(|| common::dtss_services(&["up", "--galera", "3"]));
 }
 
 /// kill -9 Galera node `n` (1-based).
@@ -43,7 +43,7 @@ fn the_write_node_killed_three_times_under_load_loses_nothing_and_settles_nothin
             let killed = Instant::now();
             c.wait_more_results_than(200, "settling again after the write node died");
             resumed.push(killed.elapsed());
-            common::script("services.sh", &["node-start", &node.to_string()]);
+            common::dtss_services(&["node-start", &node.to_string()]);
         }
     });
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
@@ -142,7 +142,7 @@ fn a_silent_write_node_is_left_within_seconds_and_nothing_is_lost() {
         unsafe {
             libc::kill(pid, libc::SIGKILL);
         }
-        common::script("services.sh", &["node-start", "1"]);
+        common::dtss_services(&["node-start", "1"]);
     });
     let resumed = resumed.unwrap();
     eprintln!(

@@ -206,7 +206,7 @@ fn the_dtss_user_of_the_local_mariadb_has_no_file_or_global_privileges() {
     assert!(global.is_err(), "SET GLOBAL refused");
     assert!(root.is_err(), "root is not reachable over TCP");
     // MariaDB runs as the mysql OS user, when every folder above its data directory
-    // lets others through (else scripts/services.sh warns and runs it as root).
+    // lets others through (else `dtss services` warns and runs it as root).
     use std::os::unix::fs::PermissionsExt as _;
     let reachable = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()

@@ -1,4 +1,4 @@
-//! DTSS against a Kafka-protocol broker it did not write: Tansu (scripts/tansu.sh), one
+//! DTSS against a Kafka-protocol broker it did not write: Tansu (`dtss services tansu`), one
 //! broker on its SQLite storage, and three brokers sharing one PostgreSQL. The topic is
 //! created by `dtss init`, ingest produces with acks=all on an idempotent producer, the
 //! workers read their assigned partitions from the offsets in MySQL. The end-to-end
@@ -15,7 +15,7 @@ use common::{Cluster, Spec};
 
 const BROKER: &str = "127.0.0.1:9092";
 
-/// The brokers of `scripts/tansu.sh up --postgres 3`.
+/// The brokers of `dtss services tansu up --postgres 3`.
 const ON_POSTGRES: [&str; 3] = ["127.0.0.1:9093", "127.0.0.1:9094", "127.0.0.1:9095"];
 
 static TANSU: Once = Once::new();
@@ -26,7 +26,7 @@ static TANSU_ON_POSTGRES: Once = Once::new();
 const TANSU_RETENTION: &str = "retention_ms = 3153600000000";
 
 fn start() -> Cluster {
-    TANSU.call_once(|| common::script("tansu.sh", &["up"]));
+    TANSU.call_once(|| common::dtss_services(&["tansu", "up"]));
     Cluster::start(
         "tansu",
         Spec {
@@ -38,7 +38,7 @@ fn start() -> Cluster {
 }
 
 fn start_on_postgres() -> Cluster {
-    TANSU_ON_POSTGRES.call_once(|| common::script("tansu.sh", &["up", "--postgres", "3"]));
+    TANSU_ON_POSTGRES.call_once(|| common::dtss_services(&["tansu", "up", "--postgres", "3"]));
     Cluster::start(
         "tansu_pg",
         Spec {
@@ -94,7 +94,7 @@ fn tansu_killed_under_load_and_restarted_loses_nothing() {
         common::kill_service("tansu/tansu.pid");
         let killed = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        common::script("tansu.sh", &["up"]);
+        common::dtss_services(&["tansu", "up"]);
         c.wait_more_results_than(10, "settling again after Tansu restarted");
         resumed = killed.elapsed();
         c.wait_more_results_than(1500, "more load after the restart");
@@ -123,7 +123,7 @@ fn a_tansu_broker_on_postgres_killed_under_load_the_others_serve() {
         c.wait_more_results_than(10, "settling again with one broker down");
         resumed = killed.elapsed();
         c.wait_more_results_than(1500, "more load with one broker down");
-        common::script("tansu.sh", &["up", "--postgres", "3"]);
+        common::dtss_services(&["tansu", "up", "--postgres", "3"]);
     });
     c.wait_results(accepted.len() as u64, Duration::from_secs(120));
     eprintln!(
@@ -174,13 +174,13 @@ struct MariaDbBack;
 
 impl Drop for MariaDbBack {
     fn drop(&mut self) {
-        common::script("services.sh", &["up"]);
+        common::dtss_services(&["up"]);
     }
 }
 
 #[test]
 fn with_mariadb_stopped_under_load_memory_stays_bounded_and_ingest_answers_503() {
-    TANSU.call_once(|| common::script("tansu.sh", &["up"]));
+    TANSU.call_once(|| common::dtss_services(&["tansu", "up"]));
     let c = Cluster::start(
         "tansu_backpressure",
         Spec {

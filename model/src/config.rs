@@ -515,7 +515,7 @@ impl Config {
 
     /// The file the MySQL password is read from when no URL carries one and
     /// `DTSS_MYSQL_PASSWORD` is unset: `mysql.password_file`, else the one
-    /// scripts/services.sh generates into the data directory (mode 0600).
+    /// dtss services generates into the data directory (mode 0600).
     pub fn mysql_password_file(&self) -> PathBuf {
         match &self.mysql.password_file {
             Some(p) => self.resolve(p),

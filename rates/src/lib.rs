@@ -198,7 +198,7 @@ pub async fn connect(cfg: &Config, patience: Duration) -> Result<Client> {
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(
-                        "cannot reach ZooKeeper at {} (zookeeper.connect): is it running? (scripts/services.sh up)",
+                        "cannot reach ZooKeeper at {} (zookeeper.connect): is it running? (dtss services up)",
                         cfg.zookeeper.connect
                     )
                 })

@@ -176,7 +176,7 @@ async fn ensure_schema_at(url: &str) -> Result<()> {
         .to_string();
     let server = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
     let mut conn = mysql_async::Conn::new(server).await.with_context(|| {
-        format!("cannot connect to MySQL at {url}: is it running? (scripts/services.sh up)")
+        format!("cannot connect to MySQL at {url}: is it running? (dtss services up)")
     })?;
     conn.query_drop(format!(
         "CREATE DATABASE IF NOT EXISTS `{}`",

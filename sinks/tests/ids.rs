@@ -1,4 +1,4 @@
-//! The id scheme against the real MariaDB (scripts/services.sh up): a database `dtss
+//! The id scheme against the real MariaDB (dtss services up): a database `dtss
 //! init` creates gets user-tagged ids and lists a user's orders by the primary key's
 //! range; a database of the first version keeps untagged ids and its `by_user` index.
 

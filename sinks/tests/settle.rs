@@ -1,4 +1,4 @@
-//! settle_batch against the real MariaDB (scripts/services.sh up): results written from
+//! settle_batch against the real MariaDB (dtss services up): results written from
 //! a stale view of the stock are corrected under the lock before the commit.
 
 mod common;
@@ -101,7 +101,7 @@ async fn create_db(
     (db, pool, dir, rates)
 }
 
-/// MariaDB's root, through the socket of the server scripts/services.sh started.
+/// MariaDB's root, through the socket of the server dtss services started.
 fn root_pool() -> mysql_async::Pool {
     let home = std::env::var("DTSS_HOME")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.dtss").to_string());

@@ -1,6 +1,6 @@
 //! Real clusters for the end-to-end tests: the `dtss` binary's broker, worker and
 //! ingest processes on loopback, against the MariaDB and ZooKeeper that
-//! scripts/services.sh runs. Each cluster has its own database, ZooKeeper root,
+//! `dtss services` runs. Each cluster has its own database, ZooKeeper root,
 //! data directory and ports, and is torn down on drop.
 
 #![allow(dead_code)]
@@ -19,21 +19,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dtss");
 static SERVICES: Once = Once::new();
 
 pub fn services() {
-    SERVICES.call_once(|| script("services.sh", &["up"]));
+    SERVICES.call_once(|| dtss_services(&["up"]));
 }
 
-/// `bash scripts/{name} ARGS` of this repository; panics unless it succeeds.
-pub fn script(name: &str, args: &[&str]) {
+/// `dtss services ARGS` on this repository's data folder (`.dtss`, the shared services
+/// of the tests); panics unless it succeeds.
+pub fn dtss_services(args: &[&str]) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let st = Command::new("bash")
-        .arg(format!("{root}/scripts/{name}"))
+    let st = Command::new(BIN)
+        .args(["services", "--home"])
+        .arg(format!("{root}/.dtss"))
         .args(args)
         .status()
-        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
-    assert!(st.success(), "scripts/{name} {args:?} failed");
+        .unwrap_or_else(|e| panic!("run dtss services: {e}"));
+    assert!(st.success(), "dtss services {args:?} failed");
 }
 
-/// The file scripts/services.sh keeps the dtss user's MySQL password in.
+/// The file `dtss services` keeps the dtss user's MySQL password in.
 pub fn mysql_password_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dtss/mysql-password")
 }
@@ -41,7 +43,7 @@ pub fn mysql_password_file() -> PathBuf {
 /// A URL as the dtss user, with its password, for the local MariaDB (or Galera node)
 /// on `port`; `db` may be empty.
 pub fn mysql_url(port: u16, db: &str) -> String {
-    let pw = std::fs::read_to_string(mysql_password_file()).expect("scripts/services.sh up ran");
+    let pw = std::fs::read_to_string(mysql_password_file()).expect("dtss services up ran");
     format!("mysql://dtss:{}@127.0.0.1:{port}/{db}", pw.trim())
 }
 
@@ -65,7 +67,7 @@ pub fn kill_service(pidfile: &str) {
 pub fn crash_and_restart_service(pidfile: &str, down: Duration) {
     kill_service(pidfile);
     std::thread::sleep(down);
-    script("services.sh", &["up"]);
+    dtss_services(&["up"]);
 }
 
 /// `n` distinct free ports (each bound until all are chosen, so none repeats).
@@ -112,7 +114,7 @@ pub struct Spec<'a> {
     pub items: u32,
     /// More keys of the `[cluster]` section.
     pub cluster: &'a str,
-    /// The MySQL ports: empty, the single server of scripts/services.sh (3306); else the
+    /// The MySQL ports: empty, the single server of dtss services (3306); else the
     /// nodes of a cluster on loopback.
     pub mysql_ports: &'a [u16],
     /// Kafka brokers (`host:port`); empty: the embedded broker. With brokers the topic is

@@ -1,4 +1,4 @@
-//! What the tests against the real MariaDB (scripts/services.sh up) share: a database of
+//! What the tests against the real MariaDB (dtss services up) share: a database of
 //! their own, named after the test, and dropping it.
 
 use mysql_async::prelude::*;
@@ -15,7 +15,7 @@ pub fn new_database(tag: &str) -> (String, String) {
         env!("CARGO_MANIFEST_DIR"),
         "/../.dtss/mysql-password"
     ))
-    .expect("scripts/services.sh up ran");
+    .expect("dtss services up ran");
     let url = format!("mysql://dtss:{}@127.0.0.1:3306/{db}", pw.trim());
     (db, url)
 }
