@@ -38,7 +38,7 @@ fi
 ready_to_start
 name=catchup_$(date +%s)
 dir=$(mktemp -d /tmp/dtss-catch-up.XXXXXX)
-fresh_config "$name" "$dir" 5 5 -e "s|^max_backlog_per_partition = .*|max_backlog_per_partition = 3000000|"
+fresh_config "$name" "$dir" 5 5 --set kafka.max_backlog_per_partition=3000000
 grep -q "= 3000000" "$dir/cluster.toml" || { echo "cluster.toml has no max_backlog_per_partition line" >&2; exit 1; }
 pid= worker=
 stop() {

@@ -1,19 +1,18 @@
 # Sourced by benches/settings.sh and benches/catch-up.sh (after setting ROOT): a DTSS of
 # its own, started fresh against the MariaDB and ZooKeeper of dtss services.
 
-# fresh_config NAME DIR EPOCH_MS DELAY_MS [SED_ARGS...]: DIR/cluster.toml, the shipped
-# cluster.toml with the given epoch and watermark delay, data in DIR, its own database
-# dtss_NAME and ZooKeeper root /dtss_NAME, and any further sed arguments applied.
+# fresh_config NAME DIR EPOCH_MS DELAY_MS [--set KEY=VALUE...]: DIR/cluster.toml, the
+# shipped cluster.toml with the given epoch and watermark delay, data in DIR, its own
+# database dtss_NAME and ZooKeeper root /dtss_NAME, and any further overrides applied.
 fresh_config() {
   local name=$1 dir=$2 epoch=$3 delay=$4
+  # This checkout's build derives it (the binary under test may be an older one).
+  local tool=${CARGO_TARGET_DIR:-$ROOT/target}/release/dtss
   shift 4
-  sed -e "s|^epoch_ms = .*|epoch_ms = $epoch|" \
-    -e "s|^watermark_delay_ms = .*|watermark_delay_ms = $delay|" \
-    -e "s|^data_dir = .*|data_dir = \"$dir\"|" \
-    -e "s|^root = \"/dtss\"|root = \"/dtss_$name\"|" \
-    -e "s|^url = \"mysql://dtss@127.0.0.1:3306/dtss\"|url = \"mysql://dtss@127.0.0.1:3306/dtss_$name\"\npassword_file = \"$ROOT/.dtss/mysql-password\"|" \
-    "$@" "$ROOT/cluster.toml" >"$dir/cluster.toml"
-  grep -q "dtss_$name\"" "$dir/cluster.toml" || { echo "cluster.toml no longer has the lines this script replaces" >&2; exit 1; }
+  "$tool" --config "$ROOT/cluster.toml" config --set "cluster.epoch_ms=$epoch" \
+    --set "cluster.watermark_delay_ms=$delay" --set "cluster.data_dir=$dir" \
+    --set "zookeeper.root=/dtss_$name" --set "mysql.url=mysql://dtss@127.0.0.1:3306/dtss_$name" \
+    --set "mysql.password_file=$ROOT/.dtss/mysql-password" "$@" >"$dir/cluster.toml"
 }
 
 # start_fresh DTSS DIR: `DTSS up --no-services` with DIR/cluster.toml in the background

@@ -28,7 +28,7 @@ for setting in ${SETTINGS:-10/20 5/5}; do
   dir=$out/$name
   mkdir -p "$dir"
   if [[ -n $nofsync ]]; then
-    fresh_config "$name" "$dir" "$epoch" "$delay" -e 's|^topic = "orders"$|&\nembedded_fsync = false|'
+    fresh_config "$name" "$dir" "$epoch" "$delay" --set kafka.embedded_fsync=false
     grep -q '^embedded_fsync = false' "$dir/cluster.toml" || { echo "cluster.toml no longer has the topic line this script extends" >&2; exit 1; }
   else
     fresh_config "$name" "$dir" "$epoch" "$delay"

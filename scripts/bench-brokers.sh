@@ -25,13 +25,12 @@ run() {
   shift 2
   stamp=$(date +%s%N | cut -c1-13)
   mkdir -p "$dir"
-  sed -e "s#^data_dir = .*#data_dir = \"$dir/data\"#" \
-    -e "s#127.0.0.1:3306/dtss\"#127.0.0.1:3306/dtss_bench_${name}_$stamp\"#" \
-    -e "s#^root = \"/dtss\"#root = \"/dtss_bench_${name}_$stamp\"#" \
-    -e "s#^topic = .*#topic = \"orders_${name}_$stamp\"\nretention_ms = 3153600000000  \# Tansu 0.6 drops records under -1#" \
-    -e "s#^brokers = .*#brokers = [$brokers]#" \
-    -e "s|^# password_file = .*|password_file = \"$ROOT/.dtss/mysql-password\"|" \
-    "$ROOT/cluster.toml" >"$dir/cluster.toml"
+  # Tansu 0.6 drops records under retention -1: a retention of 100 years instead.
+  "$BIN" --config "$ROOT/cluster.toml" config --set "cluster.data_dir=$dir/data" \
+    --set "mysql.url=mysql://dtss@127.0.0.1:3306/dtss_bench_${name}_$stamp" \
+    --set "mysql.password_file=$ROOT/.dtss/mysql-password" \
+    --set "zookeeper.root=/dtss_bench_${name}_$stamp" --set "kafka.topic=orders_${name}_$stamp" \
+    --set kafka.retention_ms=3153600000000 --set "kafka.brokers=[$brokers]" >"$dir/cluster.toml"
   "$BIN" up --no-services --config "$dir/cluster.toml" >"$dir/up.log" 2>&1 &
   local up=$!
   for _ in $(seq 1 300); do

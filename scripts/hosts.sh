@@ -88,19 +88,11 @@ write_config() {
   procs=$(for i in $(seq 1 $HOSTS); do printf '"%s:2101", ' "$(addr "$i")"; done)
   zk=$(for i in $(seq 1 $HOSTS); do printf '%s:2181,' "$(addr "$i")"; done)
   mkdir -p "$H/data"
-  sed -e "s|^processes = .*|processes = [${procs%, }]|" \
-    -e "s|^workers_per_process = .*|workers_per_process = 2|" \
-    -e "s|^data_dir = .*|data_dir = \"data\"|" \
-    -e "s|^brokers = .*|brokers = [\"$(addr 1):9092\"]|" \
-    -e "s|^connect = .*|connect = \"${zk%,}\"|" \
-    -e "s|^url = .*|url = \"mysql://dtss@$(addr 1):3306/dtss\"\npassword_file = \"h1/mysql-password\"|" \
-    -e "s|^listen = .*|listen = \"0.0.0.0:8080\"|" \
-    -e "s|^modifier_period_ms = .*|modifier_period_ms = 2000|" \
-    "$ROOT/cluster.toml" >"$CONFIG"
-  local token=$H/data/admin-token
-  if [ ! -s "$token" ]; then
-    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token")
-  fi
+  "$BIN" --config "$ROOT/cluster.toml" config --set "cluster.processes=[${procs%, }]" \
+    --set cluster.workers_per_process=2 --set cluster.data_dir=data \
+    --set "kafka.brokers=[\"$(addr 1):9092\"]" --set "zookeeper.connect=${zk%,}" \
+    --set "mysql.url=mysql://dtss@$(addr 1):3306/dtss" --set mysql.password_file=h1/mysql-password \
+    --set ingest.listen=0.0.0.0:8080 --set currencies.modifier_period_ms=2000 >"$CONFIG"
 }
 
 # supervised I NAME -- COMMAND...: COMMAND on host I under `dtss supervise`, unless
@@ -140,7 +132,7 @@ services_up() {
   supervised 1 broker -- "$BIN" --config "$CONFIG" broker --listen "$(addr 1):9092"
   log "waiting for MariaDB on host 1, a ZooKeeper quorum and the broker"
   local start=$SECONDS
-  until [ -s "$H/h1/mysql-password" ] && in_host 1 "$BIN" --config "$CONFIG" init >"$H/init.log" 2>&1; do
+  until [ -s "$H/h1/mysql-password" ] && in_host 1 "$BIN" --config "$CONFIG" init --admin-token >"$H/init.log" 2>&1; do
     [ $((SECONDS - start)) -lt 300 ] || { log "no quorum or MariaDB after 300 s; see $H/h*/services.log and $H/init.log"; exit 1; }
     sleep 1
   done

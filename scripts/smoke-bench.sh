@@ -12,13 +12,11 @@ unique="smoke_$$_$(date +%s)"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/dtss-$unique.XXXX")
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 listen="127.0.0.1:$(port)"
-sed -e "s|^processes = .*|processes = [\"127.0.0.1:$(port)\"]|" \
-    -e "s|^data_dir = .*|data_dir = \"data\"|" \
-    -e "s|^root = .*|root = \"/dtss_$unique\"|" \
-    -e "s|^url = .*|url = \"mysql://dtss@127.0.0.1:3306/dtss_$unique\"\npassword_file = \"$PWD/.dtss/mysql-password\"|" \
-    -e "s|^listen = .*|listen = \"$listen\"|" \
-    -e "s|^modifier_period_ms = .*|modifier_period_ms = 500|" \
-    cluster.toml >"$dir/cluster.toml"
+"$dtss" --config cluster.toml config --set "cluster.processes=[\"127.0.0.1:$(port)\"]" \
+  --set cluster.data_dir=data --set "zookeeper.root=/dtss_$unique" \
+  --set "mysql.url=mysql://dtss@127.0.0.1:3306/dtss_$unique" \
+  --set "mysql.password_file=$PWD/.dtss/mysql-password" \
+  --set "ingest.listen=$listen" --set currencies.modifier_period_ms=500 >"$dir/cluster.toml"
 
 up_pid=
 cleanup() {

@@ -7,6 +7,16 @@ use anyhow::Result;
 use model::Config;
 
 /// Schema, catalogue (first start only) and rates (when missing), idempotently.
+/// The admin token, made into its file when none is configured and there is none yet.
+pub fn admin_token(cfg: &mut Config) -> Result<()> {
+    if cfg.ingest.admin_token.is_none() {
+        let file = cfg.admin_token_file();
+        cfg.ingest.admin_token = Some(crate::secrets::make_admin_token(&file)?);
+        println!("admin token generated into {} (mode 0600)", file.display());
+    }
+    Ok(())
+}
+
 pub async fn init(cfg: &Config) -> Result<()> {
     sinks::ensure_schema(&cfg.mysql.urls).await?;
     let pool = sinks::connect(&cfg.mysql.urls, 2)?;

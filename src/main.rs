@@ -68,7 +68,12 @@ enum Command {
     },
     /// Create the schema, load the catalogue and seed the rates (idempotent).
     #[command(after_help = exit::HELP)]
-    Init,
+    Init {
+        /// Also make the admin token file ({data_dir}/admin-token, mode 0600) when no
+        /// token is configured and there is none yet (`dtss up` always does).
+        #[arg(long)]
+        admin_token: bool,
+    },
     /// Run the embedded Kafka-protocol broker: for a config without kafka.brokers, or
     /// with --listen as one of them (the broker of a cluster of several hosts).
     #[command(after_help = exit::HELP)]
@@ -130,6 +135,10 @@ enum Command {
     /// The rates in ZooKeeper: run the (leader-elected) modifier, or set rates by hand.
     #[command(subcommand, after_help = exit::HELP)]
     Rates(rates::RatesCommand),
+    /// Print the config file with the `--set` overrides applied, checked (TOML): a config
+    /// derived for another system (`dtss --set … config > other.toml`).
+    #[command(after_help = exit::HELP)]
+    Config,
     /// Run a command and start it again when it fails (the role systemd plays in
     /// production), with `dtss up`'s restart policy; no config needed.
     #[command(after_help = exit::HELP)]
@@ -153,6 +162,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Config = cli.command {
+        let text = std::fs::read_to_string(&cli.config)
+            .with_context(|| format!("cannot read config file {}", cli.config.display()))?;
+        Config::parse_with(&text, &cli.config, &cli.sets)?;
+        print!("{}", model::overrides::apply(&text, &cli.sets)?);
+        return Ok(());
+    }
     if let Command::Supervise(args) = cli.command {
         let code = supervise::run(args)?;
         std::process::exit(code);
@@ -174,10 +190,16 @@ fn run(cli: Cli) -> Result<()> {
         .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
-        Command::Services { .. } | Command::Supervise(_) => {
+        Command::Services { .. } | Command::Supervise(_) | Command::Config => {
             unreachable!("run before the config is read")
         }
-        Command::Init => multi_thread()?.block_on(init::init(&cfg)),
+        Command::Init { admin_token } => {
+            let mut cfg = cfg;
+            if admin_token {
+                init::admin_token(&mut cfg)?;
+            }
+            multi_thread()?.block_on(init::init(&cfg))
+        }
         Command::Broker {
             listen,
             metrics_listen,

@@ -46,11 +46,7 @@ pub async fn up(cfg: Config, args: UpArgs) -> Result<()> {
     // A first start of the local services has only now generated the MySQL password.
     crate::secrets::apply(&mut cfg)?;
     crate::init::init(&cfg).await?;
-    if cfg.ingest.admin_token.is_none() {
-        let file = cfg.admin_token_file();
-        cfg.ingest.admin_token = Some(crate::secrets::make_admin_token(&file)?);
-        println!("admin token generated into {} (mode 0600)", file.display());
-    }
+    crate::init::admin_token(&mut cfg)?;
     let mut sup = Supervisor::start(&cfg).await?;
     banner(&cfg, &sup, started.elapsed());
     let mut load_task = args
