@@ -35,9 +35,7 @@ pub fn run(
             cfg.kafka.brokers
         ),
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = ore::current_thread_runtime()?;
     rt.block_on(serve(cfg, listen, metrics_listen, accept_loss))
 }
 

@@ -247,8 +247,5 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
 }
 
 fn one_thread() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")
+    ore::current_thread_runtime().context("starting tokio")
 }

@@ -22,12 +22,7 @@ pub fn serve(listen: SocketAddr, render: Render) -> Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("--metrics-listen {listen}: cannot listen there"))?;
     listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || rt.block_on(accept(listener, render)))?;
+    ore::spawn_on_runtime("metrics", move || accept(listener, render));
     tracing::info!("metrics at http://{listen}/metrics");
     Ok(())
 }

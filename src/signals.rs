@@ -19,16 +19,9 @@ pub async fn shutdown_signal() {
 pub fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(shutdown_signal());
-            f.store(true, Ordering::SeqCst);
-        })
-        .expect("signal thread");
+    ore::spawn_on_runtime("signals", move || async move {
+        shutdown_signal().await;
+        f.store(true, Ordering::SeqCst);
+    });
     flag
 }

@@ -227,10 +227,9 @@ impl Supervisor {
         let processes = cfg.cluster.processes.len();
         let metrics = MetricsPorts::pick(cfg, processes, &data)?;
         let args = |extra: &[&str], metrics: u16| {
-            let listen = format!("127.0.0.1:{metrics}");
-            let mut extra = extra.to_vec();
-            extra.extend(["--metrics-listen", &listen]);
-            service_args(&config, &extra)
+            let mut v = service_args(&config, extra);
+            v.extend(["--metrics-listen".into(), format!("127.0.0.1:{metrics}")]);
+            v
         };
         let broker = match cfg.kafka.brokers.is_empty() {
             true => Some(start_broker(cfg, &args(&["broker"], metrics.broker), &logs).await?),
@@ -381,9 +380,10 @@ fn spawn_workers(config: &[String], metrics: &[u16], logs: &Path) -> Result<Vec<
         .iter()
         .enumerate()
         .map(|(p, port)| {
-            let (p, listen) = (p.to_string(), format!("127.0.0.1:{port}"));
-            let extra = ["worker", "--process", &p, "--metrics-listen", &listen];
-            Proc::spawn(&format!("worker-{p}"), &service_args(config, &extra), logs)
+            let p = p.to_string();
+            let mut args = service_args(config, &["worker", "--process", &p]);
+            args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+            Proc::spawn(&format!("worker-{p}"), &args, logs)
         })
         .collect()
 }

@@ -7,21 +7,25 @@
 //! `settle.rs` (joined with its epoch's rates once the epoch closes) → `settler.rs` (a
 //! transaction) → `totals.rs` (its paid amount, summed per currency and epoch).
 //! `views.rs` keeps live views of the outcomes with differential dataflow.
-//! `worker.rs` wires them together; `topic.rs` checks the topic has one partition per
-//! worker; `status.rs` publishes what the process is doing, every second, for the
-//! console.
+//! `worker.rs` wires them together, with its MySQL handles (`db.rs`), its counts
+//! (`stats.rs`) and how it fails (`fail.rs`); `topic.rs` checks the topic has one
+//! partition per worker; `status.rs` publishes what the process is doing, every second,
+//! for the console.
 //!
 //! Time is the epoch `accepted_at / epoch_ms`. An order's epoch never goes below the
 //! source's frontier nor below the previous order's in its partition (a late order is
 //! moved to the current epoch), so closed epochs are always a prefix of the partition
 //! and the offset committed with them is exact.
 
+mod db;
+mod fail;
 mod kafka;
 mod metrics;
 mod pruner;
 mod settle;
 mod settler;
 mod sources;
+mod stats;
 mod status;
 mod topic;
 mod totals;
@@ -54,9 +58,7 @@ pub fn run(cfg: Config, process: usize, stop: Arc<AtomicBool>) -> Result<()> {
         Duration::from_secs(30),
     )?;
     {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = ore::current_thread_runtime()?;
         rt.block_on(sinks::ensure_schema(&cfg.mysql.urls))?;
     }
     let threads = cfg.cluster.workers_per_process;

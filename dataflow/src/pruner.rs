@@ -17,10 +17,7 @@ const STEPS: usize = 20;
 /// Start the pruning thread; it ends once `stop` is set.
 pub(crate) fn spawn_pruner(cfg: Config, stop: Arc<AtomicBool>) {
     let run = move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match ore::current_thread_runtime() {
             Ok(rt) => rt,
             Err(e) => return tracing::warn!("no pruning: {e}"),
         };

@@ -18,9 +18,10 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::fail::die;
 use crate::kafka::Read;
 use crate::settler::{Settler, IN_FLIGHT};
-use crate::worker::{die, Stats};
+use crate::stats::Stats;
 
 /// Settle every closed epoch (see the module doc), at most IN_FLIGHT hand-overs out.
 pub(crate) fn settle<'s>(

@@ -6,7 +6,7 @@
 //! settles without delay at low load); while one is, the next take waits until
 //! `settle_interval_ms` after the last (under load: fewer, larger transactions). Outcomes go back to the
 //! settle operator with the number of hand-overs they complete. A failure that retrying
-//! does not cure ends the process (`worker::die`).
+//! does not cure ends the process (`fail::die`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ use anyhow::Result;
 use sinks::{Batch, Outcome, Pool, Settlement};
 use timely::scheduling::SyncActivator;
 
+use crate::fail::die;
 use crate::metrics::{label, Settled, METRICS};
-use crate::worker::die;
 
 /// Most orders settled in one MySQL transaction. The larger a batch, the fewer times each
 /// commodity is locked and written per order (docs/decisions/full-batches.md).
@@ -59,9 +59,7 @@ impl Settler {
     ) -> Result<Settler> {
         let (handovers, rx) = crossbeam_channel::bounded::<Batch>(IN_FLIGHT);
         let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = ore::current_thread_runtime()?;
         let settlement = Settlement::new(pool, &topic, partition);
         let thread = Thread {
             rt,

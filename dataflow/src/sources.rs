@@ -20,8 +20,9 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
+use crate::db::Db;
+use crate::fail::die;
 use crate::kafka::Read;
-use crate::worker::{die, Db};
 
 /// The epoch an order read now goes to: its own (`accepted`, None for a message that did
 /// not decode), but at least `lo` (the frontier and the previous order's epoch) and at

@@ -178,42 +178,32 @@ pub(crate) fn spawn_writer(
     path: String,
     mut next: impl FnMut() -> Next + Send + 'static,
 ) {
-    let run = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut client: Option<zk::Client> = None;
-            loop {
-                let (doc, last) = match next() {
-                    Next::Write(doc) => (Some(doc), false),
-                    Next::Last(doc) => (Some(doc), true),
-                    Next::Skip => (None, false),
-                    Next::End => return,
-                };
-                if let Some(doc) = doc {
-                    if client.is_none() {
-                        client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
-                    }
-                    if let Some(c) = &client {
-                        if let Err(e) = write(c, &path, &doc).await {
-                            tracing::debug!("publishing {path}: {e:#}");
-                            client = None;
-                        }
+    ore::spawn_on_runtime(name, move || async move {
+        let mut client: Option<zk::Client> = None;
+        loop {
+            let (doc, last) = match next() {
+                Next::Write(doc) => (Some(doc), false),
+                Next::Last(doc) => (Some(doc), true),
+                Next::Skip => (None, false),
+                Next::End => return,
+            };
+            if let Some(doc) = doc {
+                if client.is_none() {
+                    client = rates::connect(&cfg, Duration::from_secs(1)).await.ok();
+                }
+                if let Some(c) = &client {
+                    if let Err(e) = write(c, &path, &doc).await {
+                        tracing::debug!("publishing {path}: {e:#}");
+                        client = None;
                     }
                 }
-                if last {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        })
-    };
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(run)
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+            if last {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// Write `data` at `path`, an ephemeral node (its folder made if missing).

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use model::{Config, Currency, Decimal};
-use sinks::Pool;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::worker::Worker;
 
+use crate::db::Db;
 use crate::kafka::{spawn_reader, Checks, Hold, Read};
-use crate::settler::Done;
 use crate::sources::{order_source, rate_source};
+use crate::stats::Stats;
 
 /// What every worker of a process is given.
 pub struct WorkerContext {
@@ -31,92 +31,12 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
 }
 
-/// Per-worker handles to MySQL: a single-threaded runtime that the operators block on.
-pub(crate) struct Db {
-    rt: tokio::runtime::Runtime,
-    pub pool: Pool,
-}
-
-impl Db {
-    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-}
-
-/// A failure inside an operator: nothing of the current batch was committed, so the
-/// process exits (`model::exit::WORKER_FAILED`) and its supervisor restarts it from the
-/// offsets in MySQL.
-pub(crate) fn die(what: &str, e: anyhow::Error) -> ! {
-    tracing::error!("{what}: {e:#}; exiting so the cluster restarts from committed offsets");
-    std::process::exit(model::exit::WORKER_FAILED)
-}
-
-/// Settlement counts of the last report period, logged every 10 s.
-#[derive(Default)]
-pub(crate) struct Stats {
-    orders: u64,
-    batches: u64,
-    /// Of the batches, those settled from the worker's view of the stock, and the
-    /// times that view was found stale (`sinks::Settlement::view_counts`).
-    from_view: u64,
-    stale: u64,
-    /// Messages kept as dead letters, and copies of settled orders skipped.
-    dead: u64,
-    skipped: u64,
-}
-
-impl Stats {
-    pub(crate) fn add(&mut self, done: &Done) {
-        self.orders += done.outcomes.len() as u64;
-        self.batches += done.batches;
-        self.from_view += done.from_view;
-        self.stale += done.stale;
-        self.dead += done.dead;
-        self.skipped += done.skipped;
-    }
-
-    fn log(&self, partition: i32, period: Duration) {
-        if self.dead + self.skipped > 0 {
-            tracing::warn!(
-                partition,
-                dead_letters = self.dead,
-                skipped_copies = self.skipped,
-                "in the last {period:.0?}: {} messages kept as dead letters (dtss dead-letters), \
-                 {} copies of settled orders skipped",
-                self.dead,
-                self.skipped
-            );
-        }
-        if self.orders == 0 {
-            return;
-        }
-        tracing::info!(
-            partition,
-            settled = self.orders,
-            batches = self.batches,
-            from_view = self.from_view,
-            stale = self.stale,
-            "settled {} orders in {} transactions in the last {period:.0?} ({} from the worker's \
-             view of the stock; the view found stale {} times)",
-            self.orders,
-            self.batches,
-            self.from_view,
-            self.stale
-        );
-    }
-}
-
 /// Run worker `worker.index()` until its sources stop.
 pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let cfg = ctx.cfg.clone();
     let index = worker.index();
     let partition = index as i32;
-    let db = Rc::new(Db {
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        pool: sinks::connect(&cfg.mysql.urls, 2)?,
-    });
+    let db = Rc::new(Db::connect(&cfg)?);
     let start = prepare(&db, &cfg, partition)?;
     let (order_tx, order_rx) = crossbeam_channel::bounded::<Vec<Read>>(8);
     let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
@@ -201,9 +121,7 @@ fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
 /// ingest's `/healthz` reads it), from the reader's thread.
 fn record_hold(urls: Vec<String>, topic: String, partition: i32) -> impl Fn(Hold) + Send {
     move |(offset, version)| {
-        let done = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let done = ore::current_thread_runtime()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 rt.block_on(async {

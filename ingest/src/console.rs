@@ -15,7 +15,8 @@ use model::Config;
 use serde_json::{json, Value};
 use zookeeper_client as zk;
 
-use crate::routes::{error, json, store_unavailable, Resp, State};
+use crate::respond::{error, from_db, json, store_unavailable, unavailable, Resp};
+use crate::state::State;
 
 const PAGE: &str = include_str!("console.html");
 
@@ -46,11 +47,11 @@ pub async fn status(state: &State, ingest: Value) -> Resp {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("reading process status: {e:#}");
-            return crate::routes::unavailable("zookeeper", "process status unavailable");
+            return unavailable("zookeeper", "process status unavailable");
         }
     };
     let processes = expected(&state.cfg, published, now);
-    let poisons = crate::routes::from_db(
+    let poisons = from_db(
         "dead letter counts",
         sinks::poison_counts(&state.pool, &state.cfg.kafka.topic),
     )
@@ -110,7 +111,7 @@ pub async fn views(state: &State) -> Resp {
         Ok(doc) => doc.unwrap_or(Value::Null),
         Err(e) => {
             tracing::warn!("reading the live views: {e:#}");
-            return crate::routes::unavailable("zookeeper", "live views unavailable");
+            return unavailable("zookeeper", "live views unavailable");
         }
     };
     let age = doc["published_at"].as_i64().map(|t| model::now_ms() - t);

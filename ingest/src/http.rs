@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::produce::OrderProducer;
-use crate::routes::{route, Metrics, State};
+use crate::routes::route;
+use crate::state::{Metrics, State};
 
 /// Serve the HTTP API on `listen` until `shutdown` resolves, then finish in-flight
 /// requests (up to 10 s) and return. An error when the Kafka producer failed for good

@@ -1,86 +1,25 @@
 //! The handlers of the API's endpoints (`endpoint.rs` says which one a request names).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use model::{idempotency, validate_order, Config, Currency, FieldError, Uuid};
+use model::{idempotency, validate_order, FieldError, Uuid};
 use serde_json::json;
-use sinks::Pool;
 use subtle::ConstantTimeEq;
 
 use crate::console;
 use crate::endpoint::{Endpoint, UserQuery};
-use crate::metrics::Requests;
-use crate::produce::{NotTaken, OrderProducer};
+use crate::produce::NotTaken;
+use crate::respond::{error, from_db, json, store_unavailable, unavailable, Resp};
+use crate::state::State;
 
 pub const MAX_BODY: usize = 64 * 1024;
-
-pub struct State {
-    pub cfg: Config,
-    pub currencies: Vec<Currency>,
-    pub producer: OrderProducer,
-    pub pool: Pool,
-    pub metrics: Metrics,
-    pub zk: rates::Client,
-    pub admin_token: Option<String>,
-}
-
-#[derive(Default)]
-pub struct Metrics {
-    accepted: AtomicU64,
-    invalid: AtomicU64,
-    too_large: AtomicU64,
-    unavailable: AtomicU64,
-    /// 504s: sent to Kafka, not acknowledged.
-    unacknowledged: AtomicU64,
-    queries: AtomicU64,
-    requests: Requests,
-}
-
-impl Metrics {
-    /// This replica's order counters, for the console.
-    fn snapshot(&self, state: &State) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "accepted": n(&self.accepted), "invalid": n(&self.invalid),
-            "too_large": n(&self.too_large), "unavailable": n(&self.unavailable),
-            "unacknowledged": n(&self.unacknowledged), "queries": n(&self.queries),
-            "unsettled_max": state.producer.unsettled_max(),
-        })
-    }
-}
-
-pub(crate) type Resp = Response<Full<Bytes>>;
-
-pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("valid response")
-}
-
-pub(crate) fn error(status: StatusCode, field: &str, problem: impl Into<String>) -> Resp {
-    let problem = problem.into();
-    json(
-        status,
-        json!({"error": format!("{field}: {problem}"), "field": field, "problem": problem}),
-    )
-}
-
-/// 503 with `Retry-After: 1`: a part behind ingest (`field`) cannot answer now.
-pub(crate) fn unavailable(field: &str, problem: &str) -> Resp {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, field, problem);
-    r.headers_mut()
-        .insert(RETRY_AFTER, "1".parse().expect("static"));
-    r
-}
 
 /// 401 unless the request carries the admin token (`Authorization: Bearer T` or
 /// `X-Admin-Token: T`).
@@ -220,11 +159,6 @@ async fn by_user(state: &State, query: &str) -> Resp {
         ),
         Err(e) => store_unavailable(e),
     }
-}
-
-pub(crate) fn store_unavailable(e: anyhow::Error) -> Resp {
-    tracing::warn!("query failed: {e:#}");
-    unavailable("mysql", "result store unavailable")
 }
 
 async fn get_rates(state: &State) -> Resp {
@@ -459,22 +393,6 @@ async fn lookup(state: &State, id: &str) -> Resp {
             tracing::warn!("result query failed: {e:#}");
             unavailable("mysql", "result store unavailable")
         }
-    }
-}
-
-/// MySQL's part of `/healthz` or `/metrics`, if it comes within a second (they answer
-/// without it otherwise).
-pub(crate) async fn from_db<T>(
-    what: &str,
-    read: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> Option<T> {
-    match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            tracing::debug!("reading {what}: {e:#}");
-            None
-        }
-        Err(_) => None,
     }
 }
 

@@ -1,8 +1,11 @@
 //! `cluster.toml`: where every part of DTSS runs and how it behaves (docs/DESIGN.md,
-//! "Cluster"). Read in two steps: the TOML deserialises into a raw form (`raw`), which
-//! `Config::parse` checks once into the typed `Config` below (currencies, decimal rates
-//! and percentages, durations, addresses); nothing parses it again later. Errors name
-//! the key and say what is expected.
+//! "Cluster"). Read in two steps: the TOML (with any `--set` overrides applied to it,
+//! `overrides.rs`) deserialises into the file's form (`raw::File` and its
+//! `raw::*Section`s, which only hold what was written), which `Config::parse` checks
+//! once into the resolved `Config` below (currencies, decimal rates and percentages,
+//! durations, addresses); the secrets are filled in from the environment and their files
+//! after that (`dtss`'s `secrets.rs`), and nothing parses it again later. Errors name the
+//! key and say what is expected.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -247,33 +250,33 @@ mod raw {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct File {
-        pub cluster: Cluster,
+        pub cluster: ClusterSection,
         #[serde(default)]
-        pub kafka: Kafka,
+        pub kafka: KafkaSection,
         #[serde(default)]
-        pub zookeeper: ZooKeeper,
+        pub zookeeper: ZooKeeperSection,
         #[serde(default)]
-        pub mysql: Mysql,
+        pub mysql: MysqlSection,
         #[serde(default)]
-        pub ingest: Ingest,
+        pub ingest: IngestSection,
         #[serde(default)]
-        pub catalogue: Catalogue,
-        pub currencies: Currencies,
+        pub catalogue: CatalogueSection,
+        pub currencies: CurrenciesSection,
         #[serde(default)]
-        pub retention: Retention,
+        pub retention: RetentionSection,
     }
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Retention {
+    pub struct RetentionSection {
         pub side_rows_days: u64,
         pub side_rows_per_partition: u64,
         pub batches_hours: u64,
     }
 
-    impl Default for Retention {
+    impl Default for RetentionSection {
         fn default() -> Self {
-            Retention {
+            RetentionSection {
                 side_rows_days: 30,
                 side_rows_per_partition: 100_000,
                 batches_hours: 24,
@@ -283,7 +286,7 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct Cluster {
+    pub struct ClusterSection {
         pub processes: Vec<String>,
         pub workers_per_process: usize,
         #[serde(default = "default_epoch_ms")]
@@ -302,7 +305,7 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Kafka {
+    pub struct KafkaSection {
         pub brokers: Vec<String>,
         pub topic: String,
         pub max_backlog_per_partition: u64,
@@ -312,9 +315,9 @@ mod raw {
         pub retention_ms: i64,
     }
 
-    impl Default for Kafka {
+    impl Default for KafkaSection {
         fn default() -> Self {
-            Kafka {
+            KafkaSection {
                 brokers: vec![],
                 topic: "orders".into(),
                 max_backlog_per_partition: 100_000,
@@ -328,15 +331,15 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct ZooKeeper {
+    pub struct ZooKeeperSection {
         pub connect: String,
         pub root: String,
         pub session_timeout_ms: u64,
     }
 
-    impl Default for ZooKeeper {
+    impl Default for ZooKeeperSection {
         fn default() -> Self {
-            ZooKeeper {
+            ZooKeeperSection {
                 connect: "127.0.0.1:2181".into(),
                 root: "/dtss".into(),
                 session_timeout_ms: 6000,
@@ -346,7 +349,7 @@ mod raw {
 
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Mysql {
+    pub struct MysqlSection {
         pub url: Option<String>,
         pub urls: Vec<String>,
         pub password_file: Option<PathBuf>,
@@ -354,7 +357,7 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Ingest {
+    pub struct IngestSection {
         pub listen: String,
         pub admin_token: String,
         pub header_read_timeout_ms: u64,
@@ -363,9 +366,9 @@ mod raw {
         pub mysql_node: usize,
     }
 
-    impl Default for Ingest {
+    impl Default for IngestSection {
         fn default() -> Self {
-            Ingest {
+            IngestSection {
                 listen: "127.0.0.1:8080".into(),
                 admin_token: String::new(),
                 header_read_timeout_ms: 10_000,
@@ -378,16 +381,16 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields, default)]
-    pub struct Catalogue {
+    pub struct CatalogueSection {
         pub items: u32,
         pub seed: u64,
         pub csv: Option<PathBuf>,
         pub low_stock_below: u32,
     }
 
-    impl Default for Catalogue {
+    impl Default for CatalogueSection {
         fn default() -> Self {
-            Catalogue {
+            CatalogueSection {
                 items: 10_000,
                 seed: 42,
                 csv: None,
@@ -398,7 +401,7 @@ mod raw {
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    pub struct Currencies {
+    pub struct CurrenciesSection {
         pub base: String,
         /// Decimal strings.
         pub initial: toml::Table,
@@ -544,7 +547,7 @@ impl Config {
     }
 }
 
-fn cluster(c: raw::Cluster) -> Result<Cluster> {
+fn cluster(c: raw::ClusterSection) -> Result<Cluster> {
     if c.processes.is_empty() {
         bail!("cluster.processes: list at least one host:port");
     }
@@ -576,7 +579,7 @@ fn cluster(c: raw::Cluster) -> Result<Cluster> {
     })
 }
 
-fn retention(r: raw::Retention) -> Result<Retention> {
+fn retention(r: raw::RetentionSection) -> Result<Retention> {
     ensure!(
         r.side_rows_days >= 1,
         "retention.side_rows_days: keep them at least a day"
@@ -597,7 +600,7 @@ fn retention(r: raw::Retention) -> Result<Retention> {
     })
 }
 
-fn kafka(k: raw::Kafka) -> Result<Kafka> {
+fn kafka(k: raw::KafkaSection) -> Result<Kafka> {
     if k.topic.is_empty() {
         bail!("kafka.topic: must not be empty");
     }
@@ -628,7 +631,7 @@ fn kafka(k: raw::Kafka) -> Result<Kafka> {
     })
 }
 
-fn zookeeper(z: raw::ZooKeeper) -> Result<ZooKeeper> {
+fn zookeeper(z: raw::ZooKeeperSection) -> Result<ZooKeeper> {
     if !z.root.starts_with('/') || z.root.ends_with('/') {
         bail!(
             "zookeeper.root: {:?} must start with / and not end with one",
@@ -642,7 +645,7 @@ fn zookeeper(z: raw::ZooKeeper) -> Result<ZooKeeper> {
     })
 }
 
-fn mysql(m: raw::Mysql) -> Result<Mysql> {
+fn mysql(m: raw::MysqlSection) -> Result<Mysql> {
     let urls = match (m.url, m.urls) {
         (Some(_), urls) if !urls.is_empty() => {
             bail!("mysql: set url (one server) or urls (the nodes of a cluster), not both")
@@ -670,7 +673,7 @@ fn mysql(m: raw::Mysql) -> Result<Mysql> {
     })
 }
 
-fn ingest(i: raw::Ingest) -> Result<Ingest> {
+fn ingest(i: raw::IngestSection) -> Result<Ingest> {
     let Ok(listen) = i.listen.parse::<SocketAddr>() else {
         bail!(
             "ingest.listen: {:?} is not an address like 127.0.0.1:8080",
@@ -705,7 +708,7 @@ fn ingest(i: raw::Ingest) -> Result<Ingest> {
     })
 }
 
-fn currencies(c: raw::Currencies) -> Result<Currencies> {
+fn currencies(c: raw::CurrenciesSection) -> Result<Currencies> {
     let base: Currency = c
         .base
         .parse()

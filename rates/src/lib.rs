@@ -302,27 +302,18 @@ pub fn spawn_rate_feed(
     max_prices: Vec<(String, Decimal)>,
     mut on_change: impl FnMut(Rates) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("rate-feed".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                let mut last: Option<Rates> = None;
-                loop {
-                    match follow(&cfg, &max_prices, &mut last, &mut on_change).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!("rate feed lost ZooKeeper, reconnecting: {e:#}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
+    ore::spawn_on_runtime("rate-feed", move || async move {
+        let mut last: Option<Rates> = None;
+        loop {
+            match follow(&cfg, &max_prices, &mut last, &mut on_change).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!("rate feed lost ZooKeeper, reconnecting: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-            })
-        })
-        .expect("spawn rate-feed thread")
+            }
+        }
+    })
 }
 
 /// How many tables read from ZooKeeper were refused (`check_table`) by this process.

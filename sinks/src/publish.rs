@@ -25,16 +25,9 @@ pub fn totals_path(cfg: &Config, c: Currency) -> String {
 /// Start the publisher thread; send snapshots into the returned channel.
 pub fn spawn_publisher(cfg: Config, min_interval: Duration) -> Sender<TotalsSnapshot> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::Builder::new()
-        .name("totals-publisher".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(publish_loop(cfg, rx, min_interval));
-        })
-        .expect("spawn totals publisher");
+    ore::spawn_on_runtime("totals-publisher", move || {
+        publish_loop(cfg, rx, min_interval)
+    });
     tx
 }
 

@@ -12,7 +12,7 @@ use mysql_async::prelude::Queryable;
 use rdkafka::consumer::Consumer;
 use serde::Serialize;
 
-use super::report::{latency_us, Percentiles};
+use super::figures::{latency_us, Percentiles};
 use super::Clock;
 
 /// Pause between two probes: about 50 of each per second, a load the run does not feel.

@@ -8,6 +8,7 @@
 //! (`rates.rs`), run the senders (`senders.rs`, on the timetable of `timetable.rs`),
 //! drain, read the results back (`readback.rs`), build the report (`report.rs`).
 
+mod figures;
 mod floor;
 mod rates;
 mod readback;

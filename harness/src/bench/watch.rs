@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use model::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::report::{CpuUse, LagSample};
+use super::figures::{CpuUse, LagSample};
 use super::{Clock, Live, Progress};
 
 /// The sampler and the CPU watch, running.

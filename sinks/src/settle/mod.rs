@@ -27,8 +27,10 @@
 //! the one before commits) are `pipeline.rs`. A retry after an ambiguous commit finds
 //! the new offset and applies nothing twice.
 
+mod batch;
 mod pipeline;
 mod plan;
+mod record;
 mod sql;
 mod txn;
 mod view;
@@ -41,7 +43,8 @@ use model::idempotency::Digest;
 use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 
-pub use pipeline::{Batch, Settlement};
+pub use batch::Batch;
+pub use pipeline::Settlement;
 pub use sql::{items_text, parse_items_text, results_tsv};
 pub use view::SettleState;
 

@@ -6,55 +6,22 @@
 //! then exactly the first's next offset. If the first fails instead, the second rolls
 //! back and both are settled again one at a time (`settle_batch`'s way).
 
-use std::collections::hash_map::{Entry, HashMap};
-
 use crate::{Conn, Pool};
 use anyhow::Result;
 use model::now_ms;
 
+use super::batch::Batch;
 use super::plan::Open;
 use super::txn::{
     abandon, decide_open, finish_on, open_on, settle_with_retries, transaction_conn, within,
     Backoff, Expect, Failure, Opening, Target,
 };
 use super::view::SettleState;
-use super::{DeadLetter, Outcome, Settling, Skipped};
-
-/// A partition's batch: its orders, in offset order; the messages that cannot be
-/// settled; the copies of orders seen before; and the offset after its last message.
-#[derive(Clone, Debug, Default)]
-pub struct Batch {
-    pub orders: Vec<Settling>,
-    pub dead: Vec<DeadLetter>,
-    pub skipped: Vec<Skipped>,
-    pub next_offset: i64,
-}
+use super::Outcome;
 
 impl Batch {
     fn target<'a>(&'a self, topic: &'a str, partition: i32) -> Target<'a> {
         Target::of(topic, partition, self)
-    }
-
-    /// The batch with every later copy of an order id that comes twice moved to
-    /// `skipped` (or to `dead`, if it is another order under the same idempotency key):
-    /// an order settles once.
-    pub fn deduped(mut self) -> Batch {
-        let mut first = HashMap::with_capacity(self.orders.len());
-        let mut keep = Vec::with_capacity(self.orders.len());
-        for s in std::mem::take(&mut self.orders) {
-            match first.entry(s.order.order_id) {
-                Entry::Vacant(v) => {
-                    v.insert(s.order.digest());
-                    keep.push(s);
-                }
-                Entry::Occupied(o) => match s.copy_of(*o.get()) {
-                    Ok(skip) => self.skipped.push(skip),
-                    Err(dead) => self.dead.push(dead),
-                },
-            }
-        }
-        self.orders = keep;
-        self
     }
 }
 

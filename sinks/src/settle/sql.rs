@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use model::{Order, Reason};
 
 use super::plan::Plan;
-use super::view::Committed;
+use super::record::Committed;
 use super::Settling;
 
 /// The columns a result row is written with, in the order `results_insert` and
@@ -66,17 +66,6 @@ pub(super) enum Rows {
 /// The most values in one IN list of a stock UPDATE: MariaDB turns a list of 1,000 or
 /// more into a join with a temporary table, and the row-by-row update is lost.
 pub(super) const IN_LIST_MAX: usize = 999;
-
-/// The statement that records a batch's commit (numbers only; INSERT IGNORE: a retry
-/// after an ambiguous commit may write it twice).
-pub(super) fn record_commit(c: &Committed) -> String {
-    format!(
-        "INSERT IGNORE INTO settle_batches \
-         (`partition`, next_offset, first_offset, orders, started_at, committed_at) \
-         VALUES ({},{},{},{},{},{})",
-        c.partition, c.next_offset, c.first_offset, c.orders, c.started_at, c.committed_at
-    )
-}
 
 /// Commodities `ids` without locks (those the view lacks).
 pub(super) fn read_commodities(ids: &[u32]) -> String {
@@ -136,7 +125,7 @@ pub(super) fn finish(
     stock_update(&mut sql, &plan.stock_changes, rows);
     totals_delta(&mut sql, partition, plan);
     if let Some(c) = unrecorded {
-        sql.push_str(&record_commit(c));
+        sql.push_str(&c.statement());
         sql.push_str("; ");
     }
     // The next offset, written only if the checks hold (else NULL: an error in strict

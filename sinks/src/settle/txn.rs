@@ -11,9 +11,10 @@ use model::idempotency::Digest;
 use model::{now_ms, Commodity, Decimal, Decision, Reason, Uuid};
 use mysql_async::prelude::*;
 
-use super::pipeline::Batch;
+use super::batch::Batch;
 use super::plan::{plan, Open, Plan};
-use super::view::{Committed, SettleState};
+use super::record::Committed;
+use super::view::SettleState;
 use super::{sql, DeadLetter, Line, Outcome, Settling, Skipped};
 
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".

@@ -14,6 +14,7 @@ use model::{Commodity, Decision};
 use mysql_async::prelude::*;
 
 use super::plan::{decision, Plan};
+use super::record::Committed;
 use super::{Outcome, Settling};
 
 /// What a partition's settlement carries from one batch to the next.
@@ -37,21 +38,6 @@ pub struct SettleState {
     /// Messages kept as dead letters, and copies of settled orders skipped.
     dead_letters: u64,
     skipped_copies: u64,
-}
-
-/// One settlement transaction, as kept in `settle_batches`: its partition's offsets
-/// `first_offset..next_offset`, its number of orders, when it began (the `settled_at`
-/// of its results, stamped before their rows are written) and when its COMMIT
-/// returned. An order's end-to-end latency is `committed_at − accepted_at` of the batch
-/// holding its offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Committed {
-    pub partition: i32,
-    pub first_offset: i64,
-    pub next_offset: i64,
-    pub orders: u32,
-    pub started_at: i64,
-    pub committed_at: i64,
 }
 
 impl SettleState {
@@ -141,7 +127,7 @@ impl SettleState {
     pub async fn flush(&mut self, pool: &Pool) -> Result<()> {
         if let Some(c) = self.unrecorded {
             let mut conn = pool.get_conn().await?;
-            conn.query_drop(super::sql::record_commit(&c))
+            conn.query_drop(c.statement())
                 .await
                 .context("recording a batch's commit time")?;
             self.unrecorded = None;
