@@ -189,8 +189,11 @@ fn calls(text: &str) -> Vec<Call<'_>> {
     let mut pending: HashMap<&str, (&str, &str, f64)> = HashMap::new();
     let mut out = vec![];
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // `PID TIME CALL`; strace pads a short pid with spaces.
+        let Some((pid, line)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = line.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };
@@ -442,7 +445,7 @@ fn the_check_finds_an_answer_sent_before_its_sync() {
     let (sent, n) = (hex(&framed), framed.len());
     let trace = |sync_start: &str, sync_end: &str| {
         format!(
-            "1 1.000000 openat(AT_FDCWD, \"{path}\", O_RDWR) = 7 <0.000010>\n\
+            "1  1.000000 openat(AT_FDCWD, \"{path}\", O_RDWR) = 7 <0.000010>\n\
              1 1.100000 accept4(5, {{sa_family=AF_INET, sin_port=htons(40000), sin_addr=inet_addr(\"\\x31\")}}, [16], SOCK_CLOEXEC) = 9 <0.000010>\n\
              2 1.200000 write(7, \"{batch}\", 70) = 70 <0.000010>\n\
              3 1.300000 fcntl(7, F_DUPFD_CLOEXEC, 3) = 11 <0.000005>\n\
