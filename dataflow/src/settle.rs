@@ -1,6 +1,6 @@
 //! The settle operator: every epoch that both the orders and the rates have passed goes,
 //! in offset order and joined with its rate table, to the worker's settlement thread
-//! (`settler.rs`) as one hand-over (a `sinks::Batch`). The timely worker never waits
+//! (`settler.rs`) as one hand-over (a `sinks::HandOver`). The timely worker never waits
 //! for MySQL: it keeps reading and closing epochs (other workers' frontiers depend on
 //! it). Outcomes leave at their hand-overs' least epoch once committed; until then the
 //! hand-overs' capabilities hold the totals back.
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use model::{Config, RateTable};
-use sinks::{Batch, Outcome, Settling};
+use sinks::{HandOver, Outcome, Settling};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
@@ -149,7 +149,7 @@ pub(crate) fn handover(
     epochs: Vec<(u64, Vec<Read>)>,
     tables: &BTreeMap<u64, Arc<RateTable>>,
     epoch_ms: u64,
-) -> Batch {
+) -> HandOver {
     let first_epoch = *tables.keys().next().expect("a rate table is in");
     let table_for = |e: u64| {
         tables
@@ -159,7 +159,7 @@ pub(crate) fn handover(
             .map(|(_, t)| t.clone())
             .expect("a rate table is in")
     };
-    let mut batch = Batch::default();
+    let mut batch = HandOver::default();
     for (e, reads) in epochs {
         let epoch = e.max(first_epoch);
         for (offset, read) in reads {

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sinks::{Batch, Outcome, Pool, Settlement};
+use sinks::{Batch, HandOver, Outcome, Pool, Settlement};
 use timely::scheduling::SyncActivator;
 
 use crate::fail::die;
@@ -31,7 +31,7 @@ const RECORD_IDLE: Duration = Duration::from_millis(100);
 
 /// The settle operator's end of the thread.
 pub(crate) struct Settler {
-    handovers: crossbeam_channel::Sender<Batch>,
+    handovers: crossbeam_channel::Sender<HandOver>,
     done: crossbeam_channel::Receiver<Done>,
 }
 
@@ -57,7 +57,7 @@ impl Settler {
         interval: Duration,
         wake: SyncActivator,
     ) -> Result<Settler> {
-        let (handovers, rx) = crossbeam_channel::bounded::<Batch>(IN_FLIGHT);
+        let (handovers, rx) = crossbeam_channel::bounded::<HandOver>(IN_FLIGHT);
         let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
         let rt = ore::current_thread_runtime()?;
         let settlement = Settlement::new(pool, &topic, partition);
@@ -76,10 +76,10 @@ impl Settler {
         Ok(Settler { handovers, done })
     }
 
-    pub(crate) fn send(&self, batch: Batch) {
-        if self.handovers.send(batch).is_err() {
+    pub(crate) fn send(&self, handover: HandOver) {
+        if self.handovers.send(handover).is_err() {
             die(
-                "handing a batch to the settlement thread",
+                "handing over to the settlement thread",
                 anyhow::anyhow!("the thread is gone"),
             );
         }
@@ -104,7 +104,7 @@ struct Thread {
     settlement: Settlement,
     partition: i32,
     interval: Duration,
-    rx: crossbeam_channel::Receiver<Batch>,
+    rx: crossbeam_channel::Receiver<HandOver>,
     done: crossbeam_channel::Sender<Done>,
     wake: SyncActivator,
 }
@@ -253,7 +253,7 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
 fn take(
     queued: &mut VecDeque<(Batch, usize)>,
     given: &mut VecDeque<usize>,
-    rx: &crossbeam_channel::Receiver<Batch>,
+    rx: &crossbeam_channel::Receiver<HandOver>,
     next_take: &mut Instant,
     interval: Duration,
 ) -> Option<Batch> {
@@ -274,7 +274,7 @@ fn take(
 
 /// Parts of hand-overs (each with the number of hand-overs it completes), one after the
 /// other, as one batch; and how many hand-overs it completes.
-fn merge(parts: impl Iterator<Item = (Batch, usize)>) -> (Batch, usize) {
+fn merge(parts: impl Iterator<Item = (HandOver, usize)>) -> (Batch, usize) {
     let mut merged = Batch::default();
     let mut n = 0;
     for (b, ends) in parts {
@@ -290,7 +290,7 @@ fn merge(parts: impl Iterator<Item = (Batch, usize)>) -> (Batch, usize) {
 /// `handovers` hand-overs merged into `batch`, as batches of at most MAX_BATCH orders,
 /// each with the number of those hand-overs it completes (all of them on the last). A
 /// dead letter or skipped copy goes with the batch whose offsets it lies among.
-fn batches_of(batch: Batch, handovers: usize) -> Vec<(Batch, usize)> {
+fn batches_of(batch: HandOver, handovers: usize) -> Vec<(Batch, usize)> {
     if batch.orders.len() <= MAX_BATCH {
         return vec![(batch, handovers)];
     }

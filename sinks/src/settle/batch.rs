@@ -4,6 +4,11 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use super::{DeadLetter, Settling, Skipped};
 
+/// A hand-over (DESIGN, "Glossary"): the orders of a partition's closed epochs that the
+/// settle operator gives the settlement thread at once. It has a batch's shape; the
+/// settlement thread makes its batches of one or more hand-overs.
+pub type HandOver = Batch;
+
 /// A partition's batch: its orders, in offset order; the messages that cannot be
 /// settled; the copies of orders seen before; and the offset after its last message.
 #[derive(Clone, Debug, Default)]

@@ -43,7 +43,7 @@ use model::idempotency::Digest;
 use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 
-pub use batch::Batch;
+pub use batch::{Batch, HandOver};
 pub use pipeline::Settlement;
 pub use sql::{items_text, parse_items_text, results_tsv};
 pub use view::SettleState;
