@@ -4,8 +4,9 @@
 //! thread (MySQL transactions through `sinks::Settlement`), and totals by epoch.
 //!
 //! Follow one order: `kafka.rs` (the reader thread) → `sources.rs` (its epoch) →
-//! `settle.rs` (joined with its epoch's rates once the epoch closes) → `settler.rs` (a
-//! transaction) → `totals.rs` (its paid amount, summed per currency and epoch).
+//! `handover.rs` (the settle operator: joined with its epoch's rates once the epoch
+//! closes, handed over) → `settlement_thread.rs` (in a batch, a transaction) →
+//! `totals.rs` (its paid amount, summed per currency and epoch).
 //! `views.rs` keeps live views of the outcomes with differential dataflow.
 //! `worker.rs` wires them together, with its MySQL handles (`db.rs`), its counts
 //! (`stats.rs`) and how it fails (`fail.rs`); `topic.rs` checks the topic has one
@@ -19,11 +20,11 @@
 
 mod db;
 mod fail;
+mod handover;
 mod kafka;
 mod metrics;
 mod pruner;
-mod settle;
-mod settler;
+mod settlement_thread;
 mod sources;
 mod stats;
 mod status;

@@ -220,7 +220,7 @@ pub(crate) fn rate_source<'s>(
 /// How far back before the oldest partition's last commit the recorded tables are
 /// loaded: orders read after a restart were accepted after about then (less the reader's
 /// lag at the crash, up to as long as the settle operator keeps tables).
-const HISTORY_MARGIN_MS: i64 = crate::settle::RATE_MEMORY_MS as i64;
+const HISTORY_MARGIN_MS: i64 = crate::handover::RATE_MEMORY_MS as i64;
 
 /// The tables in `rate_history` in force for orders not settled yet, oldest first, each
 /// with the epoch it is in force from.

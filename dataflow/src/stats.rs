@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::settler::Done;
+use crate::settlement_thread::Done;
 
 /// Settlement counts of the last report period, logged every 10 s.
 #[derive(Default)]

@@ -6,7 +6,7 @@
 //! MySQL, the orders settled since the process started (and how many succeeded), and the
 //! p50/p99 of accepted → committed and of the transactions committed in the last second;
 //! the same two windows over all the process's partitions.
-//! The reader (`kafka.rs`) reports the end; the settlement thread (`settler.rs`) reports
+//! The reader (`kafka.rs`) reports the end; the settlement thread (`settlement_thread.rs`) reports
 //! each commit.
 
 use std::collections::BTreeMap;

@@ -54,7 +54,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         let (rates, rate_wake) =
             rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
         let outcomes =
-            crate::settle::settle(orders, rates.broadcast(), &cfg, partition, stats.clone())?;
+            crate::handover::settle(orders, rates.broadcast(), &cfg, partition, stats.clone())?;
         crate::views::views(outcomes.clone(), &cfg, index, low_at_start);
         crate::totals::totals(outcomes, &cfg, index, peers, initial_totals);
         anyhow::Ok((order_wake, rate_wake))

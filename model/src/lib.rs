@@ -11,15 +11,15 @@ pub mod idempotency;
 pub mod ids;
 mod order;
 pub mod overrides;
-mod settle;
+mod rule;
 pub mod wire;
 
 pub use config::{redact_url, Config, Retention};
 pub use currency::Currency;
 pub use ids::IdScheme;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
+pub use rule::{decide, paid, payable, Commodity, Decision, RateTable, Reason, SettleError};
 pub use rust_decimal::Decimal;
-pub use settle::{decide, paid, payable, Commodity, Decision, RateTable, Reason, SettleError};
 pub use uuid::Uuid;
 
 /// Milliseconds since the Unix epoch, as stamped by ingest.

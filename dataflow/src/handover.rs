@@ -1,6 +1,6 @@
 //! The settle operator: every epoch that both the orders and the rates have passed goes,
 //! in offset order and joined with its rate table, to the worker's settlement thread
-//! (`settler.rs`) as one hand-over (a `sinks::HandOver`). The timely worker never waits
+//! (`settlement_thread.rs`) as one hand-over (a `sinks::HandOver`). The timely worker never waits
 //! for MySQL: it keeps reading and closing epochs (other workers' frontiers depend on
 //! it). Outcomes leave at their hand-overs' least epoch once committed; until then the
 //! hand-overs' capabilities hold the totals back.
@@ -20,7 +20,7 @@ use timely::dataflow::StreamVec;
 
 use crate::fail::die;
 use crate::kafka::Read;
-use crate::settler::{Settler, IN_FLIGHT};
+use crate::settlement_thread::{SettlementThread, IN_FLIGHT};
 use crate::stats::Stats;
 
 /// Settle every closed epoch (see the module doc), at most IN_FLIGHT hand-overs out.
@@ -41,7 +41,7 @@ pub(crate) fn settle<'s>(
     Ok(orders
         .binary_frontier(rates, Pipeline, Pipeline, "Settle", move |_cap, info| {
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
-            let settler = Settler::spawn(pool, topic, partition, interval, wake)
+            let settler = SettlementThread::spawn(pool, topic, partition, interval, wake)
                 .unwrap_or_else(|e| die("starting the settlement thread", e));
             // The least epoch of each hand-over in MySQL, oldest first: they hold the
             // outcomes' frontier.

@@ -30,7 +30,7 @@ pub(crate) const IN_FLIGHT: usize = 256;
 const RECORD_IDLE: Duration = Duration::from_millis(100);
 
 /// The settle operator's end of the thread.
-pub(crate) struct Settler {
+pub(crate) struct SettlementThread {
     handovers: crossbeam_channel::Sender<HandOver>,
     done: crossbeam_channel::Receiver<Done>,
 }
@@ -49,14 +49,14 @@ pub(crate) struct Done {
     pub handovers: usize,
 }
 
-impl Settler {
+impl SettlementThread {
     pub(crate) fn spawn(
         pool: Pool,
         topic: String,
         partition: i32,
         interval: Duration,
         wake: SyncActivator,
-    ) -> Result<Settler> {
+    ) -> Result<SettlementThread> {
         let (handovers, rx) = crossbeam_channel::bounded::<HandOver>(IN_FLIGHT);
         let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
         let rt = ore::current_thread_runtime()?;
@@ -73,7 +73,7 @@ impl Settler {
         std::thread::Builder::new()
             .name(format!("settle-p{partition}"))
             .spawn(move || thread.run())?;
-        Ok(Settler { handovers, done })
+        Ok(SettlementThread { handovers, done })
     }
 
     pub(crate) fn send(&self, handover: HandOver) {
