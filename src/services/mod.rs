@@ -185,12 +185,20 @@ fn loopback(host: &str) -> bool {
     matches!(host, "localhost" | "::1" | "[::1]") || host.starts_with("127.")
 }
 
-/// The ports a config's MySQL and ZooKeeper are on, when both are on this machine.
-fn config_places(cfg: &Config) -> Result<Places> {
-    let mut nodes = vec![];
+/// Where a config's MySQL and ZooKeeper are.
+struct Hosts {
+    /// Each MySQL node: host, port.
+    mysql: Vec<(String, u16)>,
+    /// ZooKeeper's first member, and its port when one is given.
+    zk: String,
+    zk_port: Option<u16>,
+}
+
+fn config_hosts(cfg: &Config) -> Result<Hosts> {
+    let mut mysql = vec![];
     for url in &cfg.mysql.urls {
         let opts = mysql_async::Opts::from_url(url).context("mysql.url does not parse")?;
-        nodes.push((opts.ip_or_hostname().to_string(), opts.tcp_port()));
+        mysql.push((opts.ip_or_hostname().to_string(), opts.tcp_port()));
     }
     let first_zk = cfg
         .zookeeper
@@ -198,11 +206,31 @@ fn config_places(cfg: &Config) -> Result<Places> {
         .split(['/', ','])
         .next()
         .unwrap_or_default();
-    let (zk_host, zk_port) = first_zk.rsplit_once(':').unwrap_or((first_zk, "2181"));
-    let zk_port = zk_port.parse().ok();
-    if !nodes.iter().all(|(h, _)| loopback(h)) || !loopback(zk_host) {
+    let (zk, zk_port) = first_zk.rsplit_once(':').unwrap_or((first_zk, "2181"));
+    Ok(Hosts {
+        mysql,
+        zk: zk.to_string(),
+        zk_port: zk_port.parse().ok(),
+    })
+}
+
+/// Whether the config's MySQL and ZooKeeper are on this machine (else `dtss up` leaves
+/// them to whoever runs them).
+fn local(cfg: &Config) -> bool {
+    config_hosts(cfg)
+        .is_ok_and(|h| h.mysql.iter().all(|(host, _)| loopback(host)) && loopback(&h.zk))
+}
+
+/// The ports a config's MySQL and ZooKeeper are on, when both are on this machine.
+fn config_places(cfg: &Config) -> Result<Places> {
+    if !local(cfg) {
         return Ok(Places::default());
     }
+    let Hosts {
+        mysql: nodes,
+        zk_port,
+        ..
+    } = config_hosts(cfg)?;
     if !cfg.mysql.is_cluster() {
         return Ok(Places {
             mysql_port: Some(nodes[0].1),
@@ -228,24 +256,6 @@ fn config_places(cfg: &Config) -> Result<Places> {
         galera_nodes: Some(nodes.len()),
         ..Places::default()
     })
-}
-
-/// Whether the config's MySQL and ZooKeeper are on this machine (else `dtss up` leaves
-/// them to whoever runs them).
-fn local(cfg: &Config) -> bool {
-    let zk = cfg
-        .zookeeper
-        .connect
-        .split(['/', ','])
-        .next()
-        .unwrap_or_default();
-    let zk_host = zk.rsplit_once(':').map_or(zk, |(h, _)| h);
-    loopback(zk_host)
-        && cfg
-            .mysql
-            .urls
-            .iter()
-            .all(|u| mysql_async::Opts::from_url(u).is_ok_and(|o| loopback(o.ip_or_hostname())))
 }
 
 /// `dtss up`'s services: what the config names, when it is on this machine.
