@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use super::server::{log, run, spawn_detached, Server};
+use super::server::{log, run, run_with_input, spawn_detached, Server};
 use super::Settings;
 
 /// A dead Galera node is suspected after 3 s without a word from it (Galera's default:
@@ -77,29 +77,11 @@ impl MariaDb {
 
     /// Root over the socket: `sql` run, its output.
     pub fn root_sql(&self, sql: &str) -> Result<String> {
-        use std::io::Write as _;
-        let mut child = Command::new("mariadb")
-            .arg("--no-defaults")
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults")
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "-N", "-B"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(sql.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "{}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .args(["-uroot", "-N", "-B"]);
+        run_with_input(&mut cmd, sql).with_context(|| self.name.clone())
     }
 
     pub fn ping(&self) -> bool {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::install::install;
-use super::server::{log, run, spawn_detached, tail};
+use super::server::{log, run, run_with_input, spawn_detached, tail};
 
 pub(crate) struct Postgres {
     /// Its folder: `{services}/tansu/postgres`, or one under /var/lib/dtss-tansu when the
@@ -64,27 +64,13 @@ impl Postgres {
 
     /// psql as the postgres superuser over the server's own socket, `sql` on stdin.
     fn psql(&self, db: &str, sql: &str) -> Result<()> {
-        use std::io::Write as _;
-        let mut child = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
             .arg(Self::tool("psql")?)
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-p", &self.port.to_string(), "-d", db])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(sql.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+            .args(["-p", &self.port.to_string(), "-d", db]);
+        run_with_input(&mut cmd, sql).map(|_| ())
     }
 
     /// Installed, initialised, started, and the role, database and `schema` there.

@@ -190,6 +190,32 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     Ok(text)
 }
 
+/// Run `cmd` with `input` on its standard input (a secret or a script stays off the
+/// command line); its output, or an error with what it said.
+pub(crate) fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{:?}: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Whether something accepts a TCP connection at `addr` within 2 s.
 pub(crate) fn answers_tcp(addr: &str) -> bool {
     use std::net::ToSocketAddrs as _;
