@@ -10,7 +10,8 @@
 #        http64 and http128: full speed over HTTP at 64 and 128 connections instead of 256;
 #        direct2k: full speed direct with 2,048 sends in flight instead of 256)
 #        DURATION=10 RUNS=1 benches/scenarios.sh        (shorter runs than the figures of record)
-#        RECORDS=docs/bench-records.jsonl                (append each run's record there;
+#        RECORDS=docs/bench-records.jsonl                (append each run's record there,
+#        labelled LABEL_PREFIX + the scenario's name;
 #        `dtss bench records FILE [--label NAME]` prints them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ for name in ${SCENARIOS:-http r10k direct r5k}; do
   echo "== $name: dtss bench ${args[$name]}   ($(date +%T))"
   # shellcheck disable=SC2086
   record=()
-  [[ -z ${RECORDS:-} ]] || record=(--record "$RECORDS" --label "$name")
+  [[ -z ${RECORDS:-} ]] || record=(--record "$RECORDS" --label "${LABEL_PREFIX:-}$name")
   if ! "$dtss" bench ${args[$name]} "${record[@]}" >"$logs/$name.log" 2>&1; then
     status=1
     echo "   FAILED (exit $?): $logs/$name.log"

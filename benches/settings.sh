@@ -35,7 +35,7 @@ for setting in ${SETTINGS:-10/20 5/5}; do
   fi
   echo "== epoch $epoch ms, watermark delay $delay ms${nofsync:+, acks from the page cache} ($(date +%T); $dir)"
   start_fresh "$dtss" "$dir"
-  DTSS_CONFIG=$dir/cluster.toml "$ROOT/benches/scenarios.sh" "$dtss" | tee "$dir/scenarios.log" || status=1
+  LABEL_PREFIX="$setting " DTSS_CONFIG=$dir/cluster.toml "$ROOT/benches/scenarios.sh" "$dtss" | tee "$dir/scenarios.log" || status=1
   stop
 done
 echo "per setting: $out"

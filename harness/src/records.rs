@@ -127,7 +127,7 @@ pub fn read(file: &Path) -> Result<Vec<Record>> {
 /// The records as a table, oldest first; only those labelled `label` when given.
 pub fn table(records: &[Record], label: Option<&str>) -> String {
     let mut out = format!(
-        "{:<17} {:<18} {:<12} {:>10} {:>14} {:>14} {:>8} {:>6}\n",
+        "{:<17} {:<18} {:<22} {:>10} {:>14} {:>14} {:>8} {:>6}\n",
         "started (UTC)",
         "commit",
         "label",
@@ -147,7 +147,7 @@ pub fn table(records: &[Record], label: Option<&str>) -> String {
             .map_or("-".into(), |v| format!("{v:.1}"));
         let steal = r.steal_pct.map_or("-".into(), |v| format!("{v:.0}%"));
         out += &format!(
-            "{:<17} {:<18} {:<12} {:>10.0} {:>14} {:>14} {:>8} {:>6}\n",
+            "{:<17} {:<18} {:<22} {:>10.0} {:>14} {:>14} {:>8} {:>6}\n",
             utc(r.started_at_ms),
             r.commit.chars().take(18).collect::<String>(),
             r.label,
