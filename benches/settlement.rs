@@ -107,17 +107,17 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    let settling: Vec<sinks::Settling> = batch
+    let settling: Vec<sinks::ReadyOrder> = batch
         .iter()
         .enumerate()
-        .map(|(i, o)| sinks::Settling {
+        .map(|(i, o)| sinks::ReadyOrder {
             offset: i as i64,
             epoch: 1,
             order: o.clone(),
             rates: Arc::new(table.clone()),
         })
         .collect();
-    let todo: Vec<&sinks::Settling> = settling.iter().collect();
+    let todo: Vec<&sinks::ReadyOrder> = settling.iter().collect();
     let mut s = stock();
     let decisions: Vec<model::Decision> = batch
         .iter()

@@ -5,7 +5,7 @@
 # (`dtss services tansu up`: one broker on SQLite, three on one PostgreSQL; built once into
 # ~/.cache/dtss/tansu, about 13 minutes on a machine that never built it), then 30 s of
 # each fuzz target (scripts/fuzz.sh), then a smoke bench (scripts/smoke-bench.sh), then
-# the three-host scenario (scripts/campaign.sh --rounds 1 --steady 60 host).
+# the three-host scenario (`dtss campaign --rounds 1 --steady 60 host`).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +56,7 @@ fi
 # `dtss check --accepted`.
 hosts=0
 if [[ $status -eq 0 ]]; then
-  DTSS_BIN="$dtss" scripts/campaign.sh --rounds 1 --steady 60 host || hosts=$?
+  "$dtss" campaign --rounds 1 --steady 60 host || hosts=$?
   [[ $hosts -eq 0 ]] || { echo "three-host scenario FAILED"; status=$hosts; }
 fi
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod broker;
+mod campaign;
 mod check;
 mod dead_letters;
 mod init;
@@ -143,6 +144,11 @@ enum Command {
     /// production), with `dtss up`'s restart policy; no config needed.
     #[command(after_help = exit::HELP)]
     Supervise(supervise::SuperviseArgs),
+    /// The fault campaign on the three hosts of scripts/hosts.sh (made fresh): each fault
+    /// under steady load through nginx, each round ending with a strict check; one table.
+    /// Exits 1 if any round lost or duplicated an order or did not recover.
+    #[command(after_help = exit::HELP)]
+    Campaign(campaign::CampaignArgs),
 }
 
 fn main() {
@@ -173,6 +179,10 @@ fn run(cli: Cli) -> Result<()> {
         let code = supervise::run(args)?;
         std::process::exit(code);
     }
+    if let Command::Campaign(args) = cli.command {
+        let passed = campaign::run(args)?;
+        std::process::exit(if passed { 0 } else { exit::FAILED });
+    }
     if let Command::Services { args, command } = cli.command {
         // The services need no config: one is read when it is there.
         // No secrets: the services make the MySQL password.
@@ -190,7 +200,10 @@ fn run(cli: Cli) -> Result<()> {
         .context("loading the cluster config (pass --config PATH, or run from the folder holding cluster.toml)")?;
     match cli.command {
         Command::Up(args) => multi_thread()?.block_on(up::up(cfg, args)),
-        Command::Services { .. } | Command::Supervise(_) | Command::Config => {
+        Command::Services { .. }
+        | Command::Supervise(_)
+        | Command::Config
+        | Command::Campaign(_) => {
             unreachable!("run before the config is read")
         }
         Command::Init { admin_token } => {
@@ -231,7 +244,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The config at `path`, with the secrets it leaves to files and the environment.
-fn read_config(path: &std::path::Path, sets: &[String]) -> Result<Config> {
+pub(crate) fn read_config(path: &std::path::Path, sets: &[String]) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let mut cfg = Config::parse_with(&text, path, sets)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use model::{Config, RateTable};
-use sinks::{HandOver, Outcome, Settling};
+use sinks::{HandOver, Outcome, ReadyOrder};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
@@ -35,7 +35,7 @@ pub(crate) fn settle<'s>(
     let interval = cfg.cluster.settle_interval;
     let epoch_ms = cfg.cluster.epoch_ms;
     let memory = RATE_MEMORY_MS / epoch_ms;
-    // Two: a transaction commits while the next one starts (`sinks::Settlement`).
+    // Two: a transaction commits while the next one starts (`sinks::TransactionPipeline`).
     let pool = sinks::connect(&cfg.mysql.urls, 2)?;
     let scope = orders.scope();
     Ok(orders
@@ -165,7 +165,7 @@ pub(crate) fn handover(
         for (offset, read) in reads {
             batch.next_offset = offset + 1;
             match read {
-                Ok(order) => batch.orders.push(Settling {
+                Ok(order) => batch.orders.push(ReadyOrder {
                     offset,
                     epoch,
                     rates: table_for(order.accepted_at.max(0) as u64 / epoch_ms.max(1)),

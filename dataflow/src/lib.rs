@@ -1,7 +1,7 @@
 //! The timely job (docs/DESIGN.md, "The flow" and "Time and rates"): per worker, a Kafka
 //! source for partition = worker index, a rate source (worker 0, fed by ZooKeeper
 //! watches, broadcast), a settle operator that hands closed epochs to its settlement
-//! thread (MySQL transactions through `sinks::Settlement`), and totals by epoch.
+//! thread (MySQL transactions through `sinks::TransactionPipeline`), and totals by epoch.
 //!
 //! Follow one order: `kafka.rs` (the reader thread) → `sources.rs` (its epoch) →
 //! `handover.rs` (the settle operator: joined with its epoch's rates once the epoch

@@ -1,7 +1,7 @@
 //! The worker's settlement thread. It takes every hand-over waiting as one, cuts it into
 //! batches of at most MAX_BATCH orders (the short last part taking in what arrives
 //! before its turn), and settles them in offset order through
-//! `sinks::Settlement` (while one commits, the next one starts). Batching adapts to the
+//! `sinks::TransactionPipeline` (while one commits, the next one starts). Batching adapts to the
 //! load: while no transaction is in flight, what waits is taken at once (a closed epoch
 //! settles without delay at low load); while one is, the next take waits until
 //! `settle_interval_ms` after the last (under load: fewer, larger transactions). Outcomes go back to the
@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sinks::{Batch, HandOver, Outcome, Pool, Settlement};
+use sinks::{Batch, HandOver, Outcome, Pool, TransactionPipeline};
 use timely::scheduling::SyncActivator;
 
 use crate::fail::die;
@@ -60,7 +60,7 @@ impl SettlementThread {
         let (handovers, rx) = crossbeam_channel::bounded::<HandOver>(IN_FLIGHT);
         let (done_tx, done) = crossbeam_channel::bounded(IN_FLIGHT);
         let rt = ore::current_thread_runtime()?;
-        let settlement = Settlement::new(pool, &topic, partition);
+        let settlement = TransactionPipeline::new(pool, &topic, partition);
         let thread = Thread {
             rt,
             settlement,
@@ -101,7 +101,7 @@ impl SettlementThread {
 /// The thread's own side.
 struct Thread {
     rt: tokio::runtime::Runtime,
-    settlement: Settlement,
+    settlement: TransactionPipeline,
     partition: i32,
     interval: Duration,
     rx: crossbeam_channel::Receiver<HandOver>,
@@ -112,7 +112,7 @@ struct Thread {
 /// What the thread keeps between batches.
 #[derive(Default)]
 struct Progress {
-    /// Batches not yet given to `Settlement`, each with the number of hand-overs it
+    /// Batches not yet given to `TransactionPipeline`, each with the number of hand-overs it
     /// completes; and those numbers for the batches given, in order, until their
     /// outcomes come back.
     queued: VecDeque<(Batch, usize)>,
@@ -121,7 +121,7 @@ struct Progress {
     given_at: VecDeque<(Instant, i64)>,
     outcomes: Vec<Outcome>,
     batches: u64,
-    /// `Settlement::view_counts` and `Settlement::poison_counts` as last reported.
+    /// `TransactionPipeline::view_counts` and `TransactionPipeline::poison_counts` as last reported.
     counted: (u64, u64),
     poisons: (u64, u64),
 }
@@ -245,7 +245,7 @@ fn observe_committed(partition: i32, out: &[Outcome], given: Option<(Instant, i6
     }
 }
 
-/// The next batch for `Settlement`: the next one queued, or every hand-over waiting merged
+/// The next batch for `TransactionPipeline`: the next one queued, or every hand-over waiting merged
 /// into one and cut into batches: at once when nothing is in flight, else once
 /// `next_take` has come. The last part of a cut, shorter than MAX_BATCH, takes in what
 /// waits when its turn comes: a large backlog goes as full batches, each commodity
@@ -343,7 +343,7 @@ mod tests {
     use std::sync::Arc;
 
     use model::{Currency, Item, OrderRequest, RateTable, Uuid};
-    use sinks::Settling;
+    use sinks::ReadyOrder;
 
     use super::*;
 
@@ -353,7 +353,7 @@ mod tests {
             rates: vec![],
         });
         let orders = offsets
-            .map(|offset| Settling {
+            .map(|offset| ReadyOrder {
                 offset,
                 epoch: 0,
                 order: OrderRequest {

@@ -10,7 +10,7 @@ pub(crate) struct Stats {
     orders: u64,
     batches: u64,
     /// Of the batches, those settled from the worker's view of the stock, and the
-    /// times that view was found stale (`sinks::Settlement::view_counts`).
+    /// times that view was found stale (`sinks::TransactionPipeline::view_counts`).
     from_view: u64,
     stale: u64,
     /// Messages kept as dead letters, and copies of settled orders skipped.

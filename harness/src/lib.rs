@@ -10,7 +10,7 @@ mod rate_delay;
 pub mod records;
 mod send;
 
-pub use bench::{bench, BenchOptions, BenchReport, Progress};
+pub use bench::{bench, cpu_ticks, BenchOptions, BenchReport, Progress};
 pub use check::{check, report, Verdict};
 pub use generate::OrderGen;
 pub use load::{post_orders, wait_settled, LoadReport, SettleSummary};

@@ -25,7 +25,7 @@ pub use query::{
 pub use schema::{ensure_schema, id_scheme};
 pub use settle::{
     holds, prepare_partition, record_hold, settle_batch, Batch, DeadLetter, HandOver, Hold, Line,
-    Outcome, SettleState, Settlement, Settling, Skipped, MAX_DEAD_BYTES,
+    Outcome, ReadyOrder, SettleState, Skipped, TransactionPipeline, MAX_DEAD_BYTES,
 };
 pub use settle::{items_text, parse_items_text, results_tsv};
 

@@ -5,12 +5,12 @@ mod common;
 
 use std::str::FromStr;
 
-use dtss_sinks::{SettleState, Settling};
+use dtss_sinks::{ReadyOrder, SettleState};
 use model::{Currency, Decimal, Item, Order, OrderRequest, RateTable, Reason, Uuid};
 use mysql_async::prelude::*;
 
-fn settling(offset: i64, o: &Order, rates: &RateTable) -> Settling {
-    Settling {
+fn settling(offset: i64, o: &Order, rates: &RateTable) -> ReadyOrder {
+    ReadyOrder {
         offset,
         epoch: 1,
         order: o.clone(),
@@ -37,7 +37,7 @@ async fn settle_next(
     orders: &[Order],
     rates: &RateTable,
 ) -> Vec<dtss_sinks::Outcome> {
-    let batch: Vec<Settling> = orders
+    let batch: Vec<ReadyOrder> = orders
         .iter()
         .enumerate()
         .map(|(i, o)| settling(*offset + i as i64, o, rates))
@@ -137,7 +137,7 @@ async fn settlement_keeps_its_connection_and_prepared_statements() {
     let mut view = SettleState::default();
     let orders: Vec<Order> = (0..60).map(|i| order("u-k", 2 - i % 2, 1)).collect();
     for (b, chunk) in orders.chunks(3).enumerate() {
-        let batch: Vec<Settling> = chunk
+        let batch: Vec<ReadyOrder> = chunk
             .iter()
             .enumerate()
             .map(|(i, o)| settling((3 * b + i) as i64, o, &rates))
@@ -487,7 +487,7 @@ async fn each_batch_is_logged_with_its_commit_time() {
     let mut state = SettleState::default();
     let orders: Vec<Order> = (0..5).map(|_| order("u-l", 2, 1)).collect();
     let t0 = model::now_ms();
-    let first: Vec<Settling> = (0..3)
+    let first: Vec<ReadyOrder> = (0..3)
         .map(|i| settling(i, &orders[i as usize], &rates))
         .collect();
     dtss_sinks::settle_batch(&pool, "orders", 1, &first, 3, &mut state)
@@ -498,7 +498,7 @@ async fn each_batch_is_logged_with_its_commit_time() {
         batches(&mut conn).await.unwrap().is_empty(),
         "written with the next batch"
     );
-    let second: Vec<Settling> = (3..5)
+    let second: Vec<ReadyOrder> = (3..5)
         .map(|i| settling(i, &orders[i as usize], &rates))
         .collect();
     dtss_sinks::settle_batch(&pool, "orders", 1, &second, 5, &mut state)
@@ -530,7 +530,7 @@ async fn a_replayed_batch_settles_only_what_was_not_committed() {
     let orders: Vec<Order> = (0..6).map(|_| order("u-p", 2, 1)).collect();
     // Offsets from..to, by a worker just started (no view of the stock yet).
     let settle = |from: usize, to: usize| {
-        let batch: Vec<Settling> = (from..to)
+        let batch: Vec<ReadyOrder> = (from..to)
             .map(|i| settling(i as i64, &orders[i], &rates))
             .collect();
         let pool = pool.clone();
@@ -614,7 +614,7 @@ async fn results_go_in_as_inserts_when_the_server_refuses_load_data() {
         .await
         .unwrap();
     let orders: Vec<Order> = (0..3).map(|i| order(&format!("u-i{i}\t"), 2, 1)).collect();
-    let batch: Vec<Settling> = orders
+    let batch: Vec<ReadyOrder> = orders
         .iter()
         .enumerate()
         .map(|(i, o)| settling(i as i64, o, &rates))
@@ -650,7 +650,7 @@ async fn batches(conn: &mut mysql_async::Conn) -> mysql_async::Result<Vec<BatchR
     .await
 }
 
-/// Batches for `Settlement`: B1 at offsets 0..3 takes 8 of item 2 and 2 of item 1; B2
+/// Batches for `TransactionPipeline`: B1 at offsets 0..3 takes 8 of item 2 and 2 of item 1; B2
 /// at 3..6 asks 3 of item 2 (2 left: rejected), 3 of item 1 and 2 of item 2 (both fit,
 /// from the stock as B1 leaves it); B3 at 6..8 finds nothing left.
 fn three_batches(rates: &RateTable) -> (Vec<dtss_sinks::Batch>, Vec<Vec<Option<Reason>>>) {
@@ -658,7 +658,7 @@ fn three_batches(rates: &RateTable) -> (Vec<dtss_sinks::Batch>, Vec<Vec<Option<R
         orders: items
             .iter()
             .enumerate()
-            .map(|(i, &(id, n))| Settling {
+            .map(|(i, &(id, n))| ReadyOrder {
                 offset: first + i as i64,
                 epoch: 1,
                 order: order("u-p", id, n),
@@ -734,9 +734,9 @@ async fn check_three_batches(pool: &dtss_sinks::Pool, ids: &[(String, i64)]) {
     assert_eq!(total, Some((Decimal::from_str("22.50").unwrap(), 5)));
 }
 
-/// Settle `batches` through one `Settlement`, returning each call's outcomes' reasons.
+/// Settle `batches` through one `TransactionPipeline`, returning each call's outcomes' reasons.
 async fn settle_all(
-    settlement: &mut dtss_sinks::Settlement,
+    settlement: &mut dtss_sinks::TransactionPipeline,
     batches: Vec<dtss_sinks::Batch>,
 ) -> Vec<Vec<Option<Reason>>> {
     let mut queue: std::collections::VecDeque<_> = batches.into();
@@ -760,7 +760,7 @@ async fn the_next_batch_writes_its_results_while_the_one_before_commits() {
         .unwrap();
     let settler_pool = pool.clone();
     let task = tokio::spawn(async move {
-        let mut settlement = dtss_sinks::Settlement::new(settler_pool, "orders", 0);
+        let mut settlement = dtss_sinks::TransactionPipeline::new(settler_pool, "orders", 0);
         let got = settle_all(&mut settlement, batches).await;
         settlement.flush().await.unwrap();
         (got, settlement)
@@ -854,7 +854,7 @@ async fn settle_with_a_commit_failing_once(tag: &str, next: i64) {
     ))
     .await
     .unwrap();
-    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let mut settlement = dtss_sinks::TransactionPipeline::new(pool.clone(), "orders", 0);
     let got = settle_all(&mut settlement, batches).await;
     let budget: Option<i32> = conn.query_first("SELECT n FROM fail_budget").await.unwrap();
     assert_eq!(budget, Some(0), "the injected failure happened");
@@ -868,7 +868,7 @@ async fn settle_with_a_commit_failing_once(tag: &str, next: i64) {
 /// A batch as the dataflow hands it over: `orders` at their offsets, `dead` letters,
 /// and the offset after its last message.
 fn batch_of(
-    orders: Vec<Settling>,
+    orders: Vec<ReadyOrder>,
     dead: Vec<dtss_sinks::DeadLetter>,
     next: i64,
 ) -> dtss_sinks::Batch {
@@ -909,7 +909,7 @@ async fn poisons_are_kept_as_dead_letters_and_copies_skipped_and_the_partition_g
         vec![],
         7,
     );
-    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let mut settlement = dtss_sinks::TransactionPipeline::new(pool.clone(), "orders", 0);
     let got = settle_all(&mut settlement, vec![first, second]).await;
     settlement.flush().await.unwrap();
     let invalid = Some(Reason::InvalidOrder);
@@ -1002,7 +1002,7 @@ async fn a_digest_of_any_bytes_is_stored_as_it_is_and_tells_a_retry() {
             4,
         ),
     ];
-    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let mut settlement = dtss_sinks::TransactionPipeline::new(pool.clone(), "orders", 0);
     let got = settle_all(&mut settlement, batches).await;
     settlement.flush().await.unwrap();
     assert_eq!(got, vec![vec![None, None], vec![]]);
@@ -1067,7 +1067,7 @@ async fn a_key_settles_once_and_another_order_under_it_is_a_conflict() {
             6,
         ),
     ];
-    let mut settlement = dtss_sinks::Settlement::new(pool.clone(), "orders", 0);
+    let mut settlement = dtss_sinks::TransactionPipeline::new(pool.clone(), "orders", 0);
     let got = settle_all(&mut settlement, batches).await;
     settlement.flush().await.unwrap();
     assert_eq!(got, vec![vec![None], vec![], vec![None]]);

@@ -26,6 +26,7 @@ use model::{Config, Uuid};
 use serde::Serialize;
 
 pub use report::{BenchReport, Percentiles, Second};
+pub use watch::cpu_ticks;
 
 use crate::send::{Tally, Target};
 use report::Counts;

@@ -161,7 +161,7 @@ async fn cpu_use(clock: Clock) -> Option<CpuUse> {
 }
 
 /// The aggregate `cpu` line of /proc/stat: (busy, steal, total) in ticks.
-fn cpu_ticks() -> Option<(u64, u64, u64)> {
+pub fn cpu_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let v: Vec<u64> = stat
         .lines()

@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use super::{DeadLetter, Settling, Skipped};
+use super::{DeadLetter, ReadyOrder, Skipped};
 
 /// A hand-over (DESIGN, "Glossary"): the orders of a partition's closed epochs that the
 /// settle operator gives the settlement thread at once. It has a batch's shape; the
@@ -13,7 +13,7 @@ pub type HandOver = Batch;
 /// settled; the copies of orders seen before; and the offset after its last message.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
-    pub orders: Vec<Settling>,
+    pub orders: Vec<ReadyOrder>,
     pub dead: Vec<DeadLetter>,
     pub skipped: Vec<Skipped>,
     pub next_offset: i64,

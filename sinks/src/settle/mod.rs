@@ -44,20 +44,20 @@ use model::{now_ms, Currency, Decimal, Order, RateTable, Reason};
 use mysql_async::prelude::*;
 
 pub use batch::{Batch, HandOver};
-pub use pipeline::Settlement;
+pub use pipeline::TransactionPipeline;
 pub use sql::{items_text, parse_items_text, results_tsv};
 pub use view::SettleState;
 
 /// An order ready to settle: where it was read, its epoch and the rates of that epoch.
 #[derive(Clone, Debug)]
-pub struct Settling {
+pub struct ReadyOrder {
     pub offset: i64,
     pub epoch: u64,
     pub order: Order,
     pub rates: Arc<RateTable>,
 }
 
-impl Settling {
+impl ReadyOrder {
     /// This message as a copy of an order whose id was settled (or met earlier in its
     /// batch) with digest `settled`: skipped, unless both are keyed orders that differ
     /// (another order sent under the same idempotency key). That is a dead letter
@@ -277,7 +277,7 @@ pub async fn settle_batch(
     pool: &Pool,
     topic: &str,
     partition: i32,
-    batch: &[Settling],
+    batch: &[ReadyOrder],
     next_offset: i64,
     state: &mut SettleState,
 ) -> Result<Vec<Outcome>> {

@@ -32,7 +32,7 @@ const STOCK_LINES_WAIT: std::time::Duration = std::time::Duration::from_millis(5
 /// A batch whose transaction is open on its connection (results written, rows locked).
 type Opened = (Batch, Conn, Open);
 
-pub struct Settlement {
+pub struct TransactionPipeline {
     pool: Pool,
     topic: String,
     partition: i32,
@@ -43,11 +43,11 @@ pub struct Settlement {
     waiting: Option<Batch>,
 }
 
-impl Settlement {
+impl TransactionPipeline {
     /// Settle `partition` of `topic` through `pool`, which must allow two connections:
     /// the second transaction in flight takes its own (with one, it would wait for ever).
-    pub fn new(pool: Pool, topic: &str, partition: i32) -> Settlement {
-        Settlement {
+    pub fn new(pool: Pool, topic: &str, partition: i32) -> TransactionPipeline {
+        TransactionPipeline {
             pool,
             topic: topic.to_string(),
             partition,

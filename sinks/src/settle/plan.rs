@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use model::idempotency::Digest;
 use model::{decide, Commodity, Currency, Decimal, Decision, Reason, SettleError, Uuid};
 
-use super::{DeadLetter, Line, Outcome, Settling, Skipped};
+use super::{DeadLetter, Line, Outcome, ReadyOrder, Skipped};
 
 /// The decision for one order against `stock` (applied to it), and the error that made
 /// it `invalid_order` when the rule could not settle it (no rate for a currency, an amount
 /// the result table cannot hold): such an order changes no stock.
 pub(super) fn decision(
-    s: &Settling,
+    s: &ReadyOrder,
     stock: &mut HashMap<u32, Commodity>,
 ) -> (Decision, Option<SettleError>) {
     match decide(&s.order, stock, &s.rates) {
@@ -52,7 +52,7 @@ pub(super) struct Open {
 
 impl Open {
     /// The orders it settles: the batch's from `todo_from` on, but for the copies.
-    pub(super) fn todo<'b>(&self, batch: &'b [Settling]) -> Vec<&'b Settling> {
+    pub(super) fn todo<'b>(&self, batch: &'b [ReadyOrder]) -> Vec<&'b ReadyOrder> {
         batch[self.todo_from..]
             .iter()
             .filter(|s| !self.copies.contains_key(&s.order.order_id))
@@ -61,10 +61,10 @@ impl Open {
 
     /// Every copy it skips: those of `in_batch` (ids twice in the batch) and those whose
     /// id already had a result; but a copy of another order under the same idempotency
-    /// key is a dead letter (`Settling::copy_of`).
+    /// key is a dead letter (`ReadyOrder::copy_of`).
     pub(super) fn copies_in(
         &self,
-        batch: &[Settling],
+        batch: &[ReadyOrder],
         in_batch: &[Skipped],
     ) -> (Vec<Skipped>, Vec<DeadLetter>) {
         let (mut skipped, mut conflicts) = (in_batch.to_vec(), vec![]);
@@ -104,7 +104,7 @@ pub(super) struct Plan {
 /// Decide `todo` (`open.todo` of the batch) against `open`'s stock; `dead` and `skipped`
 /// are the batch's other messages.
 pub(super) fn plan(
-    todo: &[&Settling],
+    todo: &[&ReadyOrder],
     open: Open,
     dead: &[DeadLetter],
     skipped: Vec<Skipped>,
@@ -191,7 +191,7 @@ pub(super) fn plan(
 
 /// Why the rule cannot settle `s`: decided again against `stock`'s prices with all the
 /// units it could ask for (what makes an order unsettleable does not depend on stock).
-fn why_invalid(s: &Settling, stock: &HashMap<u32, Commodity>) -> Option<SettleError> {
+fn why_invalid(s: &ReadyOrder, stock: &HashMap<u32, Commodity>) -> Option<SettleError> {
     let mut plenty: HashMap<u32, Commodity> = s
         .order
         .items
@@ -247,7 +247,7 @@ mod tests {
         })
     }
 
-    fn settling(offset: i64, initiator: &str, items: &[(u32, u32)]) -> Settling {
+    fn settling(offset: i64, initiator: &str, items: &[(u32, u32)]) -> ReadyOrder {
         let order = OrderRequest {
             user_id: "u".into(),
             initiator: cur(initiator),
@@ -258,7 +258,7 @@ mod tests {
             time: None,
         }
         .accept(Uuid::now_v7(), 1_000);
-        Settling {
+        ReadyOrder {
             offset,
             epoch: 7,
             order,
@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(todo.len(), 1);
         assert_eq!(todo[0].offset, 1);
         let (copies, conflicts) = open.copies_in(&batch, &[]);
-        let skipped = |s: &Settling| Skipped {
+        let skipped = |s: &ReadyOrder| Skipped {
             offset: s.offset,
             order_id: s.order.order_id,
         };
@@ -445,7 +445,7 @@ mod tests {
         }
     }
 
-    fn refs(batch: &[Settling]) -> Vec<&Settling> {
+    fn refs(batch: &[ReadyOrder]) -> Vec<&ReadyOrder> {
         batch.iter().collect()
     }
 }

@@ -11,7 +11,7 @@ use model::{Order, Reason};
 
 use super::plan::Plan;
 use super::record::Committed;
-use super::Settling;
+use super::ReadyOrder;
 
 /// The columns a result row is written with, in the order `results_insert` and
 /// `results_tsv` give them, but for the last: the digest of a keyed order.
@@ -230,7 +230,7 @@ fn totals_delta(sql: &mut String, partition: i32, plan: &Plan) {
 /// neighbouring places of the B-tree one after the other: loading a batch so costs
 /// MariaDB about a quarter less than in the order the orders came
 /// (docs/decisions/user-tagged-ids.md).
-fn key_order(todo: &[&Settling]) -> Vec<usize> {
+fn key_order(todo: &[&ReadyOrder]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..todo.len()).collect();
     order.sort_by_key(|&i| todo[i].order.order_id);
     order
@@ -242,7 +242,7 @@ fn key_order(todo: &[&Settling]) -> Vec<usize> {
 /// settlement thread's largest cost at full speed (docs/PERFORMANCE.md). Public for
 /// `benches/settlement.rs`.
 pub fn results_tsv(
-    todo: &[&Settling],
+    todo: &[&ReadyOrder],
     decisions: &[model::Decision],
     partition: i32,
     settled_at: i64,
@@ -337,7 +337,7 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
 /// One multi-row insert of `todo`'s results, for a server that refuses LOAD DATA LOCAL:
 /// one round trip whatever the batch's size. User ids go in as hex.
 pub(super) fn results_insert(
-    todo: &[&Settling],
+    todo: &[&ReadyOrder],
     decisions: &[model::Decision],
     partition: i32,
     settled_at: i64,
@@ -377,7 +377,7 @@ pub(super) fn results_insert(
 
 /// The committed results of `batch` at its partition (read back after a commit whose
 /// answer was lost; a copy's original, settled elsewhere, is not the batch's).
-pub(super) fn committed_results(batch: &[Settling], partition: i32) -> String {
+pub(super) fn committed_results(batch: &[ReadyOrder], partition: i32) -> String {
     format!(
         "SELECT order_id, initiator, reason, paid, epoch, accepted_at, settled_at, items FROM result \
          WHERE `partition` = {partition} AND order_id IN ({})",
@@ -386,7 +386,7 @@ pub(super) fn committed_results(batch: &[Settling], partition: i32) -> String {
 }
 
 /// The ids of `orders` that have a result, and the digests those results were settled with.
-pub(super) fn existing_results(orders: &[Settling]) -> String {
+pub(super) fn existing_results(orders: &[ReadyOrder]) -> String {
     format!(
         "SELECT order_id, digest FROM result WHERE order_id IN ({})",
         join(orders.iter().map(|s| format!("'{}'", s.order.order_id)))
@@ -520,7 +520,7 @@ mod tests {
 
     use super::*;
 
-    fn settling(user: &str, time: Option<i64>) -> Settling {
+    fn settling(user: &str, time: Option<i64>) -> ReadyOrder {
         let order = OrderRequest {
             user_id: user.into(),
             initiator: Currency::from_str("USD").unwrap(),
@@ -528,7 +528,7 @@ mod tests {
             time,
         }
         .accept(Uuid::nil(), 1_000);
-        Settling {
+        ReadyOrder {
             offset: 41,
             epoch: 100,
             order,
@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn rows_are_written_in_order_id_order_each_with_its_own_decision() {
         let ids = ["c0000000", "0a000000", "b1000000", "0a000001"];
-        let rows: Vec<Settling> = ids
+        let rows: Vec<ReadyOrder> = ids
             .iter()
             .map(|id| {
                 let mut s = settling(id, None);
@@ -595,7 +595,7 @@ mod tests {
                 s
             })
             .collect();
-        let all: Vec<&Settling> = rows.iter().collect();
+        let all: Vec<&ReadyOrder> = rows.iter().collect();
         let decisions = [PAID, SHORT, PAID, SHORT];
         let tsv = String::from_utf8(results_tsv(&all, &decisions, 0, 1)).unwrap();
         let written: Vec<(&str, &str, &str)> = tsv

@@ -15,7 +15,7 @@ use super::batch::Batch;
 use super::plan::{plan, Open, Plan};
 use super::record::Committed;
 use super::view::SettleState;
-use super::{sql, DeadLetter, Line, Outcome, Settling, Skipped};
+use super::{sql, DeadLetter, Line, Outcome, ReadyOrder, Skipped};
 
 /// MySQL's "Duplicate entry … for key" and "Column … cannot be null".
 const ER_DUP_ENTRY: u16 = 1062;
@@ -101,7 +101,7 @@ pub(super) struct Target<'a> {
     pub topic: &'a str,
     pub partition: i32,
     /// Its orders, each id once.
-    pub batch: &'a [Settling],
+    pub batch: &'a [ReadyOrder],
     pub dead: &'a [DeadLetter],
     pub skipped: &'a [Skipped],
     pub next_offset: i64,
@@ -383,7 +383,7 @@ async fn write_guesses(
     let Target {
         partition, batch, ..
     } = target;
-    let all: Vec<&Settling> = batch.iter().collect();
+    let all: Vec<&ReadyOrder> = batch.iter().collect();
     let (guessed, left) = state.guess(&all, ids);
     let begin = format!("{}; ", sql::BEGIN);
     if !batch.is_empty()
@@ -432,7 +432,7 @@ async fn write_guesses(
     // Orders at or above the stored offset whose id has a result are copies of orders
     // settled before (a producer retry, a re-produce, a replay): skipped.
     let copies = settled_ids(conn, &batch[from..]).await?;
-    let todo: Vec<&Settling> = batch[from..]
+    let todo: Vec<&ReadyOrder> = batch[from..]
         .iter()
         .filter(|s| !copies.contains_key(&s.order.order_id))
         .collect();
@@ -455,7 +455,7 @@ async fn write_guesses(
 /// The ids of `orders` that have a result, with the digest it was settled with.
 async fn settled_ids(
     conn: &mut mysql_async::Conn,
-    orders: &[Settling],
+    orders: &[ReadyOrder],
 ) -> Result<HashMap<Uuid, Option<Digest>>, Failure> {
     if orders.is_empty() {
         return Ok(HashMap::new());
@@ -591,7 +591,7 @@ pub(super) async fn finish_on(
 async fn write_results(
     conn: &mut mysql_async::Conn,
     prefix: &str,
-    todo: &[&Settling],
+    todo: &[&ReadyOrder],
     decisions: &[Decision],
     partition: i32,
     settled_at: i64,

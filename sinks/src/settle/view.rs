@@ -15,7 +15,7 @@ use mysql_async::prelude::*;
 
 use super::plan::{decision, Plan};
 use super::record::Committed;
-use super::{Outcome, Settling};
+use super::{Outcome, ReadyOrder};
 
 /// What a partition's settlement carries from one batch to the next.
 #[derive(Default)]
@@ -111,7 +111,7 @@ impl SettleState {
     /// view): the decisions, and the stock of `ids` they leave.
     pub(super) fn guess(
         &self,
-        todo: &[&Settling],
+        todo: &[&ReadyOrder],
         ids: &BTreeSet<u32>,
     ) -> (Vec<Decision>, HashMap<u32, Commodity>) {
         let mut view: HashMap<u32, Commodity> = ids
