@@ -1,10 +1,11 @@
 //! Domain types shared by every DTSS crate: orders and their validation, currencies
-//! and exact money, rates, the settlement rule, the Kafka wire format, the
+//! and exact money, rates, the settlement rule and the decider's state machine, the Kafka wire format, the
 //! `cluster.toml` configuration and the exit codes (docs/DESIGN.md names each).
 
 mod body;
 pub mod config;
 mod currency;
+pub mod decider;
 pub mod exit;
 pub mod exposition;
 pub mod idempotency;
@@ -18,7 +19,9 @@ pub use config::{redact_url, Config, Retention};
 pub use currency::Currency;
 pub use ids::IdScheme;
 pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
-pub use rule::{decide, paid, payable, Commodity, Decision, RateTable, Reason, SettleError};
+pub use rule::{
+    decide, paid, payable, refusal, Commodity, Decision, RateTable, Reason, SettleError,
+};
 pub use rust_decimal::Decimal;
 pub use uuid::Uuid;
 

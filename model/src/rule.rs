@@ -170,13 +170,14 @@ pub fn decide(
         reason: Some(reason),
         paid: Decimal::ZERO,
     };
+    // Unknown items before the lines are merged: an unknown id is rejected, not an error.
     if order.items.iter().any(|it| !stock.contains_key(&it.id)) {
         return Ok(rejected(Reason::UnknownItem));
     }
     let demand =
         crate::order::merge_items(order.items.iter().copied()).map_err(SettleError::TooMany)?;
-    if demand.iter().any(|it| stock[&it.id].inventory < it.number) {
-        return Ok(rejected(Reason::InsufficientInventory));
+    if let Some(reason) = refusal(&demand, |id| stock.get(&id).map(|c| c.inventory)) {
+        return Ok(rejected(reason));
     }
     let paid = paid(
         order.items.iter().map(|it| {
@@ -191,6 +192,21 @@ pub fn decide(
         c.inventory = c.inventory.checked_sub(it.number).expect("checked above");
     }
     Ok(Decision { reason: None, paid })
+}
+
+/// The stock half of the rule, for `demand` (an order's lines, one per id): why it cannot
+/// be taken from the inventories `have` gives (None for an unknown id), if it cannot.
+/// Unknown items first, then insufficient inventory.
+pub fn refusal(demand: &[crate::Item], have: impl Fn(u32) -> Option<u32>) -> Option<Reason> {
+    let mut levels = Vec::with_capacity(demand.len());
+    for it in demand {
+        match have(it.id) {
+            Some(n) => levels.push(n),
+            None => return Some(Reason::UnknownItem),
+        }
+    }
+    let short = demand.iter().zip(levels).any(|(it, n)| n < it.number);
+    short.then_some(Reason::InsufficientInventory)
 }
 
 #[cfg(test)]
