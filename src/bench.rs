@@ -71,6 +71,10 @@ struct LoadBench {
     /// Zipf exponent of item popularity, e.g. 1.0 (hot commodities contend); default uniform.
     #[arg(long)]
     zipf: Option<f64>,
+    /// The contended workload: a tenth of the orders take one of ten commodities (ids
+    /// 1–10), whose stock runs out in a long enough run.
+    #[arg(long)]
+    contended: bool,
     /// Base URL of an ingest replica; default: http://{ingest.listen}.
     #[arg(long)]
     url: Option<String>,
@@ -196,6 +200,7 @@ fn options(cfg: &Config, a: &LoadBench) -> Result<harness::BenchOptions> {
         rate_changes_per_s: a.rate_changes_per_s,
         seed: a.seed,
         zipf: a.zipf,
+        contended: a.contended,
         keys: !a.no_idempotency_keys,
     })
 }

@@ -123,6 +123,10 @@ enum Command {
         /// Seconds to let published totals catch up.
         #[arg(long, default_value_t = 10)]
         wait: u64,
+        /// Also decide every result again in the order of its place (epoch, partition,
+        /// offset) from the initial stock, and compare (outcomes from the log alone).
+        #[arg(long)]
+        in_order: bool,
     },
     /// The messages of the topic that could not be settled (undecodable, invalid,
     /// unsettleable, or another order under a used idempotency key), as kept in MySQL: a
@@ -231,10 +235,15 @@ fn run(cli: Cli) -> Result<()> {
         } => worker::run(cfg, process, metrics_listen),
         Command::Load(args) => multi_thread()?.block_on(load::load(&cfg, &args)),
         Command::Rates(cmd) => multi_thread()?.block_on(rates::run(&cfg, cmd)),
-        Command::Check { accepted, wait } => multi_thread()?.block_on(check::run(
+        Command::Check {
+            accepted,
+            wait,
+            in_order,
+        } => multi_thread()?.block_on(check::run(
             &cfg,
             accepted.as_deref(),
             Duration::from_secs(wait),
+            in_order,
         )),
         Command::DeadLetters(args) => multi_thread()?.block_on(dead_letters::run(&cfg, args)),
         // One thread, like ingest: the load generator's requests and their answers meet

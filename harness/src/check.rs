@@ -18,7 +18,7 @@ pub struct Verdict {
     pub detail: String,
 }
 
-fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Verdict {
+pub(crate) fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Verdict {
     let ok = problems.is_empty();
     let detail = if ok {
         ok_detail
@@ -443,6 +443,8 @@ mod tests {
             accepted_at: epoch as i64,
             items: items.into(),
             reason: (!success).then(|| "insufficient_inventory".into()),
+            partition: 0,
+            offset: 0,
         }
     }
 

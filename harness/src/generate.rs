@@ -11,7 +11,13 @@ pub struct OrderGen {
     users: u32,
     currencies: Vec<String>,
     zipf: Option<Zipf<f64>>,
+    contended: bool,
 }
+
+/// The contended workload: this share of the orders takes one of `HOT` commodities
+/// (ids 1..=HOT), whose stock runs out in a long enough run.
+pub const HOT_SHARE: f64 = 0.1;
+pub const HOT: u32 = 10;
 
 impl OrderGen {
     pub fn new(seed: u64, items: u32, currencies: Vec<String>) -> OrderGen {
@@ -21,7 +27,15 @@ impl OrderGen {
             users: 10_000,
             currencies,
             zipf: None,
+            contended: false,
         }
+    }
+
+    /// A tenth of the orders on ten commodities (`HOT_SHARE`, `HOT`): their first line is
+    /// one of ids 1..=10.
+    pub fn contended(mut self) -> OrderGen {
+        self.contended = true;
+        self
     }
 
     /// Draw items with Zipf popularity of exponent `s` (e.g. 1.0) instead of uniformly.
@@ -45,6 +59,10 @@ impl OrderGen {
         let n = self.rng.random_range(1..=5usize.min(self.items as usize));
         let mut ids = [0u32; 5];
         let mut len = 0;
+        if self.contended && self.rng.random_bool(HOT_SHARE) {
+            ids[0] = self.rng.random_range(1..=HOT.min(self.items));
+            len = 1;
+        }
         while len < n {
             let id = self.item();
             if !ids[..len].contains(&id) {
@@ -77,6 +95,21 @@ impl OrderGen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenth_of_contended_orders_start_with_a_hot_commodity() {
+        let mut g = OrderGen::new(3, 1_000, vec!["EUR".into()]).contended();
+        let hot = (0..10_000)
+            .filter(|_| {
+                let body = g.next_body();
+                let first = body.split(r#"{"id":"#).nth(1).unwrap();
+                let id: u32 = first.split(',').next().unwrap().parse().unwrap();
+                id <= HOT
+            })
+            .count();
+        // 10 % chosen hot, plus the uniform draws that land on ids 1..=10 (1 %).
+        assert!((950..=1_250).contains(&hot), "{hot}");
+    }
 
     fn item_counts(gen: &mut OrderGen, orders: usize) -> Vec<u64> {
         let mut counts = vec![0u64; gen.items as usize + 1];

@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod generate;
+mod in_order;
 mod load;
 mod plot;
 mod rate_delay;
@@ -13,6 +14,7 @@ mod send;
 pub use bench::{bench, cpu_ticks, BenchOptions, BenchReport, Progress};
 pub use check::{check, report, Verdict};
 pub use generate::OrderGen;
+pub use in_order::decisions_in_place_order;
 pub use load::{post_orders, wait_settled, LoadReport, SettleSummary};
 pub use plot::{html, medians, table};
 pub use rate_delay::{rate_delay, RateDelayReport};

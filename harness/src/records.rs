@@ -42,6 +42,9 @@ pub struct Settings {
     pub steady_s: f64,
     pub partitions: usize,
     pub zipf: Option<f64>,
+    /// The contended workload (`--contended`).
+    #[serde(default)]
+    pub contended: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +80,7 @@ impl Record {
                 steady_s: o.steady_s,
                 partitions: report.partitions,
                 zipf: o.zipf,
+                contended: o.contended,
             },
             figures: Figures {
                 settled_per_s: report.throughput.settled_per_s,
@@ -204,6 +208,7 @@ mod tests {
                 steady_s: 20.0,
                 partitions: 2,
                 zipf: None,
+                contended: false,
             },
             figures: Figures {
                 settled_per_s: settled,

@@ -207,9 +207,7 @@ mod tests {
             got.extend(pieces.decide(&mut piece).unwrap());
         }
         assert_eq!(got, expected);
-        assert!(expected
-            .iter()
-            .any(|v| *v == Verdict::Refused(Reason::InsufficientInventory)));
+        assert!(expected.contains(&Verdict::Refused(Reason::InsufficientInventory)));
         assert!((0..10).all(|id| whole.inventory(id) == pieces.inventory(id)));
     }
 }

@@ -18,7 +18,7 @@ pub mod wire;
 pub use config::{redact_url, Config, Retention};
 pub use currency::Currency;
 pub use ids::IdScheme;
-pub use order::{validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
+pub use order::{merge_items, validate_order, FieldError, Item, Order, OrderRequest, MAX_ITEMS};
 pub use rule::{
     decide, paid, payable, refusal, Commodity, Decision, RateTable, Reason, SettleError,
 };

@@ -118,7 +118,7 @@ impl Order {
 
 /// `items` with the same id twice merged (numbers added), in first-seen order; Err with
 /// the id whose total passes u32.
-pub(crate) fn merge_items(items: impl IntoIterator<Item = Item>) -> Result<Vec<Item>, u32> {
+pub fn merge_items(items: impl IntoIterator<Item = Item>) -> Result<Vec<Item>, u32> {
     let mut merged: Vec<Item> = Vec::new();
     for it in items {
         match merged.iter_mut().find(|m| m.id == it.id) {

@@ -49,6 +49,8 @@ pub struct AuditResult {
     pub items: String,
     /// Why it failed (`Reason::as_str`), if it did.
     pub reason: Option<String>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Where one message of a partition went: a result, a skipped copy or a dead letter.
@@ -216,11 +218,13 @@ pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
         i64,
         String,
         Option<String>,
+        i32,
+        i64,
     );
     let rows: Vec<Row> = conn
         .query(
             "SELECT order_id, initiator, success, paid, rate_version, epoch, accepted_at, \
-             items, reason FROM result",
+             items, reason, `partition`, `offset` FROM result",
         )
         .await
         .context("reading results")?;
@@ -237,6 +241,8 @@ pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
                 accepted_at,
                 items,
                 reason,
+                partition,
+                offset,
             )| {
                 AuditResult {
                     order_id,
@@ -248,6 +254,8 @@ pub async fn audit_results(pool: &Pool) -> Result<Vec<AuditResult>> {
                     accepted_at,
                     items,
                     reason,
+                    partition,
+                    offset,
                 }
             },
         )

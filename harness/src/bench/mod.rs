@@ -47,6 +47,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Zipf exponent of item popularity (hot commodities contend); None: uniform.
     pub zipf: Option<f64>,
+    /// The contended workload: a tenth of the orders on ten commodities.
+    pub contended: bool,
     /// Send every order with an idempotency key of its own (its retries carry it).
     pub keys: bool,
 }

@@ -32,6 +32,9 @@ pub(super) async fn send_all(
         if let Some(s) = opts.zipf {
             gen = gen.with_zipf(s)?;
         }
+        if opts.contended {
+            gen = gen.contended();
+        }
         let loop_ = Loop {
             sender: target.sender(),
             gen,
