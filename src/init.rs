@@ -32,11 +32,35 @@ pub async fn init(cfg: &Config) -> Result<()> {
     if n > 0 {
         tracing::info!("loaded a catalogue of {n} commodities");
     }
-    pool.disconnect().await.ok();
     let zk = rates::connect(cfg, Duration::from_secs(30)).await?;
     rates::seed_rates(&zk, cfg).await?;
+    first_rates(&pool, &zk, cfg).await?;
+    pool.disconnect().await.ok();
     if !cfg.kafka.brokers.is_empty() {
         dataflow::ensure_topic(cfg).await?;
     }
+    Ok(())
+}
+
+/// A database without rate history records ZooKeeper's rates as version 1, in force from
+/// epoch 0: every order in the log has rates of its own epoch, so a log settled into a
+/// fresh database gives the same outcomes whenever it is read.
+async fn first_rates(pool: &sinks::Pool, zk: &rates::Client, cfg: &Config) -> Result<()> {
+    if sinks::latest_rates(pool).await?.is_some() {
+        return Ok(());
+    }
+    let mut table = vec![];
+    for stored in rates::read_stored(zk, cfg).await? {
+        let rate = stored.rate.map_err(|why| {
+            anyhow::anyhow!(
+                "the rate of {} in ZooKeeper, {:?}: {why}",
+                stored.currency,
+                stored.text
+            )
+        })?;
+        table.push((stored.currency, rate));
+    }
+    sinks::record_rates(pool, 1, 0, &table).await?;
+    tracing::info!("recorded the first rates (version 1, from epoch 0)");
     Ok(())
 }

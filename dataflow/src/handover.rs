@@ -97,7 +97,12 @@ pub(crate) fn settle<'s>(
                     return;
                 };
                 out.push_back(least);
-                settler.send(handover(epochs, &tables, epoch_ms));
+                // Every epoch before the orders' frontier is closed; with none (the
+                // source stopped), every epoch handed over.
+                let last = epochs.last().map_or(0, |(e, _)| e + 1);
+                let mut h = handover(epochs, &tables, epoch_ms);
+                h.next_epoch = f_orders.frontier().first().copied().unwrap_or(last);
+                settler.send(h);
                 if let Some(&open) = f_orders.frontier().first() {
                     keep_from(&mut tables, open.saturating_sub(memory));
                 }

@@ -78,6 +78,7 @@ pub fn spawn_reader(
     tx: Sender<Vec<Read>>,
     wake: impl Fn() + Send + 'static,
     stop: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
     checks: Checks,
 ) -> Result<std::thread::JoinHandle<()>> {
     let consumer = consumer(&bootstrap)?;
@@ -125,6 +126,7 @@ pub fn spawn_reader(
         lag_logged: Instant::now(),
         checks,
         held: None,
+        caught_up,
     };
     std::thread::Builder::new()
         .name(format!("kafka-p{partition}"))
@@ -154,6 +156,11 @@ struct Reader<W> {
     checks: Checks,
     /// Set when a message of a newer format was read: nothing more is read.
     held: Option<Hold>,
+    /// Whether the reader has nothing more to read now: it handed over everything up to
+    /// the partition's end as the broker last reported it, or its window is full. Only
+    /// then may the order source close epochs by the clock (`sources::order_source`);
+    /// while it reads, the log's own epochs close them.
+    caught_up: Arc<AtomicBool>,
 }
 
 impl<W: Fn()> Reader<W> {
@@ -198,6 +205,8 @@ impl<W: Fn()> Reader<W> {
                 (self.wake)();
             }
         }
+        // A full window must not wait for an epoch that only more reading would close.
+        self.caught_up.store(true, Ordering::Release);
         let since = Instant::now();
         let mut logged: Option<Instant> = None;
         while self.window.full(self.expected) && !self.stop.load(Ordering::Relaxed) {
@@ -271,8 +280,12 @@ impl<W: Fn()> Reader<W> {
                 tracing::warn!(partition = self.partition, "Kafka consumer error: {e}");
                 return false;
             }
-            None => return false,
+            None => {
+                self.note_end();
+                return false;
+            }
         };
+        self.caught_up.store(false, Ordering::Release);
         let offset = msg.offset();
         if offset < self.expected {
             return true; // a re-delivery after a fetch retry
@@ -287,6 +300,22 @@ impl<W: Fn()> Reader<W> {
         self.expected = offset + 1;
         self.chunk.push((offset, read));
         true
+    }
+
+    /// After a poll that found nothing: caught up if everything read is handed over and
+    /// nothing lies between it and the partition's end (one round trip to the broker,
+    /// once per burst of messages). A broker that does not answer has nothing to read.
+    fn note_end(&self) {
+        if !self.chunk.is_empty() || self.caught_up.load(Ordering::Relaxed) {
+            return;
+        }
+        let end =
+            self.consumer
+                .fetch_watermarks(&self.topic, self.partition, Duration::from_millis(500));
+        if end.is_err() || end.is_ok_and(|(_, high)| self.expected >= high) {
+            self.caught_up.store(true, Ordering::Release);
+            (self.wake)();
+        }
     }
 
     /// The message at `offset` as an order, or the dead letter it makes; Err when it is
@@ -342,6 +371,9 @@ impl<W: Fn()> Reader<W> {
         if !self.chunk.is_empty() && self.tx.send(std::mem::take(&mut self.chunk)).is_ok() {
             (self.wake)();
         }
+        // Nothing more will be read: what was read settles as its epochs close by the clock.
+        self.caught_up.store(true, Ordering::Release);
+        (self.wake)();
         let mut said = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));

@@ -282,6 +282,7 @@ fn merge(parts: impl Iterator<Item = (HandOver, usize)>) -> (Batch, usize) {
         merged.dead.extend(b.dead);
         merged.skipped.extend(b.skipped);
         merged.next_offset = b.next_offset;
+        merged.next_epoch = merged.next_epoch.max(b.next_epoch);
         n += ends;
     }
     (merged, n)
@@ -299,6 +300,7 @@ fn batches_of(batch: HandOver, handovers: usize) -> Vec<(Batch, usize)> {
         dead,
         skipped,
         next_offset,
+        next_epoch,
     } = batch;
     let chunks = orders.len().div_ceil(MAX_BATCH);
     let mut orders = orders.into_iter();
@@ -307,16 +309,19 @@ fn batches_of(batch: HandOver, handovers: usize) -> Vec<(Batch, usize)> {
         .map(|i| {
             let chunk: Vec<_> = orders.by_ref().take(MAX_BATCH).collect();
             let last = i + 1 == chunks;
-            let end = if last {
-                next_offset
+            // Orders after a chunk that is not the last may share its last epoch.
+            let (end, next_epoch) = if last {
+                (next_offset, next_epoch)
             } else {
-                chunk.last().expect("non-empty").offset + 1
+                let l = chunk.last().expect("non-empty");
+                (l.offset + 1, l.epoch)
             };
             let batch = Batch {
                 orders: chunk,
                 dead: take_below(&mut dead, end, |d| d.offset, last),
                 skipped: take_below(&mut skipped, end, |s| s.offset, last),
                 next_offset: end,
+                next_epoch,
             };
             (batch, if last { handovers } else { 0 })
         })

@@ -3,8 +3,11 @@
 //! - `order_source`: the worker's Kafka partition, as `(offset, order)` at event-time
 //!   epochs. An order's epoch never goes below the source's frontier nor below the
 //!   previous order's, and never ahead of the wall clock (`order_epoch`): closed epochs
-//!   are always a prefix of the partition. The frontier follows the wall clock less the
-//!   watermark delay.
+//!   are always a prefix of the partition. While the reader has more to read (a backlog,
+//!   a replay), the frontier is the last order's epoch: epochs close by the log alone, so
+//!   every order keeps the epoch its place in the log gives it. Once the reader is caught
+//!   up, the frontier follows the wall clock less the watermark delay (an order read
+//!   after that is late: it goes to the next open epoch, recorded with its result).
 //! - `rate_source`: rate tables from ZooKeeper watches, on worker 0 only, each distinct
 //!   table with the next version, recorded in `rate_history` before any order can use
 //!   it, at the epoch it was observed in.
@@ -40,6 +43,8 @@ pub(crate) fn order_source<'s>(
     cfg: &Config,
     rx: crossbeam_channel::Receiver<Vec<Read>>,
     stop: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
+    next_epoch: u64,
 ) -> (StreamVec<'s, u64, Read>, SyncActivator) {
     let cfg = cfg.clone();
     let mut wake = None;
@@ -51,11 +56,16 @@ pub(crate) fn order_source<'s>(
             let mut tick = Tick::new(scope.activator_for(info.address.clone()));
             let delay = cfg.cluster.watermark_delay.as_millis() as i64;
             let mut cap = Some(cap);
-            let mut floor = 0u64;
+            // No order goes to an epoch this partition closed before (`next_epoch`, as
+            // stored with the partition's offset).
+            let mut floor = next_epoch;
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 let now = now_ms();
                 let wall = cfg.epoch_of(now);
+                // Read before the channel: what the reader sent before it was caught up
+                // is emitted before the clock may close anything.
+                let reader_idle = caught_up.load(Ordering::Acquire);
                 let mut disconnected = false;
                 loop {
                     let chunk = match rx.try_recv() {
@@ -89,8 +99,11 @@ pub(crate) fn order_source<'s>(
                     cap = None;
                     return;
                 }
-                let watermark = cfg.epoch_of(now - delay).max(*c.time());
-                c.downgrade(&watermark);
+                let watermark = match reader_idle {
+                    true => cfg.epoch_of(now - delay).max(floor),
+                    false => floor,
+                };
+                c.downgrade(&watermark.max(*c.time()));
                 if !stop.load(Ordering::Relaxed) {
                     // Run again when the next epoch closes, not an epoch from now: that was
                     // up to one epoch late.

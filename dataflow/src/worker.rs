@@ -37,7 +37,8 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let index = worker.index();
     let partition = index as i32;
     let db = Rc::new(Db::connect(&cfg)?);
-    let start = prepare(&db, &cfg, partition)?;
+    let (start, next_epoch) = prepare(&db, &cfg, partition)?;
+    let caught_up = Arc::new(AtomicBool::new(false));
     let (order_tx, order_rx) = crossbeam_channel::bounded::<Vec<Read>>(8);
     let (rate_tx, rate_rx) = crossbeam_channel::unbounded::<Vec<(Currency, Decimal)>>();
     let stats = Rc::new(RefCell::new(Stats::default()));
@@ -50,7 +51,14 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     let peers = worker.peers();
 
     let (order_wake, rate_wake) = worker.dataflow::<u64, _, _>(|scope| {
-        let (orders, order_wake) = order_source(scope, &cfg, order_rx, ctx.stop.clone());
+        let (orders, order_wake) = order_source(
+            scope,
+            &cfg,
+            order_rx,
+            ctx.stop.clone(),
+            caught_up.clone(),
+            next_epoch,
+        );
         let (rates, rate_wake) =
             rate_source(scope, &cfg, index, rate_rx, db.clone(), ctx.stop.clone());
         let outcomes =
@@ -81,6 +89,7 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
         order_tx,
         wake,
         ctx.stop.clone(),
+        caught_up,
         checks,
     )?;
     if index == 0 {
@@ -102,8 +111,9 @@ pub fn run_worker(worker: &mut Worker, ctx: WorkerContext) -> Result<()> {
     Ok(())
 }
 
-/// Make the partition's rows in MySQL and return its stored offset: where reading starts.
-fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
+/// Make the partition's rows in MySQL and return its stored position: the offset where
+/// reading starts, and the least epoch an order read from there may go to.
+fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<(i64, u64)> {
     let topic = &cfg.kafka.topic;
     db.block_on(sinks::prepare_partition(
         &db.pool,
@@ -111,10 +121,8 @@ fn prepare(db: &Db, cfg: &Config, partition: i32) -> Result<i64> {
         partition,
         &cfg.currencies.all,
     ))?;
-    let offsets = db
-        .block_on(sinks::load_offsets(&db.pool, topic))
-        .context("loading stored offsets")?;
-    Ok(offsets.get(&partition).copied().unwrap_or(0))
+    db.block_on(sinks::load_position(&db.pool, topic, partition))
+        .context("loading the stored offset")
 }
 
 /// What the reader calls when the partition holds: the hold recorded in MySQL (where

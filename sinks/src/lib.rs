@@ -18,9 +18,10 @@ mod settle;
 pub use catalogue::{generate_catalogue, load_catalogue, CatalogueRow};
 pub use pool::{connect, Conn, Pool};
 pub use query::{
-    latest_rates, load_offsets, lost_logs, low_stock, max_prices, oldest_commit, poison_counts,
-    rate_tables_since, recent_rates, record_lost_log, record_rates, result_by_id, results_by_user,
-    search_catalogue, totals, CommodityRow, RateVersion, RecordedTable, ResultRow, TotalRow,
+    latest_rates, load_offsets, load_position, lost_logs, low_stock, max_prices, oldest_commit,
+    poison_counts, rate_tables_since, recent_rates, record_lost_log, record_rates, result_by_id,
+    results_by_user, search_catalogue, totals, CommodityRow, RateVersion, RecordedTable, ResultRow,
+    TotalRow,
 };
 pub use schema::{ensure_schema, id_scheme};
 pub use settle::{

@@ -105,6 +105,19 @@ pub async fn load_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>>
     Ok(rows.into_iter().collect())
 }
 
+/// Where partition `partition` of `topic` goes on from: its next offset and the least
+/// epoch an order read from there may go to; (0, 0) before it settled anything.
+pub async fn load_position(pool: &Pool, topic: &str, partition: i32) -> Result<(i64, u64)> {
+    let mut conn = pool.get_conn().await?;
+    let row: Option<(i64, u64)> = conn
+        .exec_first(
+            "SELECT next_offset, next_epoch FROM offsets WHERE topic = ? AND `partition` = ?",
+            (topic, partition),
+        )
+        .await?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TotalRow {
     pub currency: String,

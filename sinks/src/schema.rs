@@ -45,6 +45,9 @@ const TABLES: &[&str] = &[
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (topic, `partition`)
     ) ENGINE=InnoDB",
+    // The least epoch the partition had not closed when its last transaction's orders
+    // were handed over: no order after `next_offset` goes to an epoch before it.
+    "ALTER TABLE offsets ADD COLUMN IF NOT EXISTS next_epoch BIGINT UNSIGNED NOT NULL DEFAULT 0",
     // One row per settlement transaction: when it began and when its COMMIT returned
     // (written with the partition's next transaction). `dtss bench` reads an order's
     // end-to-end latency from here: `result.settled_at` is stamped before the batch's

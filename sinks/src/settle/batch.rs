@@ -10,13 +10,16 @@ use super::{DeadLetter, ReadyOrder, Skipped};
 pub type HandOver = Batch;
 
 /// A partition's batch: its orders, in offset order; the messages that cannot be
-/// settled; the copies of orders seen before; and the offset after its last message.
+/// settled; the copies of orders seen before; the offset after its last message; and the
+/// least epoch the partition had not closed when it was handed over (stored with the
+/// offset: no later order goes to an epoch before it).
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub orders: Vec<ReadyOrder>,
     pub dead: Vec<DeadLetter>,
     pub skipped: Vec<Skipped>,
     pub next_offset: i64,
+    pub next_epoch: u64,
 }
 
 impl Batch {

@@ -114,7 +114,7 @@ pub(super) fn finish(
     plan: &Plan,
     topic: &str,
     partition: i32,
-    next_offset: i64,
+    (next_offset, next_epoch): (i64, u64),
     settled_at: i64,
     unrecorded: Option<&Committed>,
     rows: Rows,
@@ -132,9 +132,10 @@ pub(super) fn finish(
     // mode, and nothing after it runs). The row exists and is locked.
     write!(
         sql,
-        "INSERT INTO offsets (topic, `partition`, next_offset, updated_at) VALUES \
-         (X'{}', {partition}, IF(@c = {} AND @n = {}, {next_offset}, NULL), {settled_at}) \
-         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at); \
+        "INSERT INTO offsets (topic, `partition`, next_offset, next_epoch, updated_at) VALUES \
+         (X'{}', {partition}, IF(@c = {} AND @n = {}, {next_offset}, NULL), {next_epoch}, {settled_at}) \
+         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), \
+         next_epoch = GREATEST(next_epoch, VALUES(next_epoch)), updated_at = VALUES(updated_at); \
          COMMIT",
         Hex(topic.as_bytes()),
         plan.corrections.len(),
@@ -658,7 +659,7 @@ mod tests {
             &plan(vec![(1, 5, 3), (2, 1, 0)], vec![(Uuid::nil(), SHORT)]),
             "orders",
             3,
-            77,
+            (77, 4),
             9,
             None,
             Rows::Inserted,
@@ -677,9 +678,11 @@ mod tests {
         assert!(sql.contains(
             "VALUES (3,'EUR',5,2) ON DUPLICATE KEY UPDATE total = total + VALUES(total)"
         ));
-        // "orders" in hex, and the guard on both counts.
+        // "orders" in hex, the guard on both counts, and the partition's next epoch,
+        // which never moves back.
+        assert!(sql.contains("next_epoch = GREATEST(next_epoch, VALUES(next_epoch))"));
         assert!(
-            sql.contains("(X'6F7264657273', 3, IF(@c = 1 AND @n = 2, 77, NULL), 9)"),
+            sql.contains("(X'6F7264657273', 3, IF(@c = 1 AND @n = 2, 77, NULL), 4, 9)"),
             "{sql}"
         );
         assert!(sql.ends_with("COMMIT"));
@@ -689,7 +692,15 @@ mod tests {
     #[test]
     fn a_long_stock_update_goes_in_statements_of_under_a_thousand_ids() {
         let changes: Vec<_> = (1..=2500).map(|id| (id, 2, 1)).collect();
-        let sql = finish(&plan(changes, vec![]), "t", 0, 1, 1, None, Rows::Loaded);
+        let sql = finish(
+            &plan(changes, vec![]),
+            "t",
+            0,
+            (1, 0),
+            1,
+            None,
+            Rows::Loaded,
+        );
         assert_eq!(sql.matches("UPDATE commodity").count(), 3);
         assert!(sql.contains("WHERE c.id IN (1999,2000,"));
         assert!(sql.contains("IF(@c = 0 AND @n = 2500,"));
@@ -702,7 +713,7 @@ mod tests {
             &plan(changes.clone(), vec![]),
             "t",
             0,
-            1,
+            (1, 0),
             1,
             None,
             Rows::Loaded,
@@ -710,7 +721,15 @@ mod tests {
         assert!(loaded.contains("DELETE FROM settle_stock; LOAD DATA LOCAL INFILE 'stock'"));
         assert!(!loaded.contains("INSERT INTO settle_stock"), "{loaded}");
         assert_eq!(stock_tsv(&changes), b"1\t5\t3\n40000\t4294967295\t0\n");
-        let inserted = finish(&plan(changes, vec![]), "t", 0, 1, 1, None, Rows::Inserted);
+        let inserted = finish(
+            &plan(changes, vec![]),
+            "t",
+            0,
+            (1, 0),
+            1,
+            None,
+            Rows::Inserted,
+        );
         assert!(inserted.contains("VALUES (1,5,3),(40000,4294967295,0); SET @n = 0;"));
         assert!(!inserted.contains("LOAD DATA"), "{inserted}");
     }
@@ -725,7 +744,15 @@ mod tests {
             started_at: 100,
             committed_at: 130,
         };
-        let sql = finish(&plan(vec![], vec![]), "t", 1, 30, 1, Some(&c), Rows::Loaded);
+        let sql = finish(
+            &plan(vec![], vec![]),
+            "t",
+            1,
+            (30, 0),
+            1,
+            Some(&c),
+            Rows::Loaded,
+        );
         assert!(sql.contains(
             "INSERT IGNORE INTO settle_batches (`partition`, next_offset, first_offset, orders, \
              started_at, committed_at) VALUES (1,20,10,9,100,130); "

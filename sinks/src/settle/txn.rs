@@ -105,6 +105,7 @@ pub(super) struct Target<'a> {
     pub dead: &'a [DeadLetter],
     pub skipped: &'a [Skipped],
     pub next_offset: i64,
+    pub next_epoch: u64,
 }
 
 impl<'a> Target<'a> {
@@ -116,6 +117,7 @@ impl<'a> Target<'a> {
             dead: &batch.dead,
             skipped: &batch.skipped,
             next_offset: batch.next_offset,
+            next_epoch: batch.next_epoch,
         }
     }
 
@@ -277,7 +279,7 @@ pub(super) fn decide_open(
         &plan,
         target.topic,
         target.partition,
-        target.next_offset,
+        (target.next_offset, target.next_epoch),
         settled_at,
         state.unrecorded.as_ref(),
         rows,
