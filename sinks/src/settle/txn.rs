@@ -199,6 +199,9 @@ pub(super) async fn abandon(conn: &mut Conn) {
     conn.reset_connection(false);
     let alive = tokio::time::timeout(ROLLBACK_TIMEOUT, conn.query_drop("SELECT 1")).await;
     if !matches!(alive, Ok(Ok(()))) {
+        // Its answer may still come: the pool resets the connection, or closes it,
+        // rather than give the next user an answer to a question it did not ask.
+        conn.reset_connection(true);
         conn.fail_over();
     }
 }
@@ -325,8 +328,8 @@ pub(super) async fn open_on(
     // batch locks them.
     let unseen = state.unseen(&ids);
     if !unseen.is_empty() {
-        let rows = conn.query(sql::read_commodities(&unseen)).await?;
-        state.stock.extend(commodities(rows)?);
+        let rows: Vec<mysql_async::Row> = conn.query(sql::read_commodities(&unseen)).await?;
+        state.stock.extend(commodities(typed(rows)?)?);
     }
     let settled_at = now_ms();
     let written = write_guesses(conn, target, &ids, state, expect, commit_sent, settled_at).await?;
@@ -494,9 +497,10 @@ async fn lock_batch(
         Option<String>,
         Option<u32>,
     );
-    let rows: Vec<Row> = conn
+    let rows: Vec<mysql_async::Row> = conn
         .query(sql::lock_rows(target.topic, target.partition, lock.iter()))
         .await?;
+    let rows: Vec<Row> = typed(rows)?;
     let Some(stored) = rows.first().map(|r| r.0) else {
         return Err(no_offsets_row(target));
     };
@@ -651,6 +655,21 @@ fn upload(
         }
         Ok(futures_util::stream::once(async move { Ok(lines) }).boxed())
     });
+}
+
+/// Rows as `T`. A row of another shape is the answer to another question (a connection
+/// whose earlier query was abandoned half way): the attempt is retried, not the process
+/// brought down.
+fn typed<T: mysql_async::prelude::FromRow>(rows: Vec<mysql_async::Row>) -> Result<Vec<T>, Failure> {
+    rows.into_iter()
+        .map(|row| {
+            mysql_async::from_row_opt(row).map_err(|e| {
+                Failure::Retry(anyhow::anyhow!(
+                    "a row of another shape than asked for: {e}"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn commodities(rows: Vec<(u32, Decimal, String, u32)>) -> Result<Vec<(u32, Commodity)>, Failure> {
