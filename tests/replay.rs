@@ -1,8 +1,8 @@
 //! Outcomes from the log alone: one topic, filled once while no worker runs, settled from
 //! scratch into several fresh databases (each made by `dtss init`: the same catalogue,
 //! the same first rates from epoch 0) gives the same results, row for row: the same
-//! decisions, amounts, rate versions, epochs and places. Also when a worker process is
-//! killed (SIGKILL) part-way and started again.
+//! decisions, amounts, rate versions, epochs and places. Also when a worker process, or
+//! MariaDB, is killed (SIGKILL) part-way and started again.
 //!
 //! With one partition the stock is contended (hot commodities run out), so the decisions
 //! themselves are compared; with several partitions the stock is ample, as two
@@ -155,22 +155,36 @@ impl Drop for Fresh<'_> {
     }
 }
 
-/// Settle the topic into a fresh database; `crash`: kill -9 a worker process once a
-/// third of the results are in, and start the cluster's processes again.
-fn settle(c: &Cluster, name: &str, n: u64, crash: Option<usize>) -> Vec<String> {
+/// What is killed (SIGKILL) once a third of the results are in.
+#[derive(Clone, Copy)]
+enum Crash {
+    /// This worker process; the others stop with it (exit 5) and all start again.
+    Worker(usize),
+    /// MariaDB, started again 2 s later; the workers retry and go on.
+    MariaDb,
+}
+
+/// Settle the topic into a fresh database, with `crash` part-way.
+fn settle(c: &Cluster, name: &str, n: u64, crash: Option<Crash>) -> Vec<String> {
     let mut f = Fresh::new(c, name);
     for p in 0..c.processes {
         f.start_worker(p);
     }
-    if let Some(p) = crash {
-        // The others stop when one process of the mesh dies (exit 5): start them all.
+    if let Some(crash) = crash {
         f.wait_results(n / 3);
-        f.kill_worker(p);
-        for q in 0..c.processes {
-            f.kill_worker(q);
-        }
-        for q in 0..c.processes {
-            f.start_worker(q);
+        match crash {
+            Crash::Worker(p) => {
+                f.kill_worker(p);
+                for q in 0..c.processes {
+                    f.kill_worker(q);
+                }
+                for q in 0..c.processes {
+                    f.start_worker(q);
+                }
+            }
+            Crash::MariaDb => {
+                common::crash_and_restart_service("mariadb/mysqld.pid", Duration::from_secs(2))
+            }
         }
     }
     f.wait_results(n);
@@ -193,8 +207,8 @@ fn differences(a: &[String], b: &[String]) -> String {
     )
 }
 
-/// Fill a topic of `processes` partitions, then settle it three times from scratch (the
-/// third with a worker killed part-way) and compare.
+/// Fill a topic of `processes` partitions, then settle it four times from scratch (the
+/// third with a worker process killed part-way, the fourth with MariaDB) and compare.
 fn replayed_identically(processes: usize, hot: u32, n: u32) {
     let csv = catalogue(hot);
     let spec = Spec {
@@ -216,10 +230,16 @@ fn replayed_identically(processes: usize, hot: u32, n: u32) {
         "settled twice: {}",
         differences(&first, &again)
     );
-    let crashed = settle(&c, "c", n as u64, Some(processes - 1));
+    let crashed = settle(&c, "c", n as u64, Some(Crash::Worker(processes - 1)));
     assert!(
         first == crashed,
-        "with a crash: {}",
+        "worker killed: {}",
+        differences(&first, &crashed)
+    );
+    let crashed = settle(&c, "d", n as u64, Some(Crash::MariaDb));
+    assert!(
+        first == crashed,
+        "MariaDB killed: {}",
         differences(&first, &crashed)
     );
     let refused = first
@@ -229,7 +249,7 @@ fn replayed_identically(processes: usize, hot: u32, n: u32) {
     let epochs: std::collections::BTreeSet<&str> =
         first.iter().filter_map(|r| r.split(' ').nth(2)).collect();
     eprintln!(
-        "{processes} partitions: {} results identical three times, {refused} refused for stock, \
+        "{processes} partitions: {} results identical four times, {refused} refused for stock, \
          {} epochs",
         first.len(),
         epochs.len()
