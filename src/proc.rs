@@ -72,11 +72,7 @@ impl Proc {
         log: &std::path::Path,
     ) -> Result<Proc> {
         let log = log.to_path_buf();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
+        let out = open_log(&log)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -184,4 +180,21 @@ impl Proc {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+/// A log file, opened to append (made if missing).
+pub(crate) fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// `text` appended to the file at `path`.
+pub(crate) fn append(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    open_log(path)?
+        .write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

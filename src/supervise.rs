@@ -7,12 +7,11 @@
 //! LOG, with a line of the supervisor's own for every start and exit:
 //! `[supervise] <unix ms> NAME started pid P`, `… exited C after S s`.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::proc::Proc;
 
@@ -100,17 +99,5 @@ fn signal_of(status: &std::process::ExitStatus) -> i32 {
 /// One line of the supervisor's own in the log.
 fn note(a: &SuperviseArgs, what: &str) -> Result<()> {
     let ms = model::now_ms();
-    append(&a.log, &format!("[supervise] {ms} {} {what}\n", a.name))
-}
-
-fn append(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    if f.write_all(line.as_bytes()).is_err() {
-        bail!("writing {}", path.display());
-    }
-    Ok(())
+    crate::proc::append(&a.log, &format!("[supervise] {ms} {} {what}\n", a.name))
 }

@@ -76,17 +76,7 @@ impl<'a> Fresh<'a> {
     }
 
     fn dtss(&self, args: &[&str]) -> Result<String, String> {
-        let out = std::process::Command::new(common::BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        match out.status.success() {
-            true => Ok(text),
-            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
-        }
+        common::dtss(&self.config, args)
     }
 
     fn start_worker(&mut self, p: usize) {

@@ -62,11 +62,7 @@ impl Hosts {
 
     /// Start `hosts.sh ARGS…` without waiting, its output appended to `log`.
     pub fn spawn(&self, args: &[&str], log: &Path) -> Result<Child> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
+        let out = crate::proc::open_log(log)?;
         let err = out.try_clone()?;
         self.command(args)
             .stdin(Stdio::null())

@@ -13,7 +13,6 @@ mod hosts;
 mod table;
 mod watch;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use model::Config;
 
+use crate::proc::append;
 use fault::Fault;
 use hosts::Hosts;
 use table::Round;
@@ -249,16 +249,6 @@ fn bench_counts(report: &Path) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let c = v.get("counts")?;
     Some((c.get("accepted")?.as_u64()?, c.get("settled")?.as_u64()?))
-}
-
-fn append(file: &Path, text: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .with_context(|| format!("opening {}", file.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn log(line: &str) {

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -312,21 +312,7 @@ initial = {{ RMB = "1", USD = "7.12", JPY = "0.048", EUR = "7.80" }}
 
     /// Run a dtss subcommand to completion; Ok(stdout) or Err(stdout+stderr).
     pub fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        dtss(&self.config, args)
     }
 
     pub fn start_broker(&mut self) {
@@ -728,5 +714,24 @@ pub fn exit_within(child: &mut Child, within: Duration) -> std::process::ExitSta
             panic!("process {} did not exit within {within:?}", child.id());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run `dtss ARGS --config CONFIG` to completion; Ok(stdout) or Err(stdout+stderr).
+pub fn dtss(config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
